@@ -1,0 +1,300 @@
+"""The pure forward pass shared by llama-like models and Gemma 3.
+
+``forward(params, config, token_ids, attention_mask) -> ForwardOutput`` is a pure
+function of arrays; ``config`` and the capture/logits choices are static, so
+``jax.jit`` compiles one program per shape. Layers run under ``lax.scan`` over the
+stacked block params (one compiled block, fast compiles for deep models).
+
+Sites for ``capture`` (hidden states returned in ``ForwardOutput.captured``):
+
+    "embed"            [B, T, D] scaled token embeddings (the residual entering block 0)
+    "resid_pre"        [L, B, T, D] residual entering every block
+    "resid_post"       [L, B, T, D] residual leaving every block
+    "resid_pre.{l}"    [B, T, D] one layer (cheaper than the stack)
+    "resid_post.{l}"   [B, T, D]
+    "final"            [B, T, D] after the final norm
+
+Sequences are right-padded (``attention_mask`` 1 on real tokens); positions count the
+real tokens, so left padding also works.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsem.models import interventions as iv_lib
+from jaxsem.models.config import ModelConfig, RopeScaling
+
+_NEG_INF = -1e30
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class ForwardOutput:
+  """Result of ``forward``.
+
+  Attributes:
+    logits: ``[B, V]`` ("last" or one position per row), ``[B, P, V]`` (several
+      positions), ``[B, T, V]`` ("all"), or None ("none").
+    captured: site name -> hidden states, see the module docstring.
+  """
+
+  logits: jax.Array | None
+  captured: dict[str, jax.Array]
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+  """RMSNorm over the last axis, computed in float32; ``scale`` is the multiplier."""
+  x32 = x.astype(jnp.float32)
+  y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return (y * scale.astype(jnp.float32)).astype(x.dtype)
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None) -> np.ndarray:
+  """Inverse frequencies ``[head_dim // 2]`` (float32, as the reference computes them)."""
+  exponents = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
+  inv_freq = (1.0 / (np.float32(theta) ** exponents)).astype(np.float32)
+  if scaling is None:
+    return inv_freq
+  if scaling.kind == "linear":
+    return (inv_freq / np.float32(scaling.factor)).astype(np.float32)
+  if scaling.kind == "llama3":
+    low_wavelen = scaling.original_max_position / scaling.low_freq_factor
+    high_wavelen = scaling.original_max_position / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
+    smooth = (scaling.original_max_position / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+  raise ValueError(f"unknown rope scaling kind {scaling.kind!r}")
+
+
+def rope_tables(positions: jax.Array, inv_freq: np.ndarray) -> tuple[jax.Array, jax.Array]:
+  """cos, sin ``[B, T, head_dim]`` for rotate-half RoPE."""
+  freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None, :]
+  emb = jnp.concatenate([freqs, freqs], axis=-1)
+  return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """Rotate-half RoPE on ``x`` ``[B, T, heads, Dh]`` with tables ``[B, T, Dh]``."""
+  half = x.shape[-1] // 2
+  x32 = x.astype(jnp.float32)
+  rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+  out = x32 * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+  return out.astype(x.dtype)
+
+
+def _softcap(x: jax.Array, cap: float | None) -> jax.Array:
+  return x if cap is None else jnp.tanh(x / cap) * cap
+
+
+def attention(p: dict, x: jax.Array, cfg: ModelConfig, cos, sin, mask: jax.Array) -> jax.Array:
+  """Grouped-query self-attention. ``x`` [B, T, D]; ``mask`` [B, T, S] bool."""
+  b, t, _ = x.shape
+  q = jnp.einsum("btd,dhk->bthk", x, p["q"])
+  k = jnp.einsum("btd,dgk->btgk", x, p["k"])
+  v = jnp.einsum("btd,dgk->btgk", x, p["v"])
+  if cfg.qkv_bias:
+    q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
+  if cfg.qk_norm:
+    q = rms_norm(q, p["q_norm"], cfg.norm_eps)
+    k = rms_norm(k, p["k_norm"], cfg.norm_eps)
+  q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+  groups = cfg.n_heads // cfg.n_kv_heads
+  q = q.reshape(b, t, cfg.n_kv_heads, groups, cfg.head_dim)
+  scores = jnp.einsum("btgqk,bsgk->bgqts", q, k, preferred_element_type=jnp.float32)
+  scores = _softcap(scores * cfg.query_scale, cfg.attn_softcap)
+  scores = jnp.where(mask[:, None, None, :, :], scores, _NEG_INF)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bgqts,bsgk->btgqk", probs, v).reshape(b, t, cfg.n_heads, cfg.head_dim)
+  return jnp.einsum("bthk,hkd->btd", out, p["o"])
+
+
+def mlp(p: dict, x: jax.Array, cfg: ModelConfig) -> jax.Array:
+  """Gated MLP: ``act(x W_gate) * (x W_up) W_down``."""
+  gate = jnp.einsum("btd,df->btf", x, p["gate"])
+  up = jnp.einsum("btd,df->btf", x, p["up"])
+  if cfg.activation == "silu":
+    act = jax.nn.silu(gate)
+  else:
+    act = jax.nn.gelu(gate, approximate=True)
+  return jnp.einsum("btf,fd->btd", act * up, p["down"])
+
+
+def block(p: dict, h: jax.Array, cfg: ModelConfig, cos, sin, mask) -> jax.Array:
+  """One pre-norm transformer block (with Gemma's post-norms when configured)."""
+  a = attention(p, rms_norm(h, p["attn_norm"], cfg.norm_eps), cfg, cos, sin, mask)
+  if cfg.post_norms:
+    a = rms_norm(a, p["post_attn_norm"], cfg.norm_eps)
+  h = h + a
+  m = mlp(p, rms_norm(h, p["mlp_norm"], cfg.norm_eps), cfg)
+  if cfg.post_norms:
+    m = rms_norm(m, p["post_mlp_norm"], cfg.norm_eps)
+  return h + m
+
+
+def unembed(params: dict, cfg: ModelConfig, x: jax.Array) -> jax.Array:
+  """Final-normed hidden states ``[..., D]`` -> logits ``[..., vocab_size]`` (float32)."""
+  w = params["embed"] if cfg.tie_embeddings else params["unembed"]
+  logits = jnp.einsum("...d,vd->...v", x, w, preferred_element_type=jnp.float32)
+  logits = logits[..., :cfg.vocab_size]  # drop rows padded for sharding
+  return _softcap(logits, cfg.final_softcap)
+
+
+# ----------------------------------------------------------------------------- the pass
+
+
+def _masks(cfg: ModelConfig, attention_mask: jax.Array, positions: jax.Array):
+  """Global and sliding-window attention masks ``[B, T, S]``."""
+  t = attention_mask.shape[1]
+  idx = jnp.arange(t)
+  valid = attention_mask.astype(bool)
+  causal = (idx[None, :, None] >= idx[None, None, :]) & valid[:, None, :]
+  if cfg.sliding_window is None:
+    return causal, causal
+  dist = positions[:, :, None] - positions[:, None, :]
+  return causal, causal & (dist < cfg.sliding_window)
+
+
+def _split_capture(capture: Sequence[str], n_layers: int):
+  stacks, singles = set(), {}
+  for site in capture:
+    if site in ("embed", "final"):
+      continue
+    if site in ("resid_pre", "resid_post"):
+      stacks.add(site)
+      continue
+    kind, layer = iv_lib.parse_site(site)
+    if not 0 <= layer < n_layers:
+      raise ValueError(f"capture site {site!r}: layer {layer} is out of range 0..{n_layers - 1}")
+    singles[site] = (kind, layer)
+  return stacks, singles
+
+
+def _update_singles(bufs: dict, singles: dict, kind: str, layer_idx, h) -> dict:
+  """Keeps ``h`` in the buffer of every single-layer capture site of this kind and layer."""
+  return {s: jnp.where(layer_idx == singles[s][1], h, b) if singles[s][0] == kind else b
+          for s, b in bufs.items()}
+
+
+def forward(
+    params: dict,
+    config: ModelConfig,
+    token_ids: jax.Array,
+    attention_mask: jax.Array,
+    *,
+    logits_at: str = "last",
+    logit_positions: jax.Array | None = None,
+    capture: Sequence[str] = (),
+    interventions: Sequence[iv_lib.Intervention] = (),
+) -> ForwardOutput:
+  """Runs the model.
+
+  Args:
+    params: params pytree (layout in ``jaxsem.models.config``).
+    config: the architecture (static under jit).
+    token_ids: ``[B, T]`` int32 token ids.
+    attention_mask: ``[B, T]`` 1 for real tokens, 0 for padding.
+    logits_at: "last" (each row's last real token, ``[B, V]``), "all" (``[B, T, V]``)
+      or "none". Ignored when ``logit_positions`` is given.
+    logit_positions: optional ``[B]`` or ``[B, P]`` int positions to read logits at.
+    capture: site names to return hidden states for (see module docstring).
+    interventions: ``Intervention``s to apply during the pass.
+
+  Returns:
+    ForwardOutput with float32 logits and captured hidden states.
+  """
+  cfg = config
+  dtype = params["embed"].dtype
+  mask = attention_mask.astype(jnp.int32)
+  positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+  global_mask, local_mask = _masks(cfg, mask, positions)
+  cos_g, sin_g = rope_tables(positions, rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling))
+  if cfg.rope_local_theta is not None:
+    cos_l, sin_l = rope_tables(positions, rope_inv_freq(cfg.head_dim, cfg.rope_local_theta, None))
+  else:
+    cos_l, sin_l = cos_g, sin_g
+
+  h = jnp.take(params["embed"], token_ids, axis=0)
+  h = h * jnp.asarray(cfg.embed_scale, dtype)
+  stacks, singles = _split_capture(capture, cfg.n_layers)
+  by_site: dict[tuple[str, int], list] = {}
+  for iv in interventions:
+    kind, layer = iv_lib.parse_site(iv.site)
+    if not 0 <= layer < cfg.n_layers:
+      raise ValueError(f"intervention site {iv.site!r}: layer {layer} is out of range 0..{cfg.n_layers - 1}")
+    by_site.setdefault((kind, layer), []).append(iv)
+
+  def intervene(h, kind, layer_idx):
+    for (k, layer), ivs in by_site.items():
+      if k != kind:
+        continue
+      changed = h
+      for iv in ivs:
+        changed = iv_lib.apply(changed, iv)
+      h = jnp.where(layer_idx == layer, changed, h)
+    return h
+
+  captured: dict[str, jax.Array] = {}
+  if "embed" in capture:
+    captured["embed"] = h
+  is_local = jnp.asarray(cfg.local_layers, bool)
+
+  def step(carry, xs):
+    h, bufs = carry
+    p, layer_idx, local = xs
+    h = intervene(h, "resid_pre", layer_idx)
+    outs = {}
+    if "resid_pre" in stacks:
+      outs["resid_pre"] = h
+    bufs = _update_singles(bufs, singles, "resid_pre", layer_idx, h)
+    cos = jnp.where(local, cos_l, cos_g)
+    sin = jnp.where(local, sin_l, sin_g)
+    attn_mask = jnp.where(local, local_mask, global_mask)
+    h = block(p, h, cfg, cos, sin, attn_mask)
+    h = intervene(h, "resid_post", layer_idx)
+    if "resid_post" in stacks:
+      outs["resid_post"] = h
+    bufs = _update_singles(bufs, singles, "resid_post", layer_idx, h)
+    return (h, bufs), outs
+
+  bufs0 = {s: jnp.zeros_like(h) for s in singles}
+  xs = (params["blocks"], jnp.arange(cfg.n_layers), is_local)
+  (h, bufs), outs = jax.lax.scan(step, (h, bufs0), xs)
+  captured.update(outs)
+  captured.update(bufs)
+
+  h = rms_norm(h, params["final_norm"], cfg.norm_eps)
+  if "final" in capture:
+    captured["final"] = h
+
+  if logit_positions is not None:
+    pos = jnp.asarray(logit_positions, jnp.int32)
+    rows = jnp.arange(h.shape[0])
+    sel = h[rows[:, None], pos] if pos.ndim == 2 else h[rows, pos]
+    logits = unembed(params, cfg, sel)
+  elif logits_at == "last":
+    last = jnp.max(jnp.where(mask > 0, jnp.arange(mask.shape[1])[None, :], 0), axis=1)
+    logits = unembed(params, cfg, h[jnp.arange(h.shape[0]), last])
+  elif logits_at == "all":
+    logits = unembed(params, cfg, h)
+  elif logits_at == "none":
+    logits = None
+  else:
+    raise ValueError(f"logits_at must be 'last', 'all' or 'none', got {logits_at!r}")
+  return ForwardOutput(logits=logits, captured=captured)
+
+
+forward_jit = jax.jit(forward, static_argnames=("config", "logits_at", "capture"))

@@ -1,0 +1,94 @@
+"""``load(name_or_path)``: a Model from an embedded model name, a GGUF file or an HF dir."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+from jax.sharding import Mesh
+
+from jaxsem import sharding as sharding_lib
+from jaxsem.errors import InputError
+from jaxsem.io import assets
+from jaxsem.io import gguf_file
+from jaxsem.io import gguf_params
+from jaxsem.io import hf_checkpoint
+from jaxsem.io import tokenizer as tokenizer_lib
+from jaxsem.models.model import Model
+
+_DTYPES = {"float32": np.float32, "bfloat16": None, "float16": np.float16}
+
+
+def _np_dtype(dtype: str):
+  if dtype not in _DTYPES:
+    raise InputError(f"--dtype={dtype!r} is not supported; use one of {sorted(_DTYPES)}.")
+  if dtype == "bfloat16":
+    import ml_dtypes  # a JAX dependency; numpy has no bfloat16 of its own
+
+    return ml_dtypes.bfloat16
+  return _DTYPES[dtype]
+
+
+def _mesh(mesh: Mesh | str | None) -> Mesh | None:
+  if mesh is None or isinstance(mesh, Mesh):
+    return mesh
+  return sharding_lib.make_mesh(mesh)
+
+
+def load(name_or_path: str | os.PathLike = assets.DEFAULT_MODEL, *, mesh: Mesh | str | None = None,
+         dtype: str = "float32") -> Model:
+  """Loads a model for jaxsem.
+
+  Args:
+    name_or_path: an embedded model name (``"gemma3-270m"``, ``"smollm2-135m-instruct"``),
+      a ``.gguf`` file, or a Hugging Face snapshot directory (config.json,
+      safetensors, tokenizer.json).
+    mesh: a ``Mesh``, a ``--mesh`` string such as ``"data:2,model:4"``, or None for
+      the default device. Params are placed on their shardings leaf by leaf as they load.
+    dtype: parameter/activation dtype, ``"float32"`` (default) or ``"bfloat16"``.
+
+  Returns:
+    A ``Model`` with config, params, tokenizer and provenance.
+
+  Raises:
+    InputError: unknown name, missing or corrupt file, unsupported architecture or
+      quantization — one sentence naming the file and the fix.
+  """
+  start = time.perf_counter()
+  np_dtype = _np_dtype(dtype)
+  mesh = _mesh(mesh)
+  resolved = assets.resolve_model(name_or_path)
+  place = sharding_lib.make_placer(mesh, np_dtype)
+  provenance: dict[str, Any] = {
+      "name": resolved.name,
+      "path": str(resolved.path),
+      "format": resolved.kind,
+      "package": resolved.package,
+      "package_version": resolved.package_version,
+      "sha256": resolved.sha256,
+      "dtype": dtype,
+      "mesh": None if mesh is None else dict(mesh.shape),
+  }
+  if resolved.kind == "gguf":
+    with gguf_file.GGUFFile(resolved.path) as f:
+      config = gguf_params.config_from_gguf(f.metadata, str(resolved.path))
+      tokenizer = tokenizer_lib.tokenizer_from_gguf(f.metadata, str(resolved.path))
+      params = gguf_params.load_gguf_params(f, config, dtype=np.float32, place=place)
+      provenance.update(gguf_params.gguf_provenance(f, config))
+  else:
+    config_json, tokenizer_path, _ = hf_checkpoint.read_hf_dir(resolved.path)
+    config = hf_checkpoint.config_from_hf(config_json, str(resolved.path))
+    tokenizer = tokenizer_lib.tokenizer_from_json(tokenizer_path)
+    params = hf_checkpoint.load_hf_params(resolved.path, config, dtype=np.float32, place=place)
+    provenance.update(hf_checkpoint.hf_provenance(config_json, config))
+  provenance.update({
+      "input_embedding": "embed",
+      "unembedding": "embed" if config.tie_embeddings else "unembed",
+      "tied_embeddings": config.tie_embeddings,
+      "embed_scale": config.embed_scale,
+      "tokenizer": tokenizer.provenance(),
+      "load_seconds": round(time.perf_counter() - start, 3),
+  })
+  return Model(config=config, params=params, tokenizer=tokenizer, provenance=provenance, mesh=mesh)

@@ -1,0 +1,196 @@
+"""Device mesh from a flag string, logical-axis rules as a table, param placement.
+
+Model code never names mesh axes. Each param leaf has *logical* axes (``vocab``,
+``embed``, ``heads`` ...); ``LOGICAL_AXIS_RULES`` maps them to mesh axes. A dimension
+that does not divide evenly over its mesh axis is replicated instead (small models have
+e.g. 9 heads), except the vocabulary, which is padded with zero rows to a multiple of
+the mesh axis (``pad_vocab``) — the forward pass slices logits back to ``vocab_size``.
+
+The same command runs on one CPU (``--mesh=data:1,model:1``), 8 fake CPU devices
+(``--mesh=data:2,model:4``) or a pod; ``-1`` takes the remaining devices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxsem.errors import InputError
+from jaxsem.models.config import ModelConfig
+
+MESH_AXES = ("data", "model")
+DEFAULT_MESH = "data:1,model:-1"
+
+# logical axis -> mesh axis (None = replicated). One table for the whole library.
+LOGICAL_AXIS_RULES: tuple[tuple[str, str | None], ...] = (
+    ("batch", "data"),
+    ("vocab", "model"),
+    ("heads", "model"),
+    ("kv_heads", "model"),
+    ("mlp", "model"),
+    ("embed", None),
+    ("head_dim", None),
+    ("layers", None),
+    ("seq", None),
+    ("directions", "model"),
+)
+
+# param leaf path -> logical axes of its dimensions.
+PARAM_AXES: dict[str, tuple[str, ...]] = {
+    "embed": ("vocab", "embed"),
+    "unembed": ("vocab", "embed"),
+    "final_norm": ("embed",),
+    "blocks/attn_norm": ("layers", "embed"),
+    "blocks/q": ("layers", "embed", "heads", "head_dim"),
+    "blocks/k": ("layers", "embed", "kv_heads", "head_dim"),
+    "blocks/v": ("layers", "embed", "kv_heads", "head_dim"),
+    "blocks/o": ("layers", "heads", "head_dim", "embed"),
+    "blocks/q_bias": ("layers", "heads", "head_dim"),
+    "blocks/k_bias": ("layers", "kv_heads", "head_dim"),
+    "blocks/v_bias": ("layers", "kv_heads", "head_dim"),
+    "blocks/q_norm": ("layers", "head_dim"),
+    "blocks/k_norm": ("layers", "head_dim"),
+    "blocks/post_attn_norm": ("layers", "embed"),
+    "blocks/mlp_norm": ("layers", "embed"),
+    "blocks/gate": ("layers", "embed", "mlp"),
+    "blocks/up": ("layers", "embed", "mlp"),
+    "blocks/down": ("layers", "mlp", "embed"),
+    "blocks/post_mlp_norm": ("layers", "embed"),
+}
+
+_VOCAB_LEAVES = ("embed", "unembed")
+
+
+def parse_mesh(spec: str | None, n_devices: int | None = None) -> dict[str, int]:
+  """``"data:2,model:4"`` -> ``{"data": 2, "model": 4}``; one axis may be ``-1``.
+
+  Raises:
+    InputError: naming ``--mesh`` when the string is malformed or does not match the
+      number of devices.
+  """
+  n_devices = jax.device_count() if n_devices is None else n_devices
+  spec = DEFAULT_MESH if not spec else spec
+  shape: dict[str, int] = {}
+  for part in spec.split(","):
+    name, sep, size = part.strip().partition(":")
+    if not sep or name not in MESH_AXES or name in shape:
+      raise InputError(f"--mesh={spec!r}: expected comma-separated axis:size pairs over axes "
+                       f"{MESH_AXES}, each once, e.g. --mesh=data:2,model:4.")
+    try:
+      shape[name] = int(size)
+    except ValueError:
+      raise InputError(f"--mesh={spec!r}: size {size!r} of axis {name!r} is not an integer.") from None
+    if shape[name] == 0 or shape[name] < -1:
+      raise InputError(f"--mesh={spec!r}: axis {name!r} must have a positive size (or -1 for the rest).")
+  for name in MESH_AXES:
+    shape.setdefault(name, 1)
+  free = [k for k, v in shape.items() if v == -1]
+  if len(free) > 1:
+    raise InputError(f"--mesh={spec!r}: only one axis may be -1.")
+  fixed = int(np.prod([v for v in shape.values() if v != -1]))
+  if free:
+    if n_devices % fixed:
+      raise InputError(f"--mesh={spec!r}: {n_devices} devices do not divide over the fixed axes ({fixed}).")
+    shape[free[0]] = n_devices // fixed
+  total = int(np.prod(list(shape.values())))
+  if total != n_devices:
+    raise InputError(f"--mesh={spec!r} asks for {total} devices but {n_devices} are available;"
+                     " make the axis sizes multiply to the device count (or use -1).")
+  return shape
+
+
+def make_mesh(spec: str | None = None) -> Mesh:
+  """A ``Mesh`` with axes ``("data", "model")`` built from a ``--mesh`` string."""
+  shape = parse_mesh(spec)
+  return jax.make_mesh(tuple(shape[a] for a in MESH_AXES), MESH_AXES,
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def logical_to_spec(axes: tuple[str, ...], shape: tuple[int, ...], mesh: Mesh) -> P:
+  """PartitionSpec for logical ``axes`` of an array of ``shape``, by the rules table.
+
+  A dimension that does not divide its mesh axis, or a mesh axis already used by an
+  earlier dimension, is left replicated.
+  """
+  rules = dict(LOGICAL_AXIS_RULES)
+  used: set[str] = set()
+  out = []
+  for axis, size in zip(axes, shape):
+    mesh_axis = rules.get(axis)
+    if mesh_axis is None or mesh_axis in used or size % mesh.shape[mesh_axis]:
+      out.append(None)
+      continue
+    used.add(mesh_axis)
+    out.append(mesh_axis)
+  return P(*out)
+
+
+def vocab_multiple(mesh: Mesh | None) -> int:
+  """Multiple the vocabulary dimension is padded to on ``mesh``."""
+  if mesh is None:
+    return 1
+  return mesh.shape[dict(LOGICAL_AXIS_RULES)["vocab"]]
+
+
+def pad_vocab(array: np.ndarray, multiple: int) -> np.ndarray:
+  """Pads axis 0 of ``array`` with zero rows up to a multiple of ``multiple``."""
+  extra = -array.shape[0] % multiple
+  if not extra:
+    return array
+  return np.concatenate([array, np.zeros((extra,) + array.shape[1:], array.dtype)], axis=0)
+
+
+def param_sharding(path: str, shape: tuple[int, ...], mesh: Mesh) -> NamedSharding:
+  """NamedSharding of the param leaf ``path`` (e.g. ``"blocks/q"``)."""
+  if path not in PARAM_AXES:
+    raise KeyError(f"no logical axes for param {path!r}; add it to PARAM_AXES")
+  return NamedSharding(mesh, logical_to_spec(PARAM_AXES[path], shape, mesh))
+
+
+def make_placer(mesh: Mesh | None, dtype=np.float32) -> Callable[[str, np.ndarray], jax.Array]:
+  """Returns ``place(path, array)`` for loaders: cast, pad the vocab, put on the mesh.
+
+  Loaders call it as soon as a leaf is complete, so each leaf lands on its sharding
+  straight away and the host copy can be freed.
+  """
+
+  def place(path: str, array: np.ndarray) -> jax.Array:
+    array = np.asarray(array)
+    if dtype is not None and array.dtype != dtype:
+      array = array.astype(dtype)
+    if mesh is None:
+      return jax.device_put(array)
+    if path in _VOCAB_LEAVES:
+      array = pad_vocab(array, vocab_multiple(mesh))
+    return jax.device_put(array, param_sharding(path, array.shape, mesh))
+
+  return place
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+  """Sharding of ``[B, ...]`` inputs: the batch over the data axis."""
+  return NamedSharding(mesh, P(dict(LOGICAL_AXIS_RULES)["batch"], *([None] * (ndim - 1))))
+
+
+def shard_params(params: dict, mesh: Mesh) -> dict:
+  """Places an existing params pytree on ``mesh`` by the rules (vocab padded)."""
+  place = make_placer(mesh, dtype=None)
+
+  def visit(tree, prefix=""):
+    out = {}
+    for key, value in tree.items():
+      path = f"{prefix}{key}"
+      out[key] = visit(value, path + "/") if isinstance(value, dict) else place(path, np.asarray(value))
+    return out
+
+  return visit(params)
+
+
+def config_fits_mesh(config: ModelConfig, mesh: Mesh) -> dict[str, bool]:
+  """Which model dims shard over the model axis (the rest are replicated)."""
+  m = mesh.shape["model"]
+  return {"heads": config.n_heads % m == 0, "kv_heads": config.n_kv_heads % m == 0,
+          "mlp": config.d_ff % m == 0, "vocab": True}
