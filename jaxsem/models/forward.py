@@ -239,14 +239,16 @@ def forward(
 
   def intervene(h, kind, layer_idx):
     for (k, layer), ivs in by_site.items():
-      if k != kind:
-        continue
+      if k != kind or (k, layer) == ("resid_pre", 0):
+        continue  # resid_pre.0 (== "embed") is applied before the scan.
       changed = h
       for iv in ivs:
         changed = iv_lib.apply(changed, iv)
       h = jnp.where(layer_idx == layer, changed, h)
     return h
 
+  for iv in by_site.get(("resid_pre", 0), ()):
+    h = iv_lib.apply(h, iv)
   captured: dict[str, jax.Array] = {}
   if "embed" in capture:
     captured["embed"] = h
