@@ -68,6 +68,8 @@ def load(name_or_path: str | os.PathLike = assets.DEFAULT_MODEL, *, mesh: Mesh |
       "package": resolved.package,
       "package_version": resolved.package_version,
       "sha256": resolved.sha256,
+      "licence": resolved.licence,
+      "citation": resolved.citation,
       "dtype": dtype,
       "mesh": None if mesh is None else dict(mesh.shape),
   }
