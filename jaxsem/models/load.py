@@ -75,7 +75,7 @@ def load(name_or_path: str | os.PathLike = assets.DEFAULT_MODEL, *, mesh: Mesh |
   }
   if resolved.kind == "gguf":
     with gguf_file.GGUFFile(resolved.path) as f:
-      config = gguf_params.config_from_gguf(f.metadata, str(resolved.path))
+      config = gguf_params.read_config(f)
       tokenizer = tokenizer_lib.tokenizer_from_gguf(f.metadata, str(resolved.path))
       params = gguf_params.load_gguf_params(f, config, dtype=np.float32, place=place)
       provenance.update(gguf_params.gguf_provenance(f, config))
