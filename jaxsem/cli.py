@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -40,4 +41,6 @@ def run(main: Callable[[list[str]], None]) -> None:
       fail("interrupted", code=130)
 
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  # JAX logs its backend probing (e.g. no TPU on this host) at INFO; keep launches quiet.
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
   app.run(wrapped)

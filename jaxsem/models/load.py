@@ -78,13 +78,20 @@ def load(name_or_path: str | os.PathLike = assets.DEFAULT_MODEL, *, mesh: Mesh |
       config = gguf_params.read_config(f)
       tokenizer = tokenizer_lib.tokenizer_from_gguf(f.metadata, str(resolved.path))
       params = gguf_params.load_gguf_params(f, config, dtype=np.float32, place=place)
-      provenance.update(gguf_params.gguf_provenance(f, config))
+      file_prov = gguf_params.gguf_provenance(f, config)
+      file_prov["name_in_file"] = file_prov.pop("name", None)
+      provenance.update(file_prov)
+      counts = file_prov.get("quant_types", {})
+      provenance["quantization"] = ", ".join(f"{k} x{v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
   else:
     config_json, tokenizer_path, _ = hf_checkpoint.read_hf_dir(resolved.path)
     config = hf_checkpoint.config_from_hf(config_json, str(resolved.path))
     tokenizer = tokenizer_lib.tokenizer_from_json(tokenizer_path)
     params = hf_checkpoint.load_hf_params(resolved.path, config, dtype=np.float32, place=place)
-    provenance.update(hf_checkpoint.hf_provenance(config_json, config))
+    file_prov = hf_checkpoint.hf_provenance(config_json, config)
+    file_prov["name_in_file"] = file_prov.pop("name", None)
+    provenance.update(file_prov)
+    provenance.setdefault("quantization", "none (safetensors)")
   provenance.update({
       "input_embedding": "embed",
       "unembedding": "embed" if config.tie_embeddings else "unembed",

@@ -88,10 +88,29 @@ class Model:
     return jax.device_put(x, sharding_lib.batch_sharding(self.mesh, x.ndim))
 
   def forward(self, ids: np.ndarray, mask: np.ndarray, **kwargs) -> ForwardOutput:
-    """Jitted ``forward`` on padded inputs placed over the mesh's data axis."""
+    """Jitted ``forward`` with the batch placed over the mesh's data axis.
+
+    A batch that does not divide the data axis is padded with empty rows, which are
+    dropped from the outputs again. Per-row keyword arrays (``logit_positions``) are
+    padded the same way.
+    """
+    ids, mask = np.asarray(ids), np.asarray(mask)
+    b = ids.shape[0]
+    extra = -b % self._data_size()
+    if extra:
+      ids = np.concatenate([ids, np.full((extra, ids.shape[1]), self.pad_id, ids.dtype)])
+      mask = np.concatenate([mask, np.zeros((extra, mask.shape[1]), mask.dtype)])
+      if kwargs.get("logit_positions") is not None:
+        pos = np.asarray(kwargs["logit_positions"])
+        kwargs["logit_positions"] = np.concatenate([pos, np.zeros((extra,) + pos.shape[1:], pos.dtype)])
     if "capture" in kwargs:
       kwargs["capture"] = tuple(kwargs["capture"])
-    return forward_jit(self.params, self.config, self._put(ids), self._put(mask), **kwargs)
+    out = forward_jit(self.params, self.config, self._put(ids), self._put(mask), **kwargs)
+    if not extra:
+      return out
+    logits = None if out.logits is None else out.logits[:b]
+    captured = {k: (v[:, :b] if k in ("resid_pre", "resid_post") else v[:b]) for k, v in out.captured.items()}
+    return ForwardOutput(logits=logits, captured=captured)
 
   # ------------------------------------------------------------------ public API
 

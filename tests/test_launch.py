@@ -1,0 +1,62 @@
+"""Launchers: user mistakes give one clear line and a non-zero exit, never a traceback."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args, timeout=600):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1")
+  return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def _assert_one_line_error(proc, *needles):
+  assert proc.returncode != 0
+  assert "Traceback" not in proc.stderr
+  lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+  assert len(lines) == 1, proc.stderr
+  for needle in needles:
+    assert needle in lines[0], lines[0]
+
+
+def test_unknown_model_name(tmp_path):
+  proc = _run("launch.generate", "--model=no-such-model", "--max_new_tokens=1")
+  _assert_one_line_error(proc, "no-such-model", "gemma3-270m")
+
+
+def test_missing_path():
+  proc = _run("launch.generate", "--model=/nonexistent/model.gguf")
+  _assert_one_line_error(proc, "/nonexistent/model.gguf")
+
+
+def test_corrupt_gguf(tmp_path):
+  bad = tmp_path / "broken.gguf"
+  bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 40)
+  proc = _run("launch.generate", f"--model={bad}")
+  _assert_one_line_error(proc, str(bad))
+
+
+def test_bad_mesh_names_the_flag():
+  proc = _run("launch.generate", "--model=smollm2-135m-instruct", "--mesh=data:3,model:5")
+  _assert_one_line_error(proc, "--mesh")
+
+
+@pytest.mark.slow
+def test_main_job_writes_summary(tmp_path):
+  out = tmp_path / "main"
+  proc = _run("launch.main", "--model=smollm2-135m-instruct", f"--out_dir={out}", "--max_new_tokens=3",
+              "--prompt=The capital of France is")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  import json
+
+  doc = json.loads((out / "summary.json").read_text())
+  prov = doc["provenance"]
+  assert prov["model"]["name"] == "smollm2-135m-instruct"
+  assert prov["model"]["tied_embeddings"] is True
+  assert prov["versions"]["jax"]
+  assert "Paris" in doc["generations"][0]["continuation"]
