@@ -19,6 +19,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxsem.errors import InputError
+from jaxsem.io import host_memory
 from jaxsem.models.config import ModelConfig
 
 MESH_AXES = ("data", "model")
@@ -140,7 +141,10 @@ def pad_vocab(array: np.ndarray, multiple: int) -> np.ndarray:
   extra = -array.shape[0] % multiple
   if not extra:
     return array
-  return np.concatenate([array, np.zeros((extra,) + array.shape[1:], array.dtype)], axis=0)
+  out = host_memory.aligned_empty((array.shape[0] + extra,) + array.shape[1:], array.dtype)
+  out[:array.shape[0]] = array
+  out[array.shape[0]:] = 0
+  return out
 
 
 def param_sharding(path: str, shape: tuple[int, ...], mesh: Mesh) -> NamedSharding:
@@ -160,7 +164,9 @@ def make_placer(mesh: Mesh | None, dtype=np.float32) -> Callable[[str, np.ndarra
   def place(path: str, array: np.ndarray) -> jax.Array:
     array = np.asarray(array)
     if dtype is not None and array.dtype != dtype:
-      array = array.astype(dtype)
+      converted = host_memory.aligned_empty(array.shape, dtype)
+      converted[...] = array
+      array = converted
     if mesh is None:
       return jax.device_put(array)
     if path in _VOCAB_LEAVES:

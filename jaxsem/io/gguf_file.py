@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from jaxsem.errors import InputError
+from jaxsem.io import host_memory
 
 _MAGIC = b"GGUF"
 _DEFAULT_ALIGNMENT = 32
@@ -222,6 +223,11 @@ class GGUFFile:
     """Raw bytes of tensor ``name`` as a read-only ``uint8`` array (no copy)."""
     info = self.tensors[name]
     return np.frombuffer(self._mm, dtype=np.uint8, count=info.nbytes, offset=info.offset)
+
+  def release(self, name: str) -> None:
+    """Drops tensor ``name``'s pages from this process's resident memory (after use)."""
+    info = self.tensors[name]
+    host_memory.drop_pages(self._mm, info.offset, info.nbytes)
 
   def close(self) -> None:
     mm = getattr(self, "_mm", None)

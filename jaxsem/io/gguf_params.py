@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from jaxsem.errors import InputError
+from jaxsem.io import host_memory
 from jaxsem.io.dequant import dequantize, type_name
 from jaxsem.io.gguf_file import GGUFFile, TensorInfo
 from jaxsem.models.config import ModelConfig, RopeScaling
@@ -393,20 +394,24 @@ def load_gguf_params(f: GGUFFile, config: ModelConfig, *, dtype: Any = np.float3
 
   def read(name: str, out: np.ndarray | None = None) -> np.ndarray:
     info = f.tensors[name]
-    return dequantize(f.raw(name), info.ggml_type, info.shape, out=out, name=name, path=f.path)
+    array = dequantize(f.raw(name), info.ggml_type, info.shape, out=out, name=name, path=f.path)
+    f.release(name)
+    return array
 
   params: dict[str, Any] = {"blocks": {}}
   for leaf, (name, shape) in top_leaves(config).items():
-    array = np.empty(shape, dtype)
+    array = host_memory.aligned_empty(shape, dtype)
     read(name, out=array)
     params[leaf] = place(leaf, array)
     del array
+    host_memory.trim()
   for leaf, (suffix, _, shape, write) in block_leaves(config, permuted).items():
-    array = np.empty((config.n_layers, *shape), dtype)
+    array = host_memory.aligned_empty((config.n_layers, *shape), dtype)
     for i in range(config.n_layers):
       write(read(f"blk.{i}.{suffix}"), array[i])
     params["blocks"][leaf] = place(f"blocks/{leaf}", array)
     del array
+    host_memory.trim()
   return params
 
 

@@ -35,6 +35,7 @@ import numpy as np
 from safetensors import safe_open
 
 from jaxsem.errors import InputError
+from jaxsem.io import host_memory
 from jaxsem.models.config import ModelConfig, RopeScaling
 
 Place = Callable[[str, np.ndarray], Any]
@@ -425,7 +426,7 @@ def load_hf_params(directory: str | os.PathLike, config: ModelConfig, *, dtype: 
       for i in range(L):
         slot = convert(tensors.get(need(f"{prefix}layers.{i}.{name}"), shape))
         if buf is None:
-          buf = np.empty((L,) + slot.shape, dtype)
+          buf = host_memory.aligned_empty((L,) + slot.shape, dtype)
         buf[i] = slot
       params["blocks"][path.split("/", 1)[1]] = place(path, buf)
       del buf
