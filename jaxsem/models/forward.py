@@ -262,9 +262,12 @@ def forward(
     if "resid_pre" in stacks:
       outs["resid_pre"] = h
     bufs = _update_singles(bufs, singles, "resid_pre", layer_idx, h)
-    cos = jnp.where(local, cos_l, cos_g)
-    sin = jnp.where(local, sin_l, sin_g)
-    attn_mask = jnp.where(local, local_mask, global_mask)
+    if any(cfg.local_layers):  # static: only mixed local/global models pay for the select
+      cos = jnp.where(local, cos_l, cos_g)
+      sin = jnp.where(local, sin_l, sin_g)
+      attn_mask = jnp.where(local, local_mask, global_mask)
+    else:
+      cos, sin, attn_mask = cos_g, sin_g, global_mask
     h = block(p, h, cfg, cos, sin, attn_mask)
     h = intervene(h, "resid_post", layer_idx)
     if "resid_post" in stacks:
