@@ -100,10 +100,23 @@ def _softcap(x: jax.Array, cap: float | None) -> jax.Array:
   return x if cap is None else jnp.tanh(x / cap) * cap
 
 
-def attention(p: dict, x: jax.Array, cfg: ModelConfig, cos, sin, mask: jax.Array) -> jax.Array:
-  """Grouped-query self-attention. ``x`` [B, T, D]; ``mask`` [B, T, S] bool."""
-  b, t, _ = x.shape
-  q = jnp.einsum("btd,dhk->bthk", x, p["q"])
+def _rows(x: jax.Array, index: jax.Array) -> jax.Array:
+  """``x[b, index[b, p]]``: ``[B, T, ...]`` gathered at ``index`` ``[B, P]`` -> ``[B, P, ...]``."""
+  return jax.vmap(lambda xb, ib: xb[ib])(x, index)
+
+
+def attention(p: dict, x: jax.Array, cfg: ModelConfig, cos, sin, mask: jax.Array,
+              q_index: jax.Array | None = None) -> jax.Array:
+  """Grouped-query self-attention. ``x`` [B, T, D]; ``mask`` [B, T, S] bool.
+
+  With ``q_index`` ``[B, P]`` only those positions are queried (keys and values still
+  cover the whole sequence) and the result is ``[B, P, D]``.
+  """
+  xq, cos_q, sin_q, mask_q = x, cos, sin, mask
+  if q_index is not None:
+    xq, cos_q, sin_q, mask_q = (_rows(a, q_index) for a in (x, cos, sin, mask))
+  b, t, _ = xq.shape
+  q = jnp.einsum("btd,dhk->bthk", xq, p["q"])
   k = jnp.einsum("btd,dgk->btgk", x, p["k"])
   v = jnp.einsum("btd,dgk->btgk", x, p["v"])
   if cfg.qkv_bias:
@@ -111,12 +124,12 @@ def attention(p: dict, x: jax.Array, cfg: ModelConfig, cos, sin, mask: jax.Array
   if cfg.qk_norm:
     q = rms_norm(q, p["q_norm"], cfg.norm_eps)
     k = rms_norm(k, p["k_norm"], cfg.norm_eps)
-  q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+  q, k = apply_rope(q, cos_q, sin_q), apply_rope(k, cos, sin)
   groups = cfg.n_heads // cfg.n_kv_heads
   q = q.reshape(b, t, cfg.n_kv_heads, groups, cfg.head_dim)
   scores = jnp.einsum("btgqk,bsgk->bgqts", q, k, preferred_element_type=jnp.float32)
   scores = _softcap(scores * cfg.query_scale, cfg.attn_softcap)
-  scores = jnp.where(mask[:, None, None, :, :], scores, _NEG_INF)
+  scores = jnp.where(mask_q[:, None, None, :, :], scores, _NEG_INF)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   out = jnp.einsum("bgqts,bsgk->btgqk", probs, v).reshape(b, t, cfg.n_heads, cfg.head_dim)
   return jnp.einsum("bthk,hkd->btd", out, p["o"])
@@ -133,12 +146,17 @@ def mlp(p: dict, x: jax.Array, cfg: ModelConfig) -> jax.Array:
   return jnp.einsum("btf,fd->btd", act * up, p["down"])
 
 
-def block(p: dict, h: jax.Array, cfg: ModelConfig, cos, sin, mask) -> jax.Array:
-  """One pre-norm transformer block (with Gemma's post-norms when configured)."""
-  a = attention(p, rms_norm(h, p["attn_norm"], cfg.norm_eps), cfg, cos, sin, mask)
+def block(p: dict, h: jax.Array, cfg: ModelConfig, cos, sin, mask,
+          q_index: jax.Array | None = None) -> jax.Array:
+  """One pre-norm transformer block (with Gemma's post-norms when configured).
+
+  With ``q_index`` ``[B, P]`` the block's output is computed only at those positions
+  (``[B, P, D]``): enough for a last layer whose other positions nobody reads.
+  """
+  a = attention(p, rms_norm(h, p["attn_norm"], cfg.norm_eps), cfg, cos, sin, mask, q_index)
   if cfg.post_norms:
     a = rms_norm(a, p["post_attn_norm"], cfg.norm_eps)
-  h = h + a
+  h = (h if q_index is None else _rows(h, q_index)) + a
   m = mlp(p, rms_norm(h, p["mlp_norm"], cfg.norm_eps), cfg)
   if cfg.post_norms:
     m = rms_norm(m, p["post_mlp_norm"], cfg.norm_eps)
@@ -254,21 +272,38 @@ def forward(
     captured["embed"] = h
   is_local = jnp.asarray(cfg.local_layers, bool)
 
-  def step(carry, xs):
+  # Positions whose logits are read; when nothing else needs the last block's output
+  # at other positions, the last block runs for these positions only.
+  read = None
+  if logit_positions is not None:
+    read = jnp.asarray(logit_positions, jnp.int32)
+    read = read if read.ndim == 2 else read[:, None]
+  elif logits_at == "last":
+    read = jnp.max(jnp.where(mask > 0, jnp.arange(mask.shape[1])[None, :], 0), axis=1)[:, None]
+  elif logits_at not in ("all", "none"):
+    raise ValueError(f"logits_at must be 'last', 'all' or 'none', got {logits_at!r}")
+  last = cfg.n_layers - 1
+  restrict = read is not None and not (
+      "final" in capture or "resid_post" in stacks or ("resid_post", last) in singles.values()
+      or ("resid_post", last) in by_site)
+  n_scan = cfg.n_layers - 1 if restrict else cfg.n_layers
+
+  def layer_inputs(local):
+    if any(cfg.local_layers):  # static: only mixed local/global models pay for the select
+      return (jnp.where(local, cos_l, cos_g), jnp.where(local, sin_l, sin_g),
+              jnp.where(local, local_mask, global_mask))
+    return cos_g, sin_g, global_mask
+
+  def step(carry, layer_idx):
     h, bufs = carry
-    p, layer_idx, local = xs
+    p = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, layer_idx, keepdims=False),
+                     params["blocks"])
     h = intervene(h, "resid_pre", layer_idx)
     outs = {}
     if "resid_pre" in stacks:
       outs["resid_pre"] = h
     bufs = _update_singles(bufs, singles, "resid_pre", layer_idx, h)
-    if any(cfg.local_layers):  # static: only mixed local/global models pay for the select
-      cos = jnp.where(local, cos_l, cos_g)
-      sin = jnp.where(local, sin_l, sin_g)
-      attn_mask = jnp.where(local, local_mask, global_mask)
-    else:
-      cos, sin, attn_mask = cos_g, sin_g, global_mask
-    h = block(p, h, cfg, cos, sin, attn_mask)
+    h = block(p, h, cfg, *layer_inputs(is_local[layer_idx]))
     h = intervene(h, "resid_post", layer_idx)
     if "resid_post" in stacks:
       outs["resid_post"] = h
@@ -276,8 +311,14 @@ def forward(
     return (h, bufs), outs
 
   bufs0 = {s: jnp.zeros_like(h) for s in singles}
-  xs = (params["blocks"], jnp.arange(cfg.n_layers), is_local)
-  (h, bufs), outs = jax.lax.scan(step, (h, bufs0), xs)
+  (h, bufs), outs = jax.lax.scan(step, (h, bufs0), jnp.arange(n_scan))
+  if restrict:
+    p = jax.tree.map(lambda x: x[last], params["blocks"])
+    h = intervene(h, "resid_pre", last)
+    if "resid_pre" in stacks:
+      outs["resid_pre"] = jnp.concatenate([outs["resid_pre"], h[None]], axis=0)
+    bufs = _update_singles(bufs, singles, "resid_pre", last, h)
+    h = block(p, h, cfg, *layer_inputs(is_local[last]), q_index=read)  # [B, P, D]
   captured.update(outs)
   captured.update(bufs)
 
@@ -285,20 +326,12 @@ def forward(
   if "final" in capture:
     captured["final"] = h
 
-  if logit_positions is not None:
-    pos = jnp.asarray(logit_positions, jnp.int32)
-    rows = jnp.arange(h.shape[0])
-    sel = h[rows[:, None], pos] if pos.ndim == 2 else h[rows, pos]
-    logits = unembed(params, cfg, sel)
-  elif logits_at == "last":
-    last = jnp.max(jnp.where(mask > 0, jnp.arange(mask.shape[1])[None, :], 0), axis=1)
-    logits = unembed(params, cfg, h[jnp.arange(h.shape[0]), last])
-  elif logits_at == "all":
-    logits = unembed(params, cfg, h)
-  elif logits_at == "none":
-    logits = None
+  if read is None:
+    logits = unembed(params, cfg, h) if logits_at == "all" else None
   else:
-    raise ValueError(f"logits_at must be 'last', 'all' or 'none', got {logits_at!r}")
+    logits = unembed(params, cfg, h if restrict else _rows(h, read))  # [B, P, V]
+    if logit_positions is None or jnp.ndim(logit_positions) == 1:
+      logits = logits[:, 0]
   return ForwardOutput(logits=logits, captured=captured)
 
 

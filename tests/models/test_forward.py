@@ -158,3 +158,18 @@ def test_bfloat16_tracks_float32(model):
   assert out.logits.dtype == jnp.float32
   corr = np.corrcoef(np.asarray(out.logits).ravel(), ref.ravel())[0, 1]
   assert corr > 0.99
+
+
+def test_restricted_last_block_matches_full_pass(model):
+  """'last' runs the last block for the read positions only; captures that need the
+  whole last block switch that off. Both must give the same logits."""
+  cfg, params = model
+  ids, mask = _batch()
+  fast = np.asarray(forward_jit(params, cfg, ids, mask, logits_at="last").logits)
+  full = forward_jit(params, cfg, ids, mask, logits_at="last", capture=("final", "resid_pre"))
+  np.testing.assert_allclose(fast, np.asarray(full.logits), atol=2e-5)
+  assert full.captured["final"].shape == (B, T, cfg.d_model)
+  assert full.captured["resid_pre"].shape[0] == cfg.n_layers
+  pre = forward_jit(params, cfg, ids, mask, logits_at="last", capture=("resid_pre",))
+  np.testing.assert_array_equal(np.asarray(pre.captured["resid_pre"]), np.asarray(full.captured["resid_pre"]))
+  np.testing.assert_allclose(np.asarray(pre.logits), fast, atol=2e-5)
