@@ -1,0 +1,134 @@
+"""PNG figures beside each summary.json (matplotlib, no display needed).
+
+Every function takes plain arrays and labels, writes one PNG atomically and returns
+its path. The figure title carries the provenance a reader needs (model, space).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never open a window
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+FACTOR_COLOURS = {"E": "#1b9e77", "P": "#d95f02", "A": "#7570b3", None: "#999999"}
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.tmp.png")
+  fig.savefig(tmp, dpi=130, bbox_inches="tight")
+  plt.close(fig)
+  os.replace(tmp, path)
+  return path
+
+
+def correlation_bars(path, labels: Sequence[str], r: np.ndarray, ci: np.ndarray,
+                     null_p95: np.ndarray | None = None, probe_r: np.ndarray | None = None,
+                     title: str = "", xlabel: str = "Pearson r with human ratings") -> Path:
+  """Horizontal bars of r with 95% CIs, the null's 95th percentile as a grey band.
+
+  Args:
+    path: output PNG.
+    labels: one per bar (e.g. "good-bad · warriner:valence").
+    r: ``[n]`` correlations.
+    ci: ``[n, 2]`` CI bounds.
+    null_p95: optional ``[n]`` 95th percentile of |r| under the null, drawn as ±band.
+    probe_r: optional ``[n]`` supervised ceiling, drawn as a tick.
+  """
+  n = len(labels)
+  r = np.asarray(r, float)
+  ci = np.asarray(ci, float).reshape(n, 2)
+  fig, ax = plt.subplots(figsize=(7.5, 0.32 * n + 1.4))
+  y = np.arange(n)[::-1]
+  if null_p95 is not None:
+    band = np.asarray(null_p95, float)
+    for yi, b in zip(y, band):
+      ax.fill_betweenx([yi - 0.45, yi + 0.45], -b, b, color="#dddddd", zorder=0, linewidth=0)
+  colours = ["#2c7bb6" if v >= 0 else "#d7191c" for v in r]
+  ax.barh(y, r, color=colours, height=0.7, zorder=2)
+  ax.errorbar(r, y, xerr=np.abs(np.stack([r - ci[:, 0], ci[:, 1] - r])), fmt="none", ecolor="black",
+              elinewidth=1, capsize=2, zorder=3)
+  if probe_r is not None:
+    ax.scatter(np.asarray(probe_r, float), y, marker="|", s=160, color="black", zorder=4,
+               label="probe ceiling (CV r)")
+    ax.legend(loc="lower right", fontsize=8)
+  ax.axvline(0, color="black", linewidth=0.8)
+  ax.set_yticks(y)
+  ax.set_yticklabels(labels, fontsize=8)
+  ax.set_xlim(-1, 1)
+  ax.set_xlabel(xlabel + ("  (grey: null 95th percentile)" if null_p95 is not None else ""))
+  ax.set_title(title, fontsize=9)
+  return _save(fig, path)
+
+
+def heatmap(path, matrix: np.ndarray, labels: Sequence[str], title: str = "",
+            vmin: float = -1.0, vmax: float = 1.0, cbar_label: str = "cosine") -> Path:
+  """Square heatmap (e.g. direction cosines) with labelled axes."""
+  m = np.asarray(matrix, float)
+  n = m.shape[0]
+  size = min(14.0, 2.5 + 0.28 * n)
+  fig, ax = plt.subplots(figsize=(size, size * 0.9))
+  im = ax.imshow(m, cmap="RdBu_r", vmin=vmin, vmax=vmax)
+  if n <= 60:
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(n))
+    ax.set_xticklabels(labels, rotation=90, fontsize=7)
+    ax.set_yticklabels(labels, fontsize=7)
+  fig.colorbar(im, ax=ax, shrink=0.8, label=cbar_label)
+  ax.set_title(title, fontsize=9)
+  return _save(fig, path)
+
+
+def scree(path, curves: dict[str, np.ndarray], title: str = "", max_components: int = 15) -> Path:
+  """Explained-variance ratio per component (bars for the first curve, lines for all)
+  with the cumulative share on a second axis."""
+  fig, ax = plt.subplots(figsize=(6.5, 4))
+  ax2 = ax.twinx()
+  for i, (name, evr) in enumerate(curves.items()):
+    evr = np.asarray(evr, float)[:max_components]
+    k = np.arange(1, len(evr) + 1)
+    if i == 0:
+      ax.bar(k, evr, color="#bbbbbb", label=f"{name} (per component)")
+    ax.plot(k, evr, marker="o", markersize=3, label=name)
+    ax2.plot(k, np.cumsum(evr), linestyle="--", linewidth=1)
+  ax.set_xlabel("component")
+  ax.set_ylabel("explained variance ratio")
+  ax2.set_ylabel("cumulative (dashed)")
+  ax2.set_ylim(0, 1.02)
+  ax.legend(fontsize=8, loc="center right")
+  ax.set_title(title, fontsize=9)
+  return _save(fig, path)
+
+
+def loadings(path, matrix: np.ndarray, labels: Sequence[str], factors: Sequence[str | None],
+             title: str = "", components: Sequence[str] = ("PC1", "PC2", "PC3")) -> Path:
+  """One panel per component: loading of each scale, coloured by hypothesised factor."""
+  m = np.asarray(matrix, float)
+  k = min(m.shape[1], len(components))
+  n = m.shape[0]
+  fig, axes = plt.subplots(1, k, figsize=(3.2 * k, 0.25 * n + 1.5), sharey=True)
+  axes = np.atleast_1d(axes)
+  y = np.arange(n)[::-1]
+  colours = [FACTOR_COLOURS.get(f, FACTOR_COLOURS[None]) for f in factors]
+  for j in range(k):
+    ax = axes[j]
+    ax.barh(y, m[:, j], color=colours)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_title(components[j], fontsize=9)
+    ax.set_xlim(-1.05, 1.05)
+  axes[0].set_yticks(y)
+  axes[0].set_yticklabels(labels, fontsize=7)
+  handles = [plt.Rectangle((0, 0), 1, 1, color=c) for f, c in FACTOR_COLOURS.items() if f in set(factors)]
+  names = [("untagged" if f is None else f) for f in FACTOR_COLOURS if f in set(factors)]
+  if handles:
+    fig.legend(handles, names, loc="lower center", ncol=len(handles), fontsize=8)
+  fig.suptitle(title, fontsize=9)
+  return _save(fig, path)
