@@ -37,6 +37,11 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | None], ...] = (
     ("layers", None),
     ("seq", None),
     ("directions", "model"),
+    # Rows of a words x scales matrix (a word list's vectors), sharded like the vocab.
+    ("words", "model"),
+    # Direction columns of a projection whose rows hold the model axis: the output
+    # [rows, scales] then spans the whole mesh without any communication.
+    ("scales", "data"),
 )
 
 # param leaf path -> logical axes of its dimensions.
