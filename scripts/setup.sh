@@ -111,5 +111,13 @@ if [[ "$with_test" == 1 ]] && ! is_done "$test_stamp" "${test_modules[@]}"; then
   echo "$key" >"$test_stamp"
 fi
 
+# --- WordNet 3.0 data files, for the test that rebuilds configs/scales/wordnet.tsv -------
+# Best effort, as root with apt-get only; without them that test is skipped.
+if [[ "$with_test" == 1 && ! -d /usr/share/wordnet && "$(id -u)" == 0 ]] \
+  && command -v apt-get >/dev/null 2>&1; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    wordnet-base; } >/dev/null 2>&1 || true
+fi
+
 # --- the default model, joined once into the cache (a stat when already there) -----------
 quiet "$py" -c 'from jaxsem.io import assets; assets.resolve_model(assets.DEFAULT_MODEL)'
