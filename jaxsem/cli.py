@@ -23,6 +23,39 @@ def define_model_flags() -> None:
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and activation dtype.")
 
 
+def define_analysis_flags(scales: str, out_dir: str) -> None:
+  """The flags shared by the alignment and structure launchers."""
+  flags.DEFINE_string("scales", scales, "Scale set: osgood28, norms, wordnet, or a JSON/TSV file.")
+  flags.DEFINE_list("norms", ["warriner"], "Human norm tables: warriner, anew, dal.")
+  flags.DEFINE_enum("space", "input_embedding", ["input_embedding", "unembedding", "hidden"],
+                    "Where word vectors come from.")
+  flags.DEFINE_integer("layer", None, "Block whose output is the hidden space (-1: after the final norm).")
+  flags.DEFINE_bool("centre", True, "Subtract the vocabulary mean.")
+  flags.DEFINE_bool("whiten", False, "Whiten with the vocabulary covariance (causal inner product).")
+  flags.DEFINE_enum("policy", "single", ["single", "mean", "first"], "Word -> token policy.")
+  flags.DEFINE_enum("method", "pole_mean", ["pole_mean", "pair_mean", "semaxis"], "Direction construction.")
+  flags.DEFINE_enum("metric", "cosine", ["cosine", "dot"], "Projection metric.")
+  flags.DEFINE_float("min_coverage", 0.5, "Least share of a norm table's words the policy must cover.",
+                     lower_bound=0.0, upper_bound=1.0)
+  flags.DEFINE_integer("seed", 0, "Seed of bootstraps, nulls, probe folds and random baselines.")
+  flags.DEFINE_integer("n_boot", 1000, "Bootstrap resamples.", lower_bound=1)
+  flags.DEFINE_integer("n_null", 1000, "Random directions in the null.", lower_bound=1)
+  flags.DEFINE_integer("n_null_pairs", 300, "Random WordNet antonym pairs in the second null (0: skip).",
+                       lower_bound=0)
+  flags.DEFINE_string("out_dir", out_dir, "Where summary.json and the figures are written.")
+
+
+def analysis_options():
+  """The analysis flags as ``jaxsem.analyses.experiments.Options``."""
+  from jaxsem.analyses.experiments import Options
+
+  f = flags.FLAGS
+  return Options(scales=f.scales, norms=tuple(f.norms), space=f.space, layer=f.layer, centre=f.centre,
+                 whiten=f.whiten, policy=f.policy, method=f.method, metric=f.metric,
+                 min_coverage=f.min_coverage, seed=f.seed, n_boot=f.n_boot, n_null=f.n_null,
+                 n_null_pairs=f.n_null_pairs)
+
+
 def fail(message: str, code: int = 2) -> None:
   """Prints one line to stderr and exits non-zero (no traceback)."""
   print(f"error: {message}", file=sys.stderr)

@@ -97,8 +97,8 @@ def scree(path, curves: dict[str, np.ndarray], title: str = "", max_components: 
     k = np.arange(1, len(evr) + 1)
     if i == 0:
       ax.bar(k, evr, color="#bbbbbb", label=f"{name} (per component)")
-    ax.plot(k, evr, marker="o", markersize=3, label=name)
-    ax2.plot(k, np.cumsum(evr), linestyle="--", linewidth=1)
+    (line,) = ax.plot(k, evr, marker="o", markersize=3, label=name)
+    ax2.plot(k, np.cumsum(evr), linestyle="--", linewidth=1, color=line.get_color())
   ax.set_xlabel("component")
   ax.set_ylabel("explained variance ratio")
   ax2.set_ylabel("cumulative (dashed)")

@@ -1,0 +1,132 @@
+"""End-to-end alignment and structure runs: options in, JSON-friendly results out.
+
+Launchers call ``run_align`` / ``run_structure`` with their flags packed in
+``Options``; the results carry everything ``jaxsem.report`` needs to write
+summary.json (with provenance) and the figures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+
+from jaxsem.analyses import align as align_lib
+from jaxsem.analyses import scale_directions
+from jaxsem.analyses import spaces as spaces_lib
+from jaxsem.analyses import structure as structure_lib
+from jaxsem.io import scales as scales_io
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """What to measure and how (the analysis flags).
+
+  Attributes:
+    scales: scale set name or file (``osgood28``, ``norms``, ``wordnet`` or a path).
+    norms: human norm tables to compare with (``warriner``, ``anew``, ``dal``).
+    space: ``input_embedding``, ``unembedding`` or ``hidden``.
+    layer: block index for ``hidden`` (-1 = after the final norm).
+    centre: subtract the vocabulary mean.
+    whiten: whiten with the vocabulary covariance (the causal inner product control).
+    policy: word -> token policy (``single``, ``mean``, ``first``).
+    method: direction construction (``pole_mean``, ``pair_mean``, ``semaxis``).
+    metric: projection metric (``cosine`` or ``dot``).
+    min_coverage: least share of a norm table's words the policy must cover.
+    seed: PRNG seed for bootstraps, nulls, probe folds and random baselines.
+    n_boot: bootstrap resamples.
+    n_null: random directions in the null.
+    n_null_pairs: random WordNet antonym pairs in the second null (0 = skip).
+    template: hidden-space template with one ``{word}`` slot.
+  """
+
+  scales: str = "osgood28"
+  norms: tuple[str, ...] = ("warriner",)
+  space: str = "input_embedding"
+  layer: int | None = None
+  centre: bool = True
+  whiten: bool = False
+  policy: str = "single"
+  method: str = "pole_mean"
+  metric: str = "cosine"
+  min_coverage: float = 0.5
+  seed: int = 0
+  n_boot: int = 1000
+  n_null: int = 1000
+  n_null_pairs: int = 300
+  template: str = spaces_lib.DEFAULT_TEMPLATE
+
+  def provenance(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+def _space(model, opts: Options, whiten: bool | None = None):
+  return spaces_lib.make_space(model, opts.space, layer=opts.layer, centre=opts.centre,
+                               whiten=opts.whiten if whiten is None else whiten,
+                               template=opts.template, seed=opts.seed)
+
+
+def _pairs(model, space, opts: Options, key):
+  if opts.n_null_pairs <= 0:
+    return None
+  wordnet = scales_io.load_scales("wordnet")
+  return align_lib.random_pair_directions(model, space, list(wordnet), opts.n_null_pairs, key,
+                                          policy=opts.policy)
+
+
+def _inputs(model, opts: Options, space):
+  scale_set = scales_io.load_scales(opts.scales)
+  missing = "drop" if len(scale_set) > 200 else "error"
+  dirs = scale_directions.build(model, space, list(scale_set), policy=opts.policy, method=opts.method,
+                                missing=missing, what=scale_set.name)
+  norms = [align_lib.norm_words(model, space, n, policy=opts.policy, min_coverage=opts.min_coverage)
+           for n in opts.norms]
+  return scale_set, dirs, norms
+
+
+def run_align(model, opts: Options) -> dict[str, Any]:
+  """Human alignment of every scale with every norm column (see ``analyses.align``)."""
+  start = time.perf_counter()
+  key = jax.random.key(opts.seed)
+  space = _space(model, opts)
+  scale_set, dirs, norms = _inputs(model, opts, space)
+  pairs = _pairs(model, space, opts, jax.random.fold_in(key, 1))
+  out = align_lib.align(dirs, norms, key=jax.random.fold_in(key, 2), n_boot=opts.n_boot,
+                        n_null=opts.n_null, null_pairs=pairs, metric=opts.metric)
+  out["directions"] = dirs.report()
+  out["coverage"] = {nw.name: nw.report for nw in norms}
+  out["space"] = space.provenance()
+  out["scales_file"] = str(scale_set.source)
+  out["seconds"] = round(time.perf_counter() - start, 2)
+  return out
+
+
+def run_structure(model, opts: Options, whitening_control: bool = True) -> dict[str, Any]:
+  """Structure of the scales in the chosen space and, as a control, whitened."""
+  start = time.perf_counter()
+  key = jax.random.key(opts.seed)
+  variants = [opts.whiten] + ([not opts.whiten] if whitening_control else [])
+  runs = {}
+  scale_set = None
+  for whiten in variants:
+    space = _space(model, opts, whiten)
+    scale_set, dirs, norms = _inputs(model, opts, space)
+    pairs = _pairs(model, space, opts, jax.random.fold_in(key, 1))
+    res = structure_lib.structure(dirs, norms[0], key=jax.random.fold_in(key, 3), pair_dirs=pairs,
+                                  metric=opts.metric)
+    res["directions"] = dirs.report()
+    res["coverage"] = {nw.name: nw.report for nw in norms}
+    res["space"] = space.provenance()
+    runs["whitened" if whiten else "unwhitened"] = res
+  primary = "whitened" if opts.whiten else "unwhitened"
+  out = dict(runs[primary])
+  out["control"] = {k: {"pca": {f: v["pca"][f] for f in ("explained_variance_ratio", "cumulative_1_2_3",
+                                                           "participation_ratio", "component_vs_norms",
+                                                           "epa_congruence", "varimax_loadings")},
+                        "cosine_mean_abs_offdiag": v["cosine"]["mean_abs_offdiag"], "space": v["space"]}
+                    for k, v in runs.items() if k != primary}
+  out["scales_file"] = str(scale_set.source)
+  out["seconds"] = round(time.perf_counter() - start, 2)
+  return out

@@ -1,0 +1,107 @@
+"""Writing alignment and structure results: summary.json, PNG figures, a short digest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxsem.report import figures
+from jaxsem.report import summary
+
+
+def _provenance(result: dict[str, Any], opts) -> dict[str, Any]:
+  space = result["space"]
+  return {
+      "space": space,
+      "layer": space.get("layer"),
+      "centred": space.get("centred"),
+      "whitened": space.get("whitened"),
+      "policy": opts.policy,
+      "coverage": result["coverage"],
+      "directions": result["directions"],
+      "scales_file": result["scales_file"],
+      "seed": opts.seed,
+      "options": opts.provenance(),
+  }
+
+
+def _title(model, result) -> str:
+  s = result["space"]
+  bits = [model.provenance.get("name", "?"), s.get("name", "?")]
+  if s.get("layer") is not None:
+    bits.append(f"layer {s['layer']}")
+  bits.append("centred" if s.get("centred") else "uncentred")
+  if s.get("whitened"):
+    bits.append("whitened")
+  return " · ".join(bits)
+
+
+def write_align(out_dir, result: dict[str, Any], model, opts) -> Path:
+  """``out_dir/summary.json`` plus one bars figure per norm table."""
+  out = Path(out_dir)
+  rows = result["results"]
+  for norm in sorted({r["norm"] for r in rows}):
+    sel = [r for r in rows if r["norm"] == norm]
+    figures.correlation_bars(
+        out / f"align_{norm}.png", [f"{r['scale']} · {r['column']}" for r in sel],
+        np.array([r["pearson"] for r in sel]), np.array([r["pearson_ci"] for r in sel]),
+        null_p95=np.array([r["null_p95"] for r in sel]), probe_r=np.array([r["probe_r"] for r in sel]),
+        title=f"{_title(model, result)} · {norm} norms")
+  doc = {k: v for k, v in result.items() if k not in ("space", "coverage", "directions", "scales_file")}
+  return summary.write(out, {"job": "align", **doc}, model=model, **_provenance(result, opts))
+
+
+def write_structure(out_dir, result: dict[str, Any], model, opts) -> Path:
+  """``out_dir/summary.json`` plus cosine heatmap, scree and loadings figures."""
+  out = Path(out_dir)
+  title = _title(model, result)
+  names, factors = result["scales"], result["factors"]
+  figures.heatmap(out / "cosine.png", np.array(result["cosine"]["matrix"]), names,
+                  title=f"{title} · direction cosines (random baseline mean |cos| "
+                        f"{result['cosine']['baseline']['random_directions_mean_abs']:.3f})")
+  curves = {"scales": result["pca"]["explained_variance_ratio"],
+            "random directions": result["random_pca"]["explained_variance_ratio"]}
+  for name, ctrl in result.get("control", {}).items():
+    curves[f"scales ({name})"] = ctrl["pca"]["explained_variance_ratio"]
+  if result.get("human_pca"):
+    curves["human norms"] = result["human_pca"]["explained_variance_ratio"]
+  figures.scree(out / "scree.png", curves, title=f"{title} · PCA of words x scales")
+  labels = [f"{n} ({f})" if f else n for n, f in zip(names, factors)]
+  figures.loadings(out / "loadings.png", np.array(result["pca"]["varimax_loadings"]), labels, factors,
+                   title=f"{title} · varimax loadings", components=("F1", "F2", "F3"))
+  doc = {k: v for k, v in result.items() if k not in ("space", "coverage", "directions", "scales_file")}
+  return summary.write(out, {"job": "structure", **doc}, model=model, **_provenance(result, opts))
+
+
+def align_digest(result: dict[str, Any], top: int = 6) -> list[str]:
+  """A few readable lines: the strongest correlations against their null and ceiling."""
+  rows = sorted(result["results"], key=lambda r: -abs(r["pearson"]))[:top]
+  lines = []
+  for r in rows:
+    lo, hi = r["pearson_ci"]
+    lines.append(f"{r['scale']:>16s} vs {r['norm']}:{r['column']:<12s} r={r['pearson']:+.2f} "
+                 f"[{lo:+.2f},{hi:+.2f}]  null95={r['null_p95']:.2f}  p={r['p_value']:.3g}  "
+                 f"probe={r['probe_r']:.2f}")
+  return lines
+
+
+def structure_digest(result: dict[str, Any]) -> list[str]:
+  """Variance explained, E/P/A congruence and the whitening control in a few lines."""
+  p = result["pca"]
+  cum = ", ".join(f"{c:.2f}" for c in p["cumulative_1_2_3"])
+  rnd = ", ".join(f"{c:.2f}" for c in result["random_pca"]["cumulative"][:3])
+  lines = [f"PC1-3 cumulative variance {cum} (random directions {rnd}); "
+           f"participation ratio {p['participation_ratio']:.1f}"]
+  if p.get("epa_congruence"):
+    m = p["epa_congruence"]["matched"]
+    lines.append("Tucker congruence with E/P/A tags: " + ", ".join(
+        f"{f}={v['congruence']:+.2f}" for f, v in m.items()))
+  for col, rs in p.get("component_vs_norms", {}).items():
+    lines.append(f"components vs human {col}: " + ", ".join(f"{r:+.2f}" for r in rs))
+  for name, ctrl in result.get("control", {}).items():
+    cum_c = ", ".join(f"{c:.2f}" for c in ctrl["pca"]["cumulative_1_2_3"])
+    lines.append(f"control ({name}): cumulative {cum_c}, participation ratio "
+                 f"{ctrl['pca']['participation_ratio']:.1f}")
+  return lines
