@@ -147,6 +147,10 @@ def build(model, space, scales: Sequence[Any], *, policy: str = "single", method
                          f"--policy={policy} ({reason}); add single-token synonyms or use --policy=mean.")
       dropped[scale.name] = f"no usable {side} pole word ({reason})"
       continue
+    # Checked here, before the kernels, whose own zero-direction error cannot name the scale.
+    if not bool(jnp.any(jnp.mean(pos, axis=0) != jnp.mean(neg, axis=0))):
+      raise InputError(f"{what}: scale {scale.name!r} has identical poles in this space "
+                       f"({info['positive']} vs {info['negative']}); its direction is zero.")
     if method == "pair_mean":
       if pos.shape[0] != neg.shape[0]:
         raise InputError(f"{what}: scale {scale.name!r} has {pos.shape[0]} usable positive and "
@@ -162,9 +166,6 @@ def build(model, space, scales: Sequence[Any], *, policy: str = "single", method
       d = dir_k.pole_mean_difference(pos_x.vectors, neg_x.vectors)
     else:
       d = dir_k.pole_mean_difference(pos, neg)
-    if not bool(jnp.any(d != 0)):
-      raise InputError(f"{what}: scale {scale.name!r} has identical poles in this space "
-                       f"({info['positive']} vs {info['negative']}); its direction is zero.")
     names.append(scale.name)
     vecs.append(d)
     factors.append(getattr(scale, "factor", None))

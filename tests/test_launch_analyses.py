@@ -1,0 +1,190 @@
+"""Alignment and structure end to end: experiments, writers and launchers on the embedded models."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+import jaxsem
+from jaxsem.analyses import experiments, lexicon
+from jaxsem.io import assets
+from jaxsem.io import scales as scales_io
+from jaxsem.report import writers
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _run(*args, timeout=600):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1")
+  return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def _assert_one_line_error(proc, *needles):
+  assert proc.returncode != 0
+  assert "Traceback" not in proc.stderr
+  lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+  assert len(lines) == 1, proc.stderr
+  for needle in needles:
+    assert needle in lines[0], lines[0]
+
+
+def _assert_png(path):
+  with open(path, "rb") as f:
+    assert f.read(8) == PNG_MAGIC
+  with Image.open(path) as im:
+    im.verify()
+  with Image.open(path) as im:
+    assert im.size[0] > 100 and im.size[1] > 100
+
+
+def _assert_provenance(doc, model_name, opts, scales_file):
+  prov = doc["provenance"]
+  assert prov["model"]["name"] == model_name
+  assert prov["space"]["name"] == opts.space and prov["space"]["centred"] is opts.centre
+  assert prov["layer"] == opts.layer
+  assert prov["centred"] is opts.centre and prov["whitened"] is opts.whiten
+  assert prov["policy"] == opts.policy and prov["seed"] == opts.seed
+  assert prov["scales_file"].endswith(scales_file)
+  for norm in opts.norms:
+    assert prov["coverage"][norm]["policy"] == opts.policy
+    assert opts.min_coverage <= prov["coverage"][norm]["coverage"] <= 1
+  assert prov["directions"]["sign"] == "positive pole minus negative pole"
+  assert prov["options"]["scales"] == opts.scales and prov["options"]["norms"] == list(opts.norms)
+  assert prov["versions"]["jax"] and prov["versions"]["numpy"]
+
+
+@pytest.fixture(scope="module")
+def gemma():
+  return jaxsem.load("gemma3-270m")
+
+
+@pytest.mark.slow
+def test_align_end_to_end_on_gemma(gemma, tmp_path):
+  """Valence tracks Warriner valence above its null; the figure and summary.json carry provenance.
+
+  The valence row is recomputed with plain numpy from the embedding rows: pole means, centring
+  with the vocabulary mean, cosine projection, correlation over the rated words.
+  """
+  opts = experiments.Options(scales="norms", norms=("warriner",), n_boot=50, n_null=50, n_null_pairs=30)
+  result = experiments.run_align(gemma, opts)
+  path = writers.write_align(tmp_path, result, gemma, opts)
+  assert path == tmp_path / "summary.json"
+  _assert_png(tmp_path / "align_warriner.png")
+  doc = json.loads(path.read_text())
+  assert doc["job"] == "align"
+  _assert_provenance(doc, "gemma3-270m", opts, "norms.json")
+  rows = doc["results"]
+  assert len(rows) == 6 * 3  # scales x warriner columns
+  row = next(r for r in rows if r["scale"] == "valence" and r["column"] == "valence")
+  assert row["target"] == "warriner:valence" and row["factor"] == "E"
+  assert row["pearson"] > row["null_p95"] and row["pearson"] > 0.4
+  assert row["p_value"] == pytest.approx(1 / 51)
+  assert row["pairs_null_p95"] is not None and row["pearson"] > row["pairs_null_p95"]
+  assert row["pearson_ci"][0] <= row["pearson"] <= row["pearson_ci"][1]
+  assert 0 < row["probe_r"] <= 1 and row["share_of_probe"] == pytest.approx(row["pearson"] / row["probe_r"])
+  assert set(doc["nulls"]) >= {"warriner:valence:random", "warriner:valence:wordnet_pairs"}
+  assert doc["nulls"]["warriner:valence:random"]["n"] == 50
+
+  # Independent recomputation of the valence row.
+  tok = gemma.tokenizer
+  embed = gemma.params["embed"]
+  scale = np.float32(gemma.config.embed_scale)
+  mean = np.asarray(jnp.mean(embed[:gemma.config.vocab_size].astype(jnp.float32), axis=0), np.float64) * scale
+
+  def rows_of(words):
+    wt = lexicon.resolve_words(tok, words)
+    ids = np.array([t[0] for t in wt.used_token_ids])
+    return wt, np.asarray(embed[ids], np.float64) * scale - mean
+
+  valence = scales_io.load_scales("norms")["valence"]
+  _, pos = rows_of(valence.positive)
+  _, neg = rows_of(valence.negative)
+  d = pos.mean(0) - neg.mean(0)
+  words, columns = assets.read_norms("warriner")
+  wt, x = rows_of(words)
+  y = columns["valence"][wt.used]
+  ok = np.isfinite(y)
+  cos = (x @ d) / (np.linalg.norm(x, axis=1) * np.linalg.norm(d))
+  assert row["n"] == int(ok.sum())
+  assert row["pearson"] == pytest.approx(np.corrcoef(cos[ok], y[ok])[0, 1], abs=1e-4)
+  assert row["coverage"] == pytest.approx(wt.coverage)
+  lines = writers.align_digest(result)
+  assert len(lines) == 6 and all("r=" in ln and "null95=" in ln for ln in lines)
+
+
+@pytest.mark.slow
+def test_structure_end_to_end_on_gemma(gemma, tmp_path):
+  """Structure writes summary.json (with the whitening control and provenance) and three valid PNGs."""
+  opts = experiments.Options(scales="osgood28", norms=("warriner",), n_null_pairs=10)
+  result = experiments.run_structure(gemma, opts)
+  path = writers.write_structure(tmp_path, result, gemma, opts)
+  for name in ("cosine.png", "scree.png", "loadings.png"):
+    _assert_png(tmp_path / name)
+  assert not list(tmp_path.glob(".*"))  # no temporary files left
+  doc = json.loads(path.read_text())
+  assert doc["job"] == "structure"
+  _assert_provenance(doc, "gemma3-270m", opts, "osgood28.json")
+  s = len(scales_io.load_scales("osgood28"))
+  assert len(doc["scales"]) == s and np.asarray(doc["cosine"]["matrix"]).shape == (s, s)
+  cum = doc["pca"]["cumulative_1_2_3"]
+  assert len(cum) == 3 and 0 < cum[0] < cum[1] < cum[2] <= 1
+  assert cum[2] > doc["random_pca"]["cumulative"][2]  # scales share more structure than random axes
+  assert set(doc["pca"]["epa_congruence"]["matched"]) == {"E", "P", "A"}
+  assert "wordnet_pairs_mean_abs" in doc["cosine"]["baseline"]
+  assert doc["human_pca"]["columns"] == ["valence", "arousal", "dominance"]
+  control = doc["control"]["whitened"]
+  assert control["space"]["whitened"] is True and doc["provenance"]["whitened"] is False
+  assert len(control["pca"]["cumulative_1_2_3"]) == 3
+  lines = writers.structure_digest(result)
+  assert lines[0].startswith("PC1-3 cumulative variance") and any("control (whitened)" in ln for ln in lines)
+
+
+@pytest.mark.slow
+def test_structure_launcher_writes_summary_and_figures(tmp_path):
+  """`python -m launch.structure` on SmolLM2 exits 0 and writes summary.json and three PNGs."""
+  out = tmp_path / "structure"
+  proc = _run("launch.structure", "--model=smollm2-135m-instruct", "--n_null_pairs=20", f"--out_dir={out}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "PC1-3 cumulative variance" in proc.stdout and "wrote" in proc.stdout
+  doc = json.loads((out / "summary.json").read_text())
+  assert doc["job"] == "structure"
+  assert doc["provenance"]["model"]["name"] == "smollm2-135m-instruct"
+  assert doc["provenance"]["options"]["n_null_pairs"] == 20
+  for name in ("cosine.png", "scree.png", "loadings.png"):
+    _assert_png(out / name)
+
+
+def _bad_scales(tmp_path):
+  path = tmp_path / "bad.json"
+  path.write_text(json.dumps({"name": "bad", "scales": [
+      {"name": "good-bad", "positive": ["good"], "negative": ["bad"]},
+      {"name": "odd-scale", "positive": ["good"], "negative": ["antidisestablishmentarianism"]}]}))
+  return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher,args,needles", [
+    ("launch.align", ["--scales=/nonexistent.json"], ["/nonexistent.json"]),
+    ("launch.align", ["--norms=nosuchnorm"], ["nosuchnorm", "warriner"]),
+    ("launch.structure", ["--space=hidden"], ["--layer is required", "--space=hidden"]),
+    ("launch.structure", ["--space=hidden", "--layer=99"], ["--layer=99", "out of range"]),
+    ("launch.align", ["--scales=BAD", "--policy=single"],
+     ["odd-scale", "antidisestablishmentarianism", "--policy=single"]),
+], ids=["missing-scales-file", "unknown-norms", "hidden-without-layer", "layer-out-of-range",
+        "pole-word-not-one-token"])
+def test_user_errors_give_one_line_and_write_nothing(tmp_path, launcher, args, needles):
+  """User mistakes exit non-zero with one `error:` line, no traceback, and no summary.json."""
+  out = tmp_path / "out"
+  args = [a.replace("BAD", str(_bad_scales(tmp_path))) for a in args]
+  proc = _run(launcher, "--model=smollm2-135m-instruct", "--n_null_pairs=5", "--n_boot=5", "--n_null=5",
+              f"--out_dir={out}", *args)
+  _assert_one_line_error(proc, *needles)
+  assert not (out / "summary.json").exists()
+  assert not out.exists() or not list(out.glob("*.png"))
