@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -16,23 +14,9 @@ from jaxsem.io import assets
 from jaxsem.io import scales as scales_io
 from jaxsem.report import writers
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.test_launch import _assert_one_line_error, _run  # shared subprocess helpers
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _run(*args, timeout=600):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1")
-  return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=timeout)
-
-
-def _assert_one_line_error(proc, *needles):
-  assert proc.returncode != 0
-  assert "Traceback" not in proc.stderr
-  lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-  assert len(lines) == 1, proc.stderr
-  for needle in needles:
-    assert needle in lines[0], lines[0]
 
 
 def _assert_png(path):
