@@ -1,38 +1,57 @@
-"""The main job: load the embedded default model, report it, decode a prompt.
+"""The main job: each embedded model loaded, reported, asked to continue a prompt, then
+its semantic structure measured (alignment with human norms, E/P/A structure).
 
-    .venv/bin/python -m launch.main [--model=smollm2-135m-instruct] [--out_dir=out/main]
+    .venv/bin/python -m launch.main [--models=gemma3-270m,smollm2-135m-instruct] [--out_dir=out/main]
 
-Writes ``out_dir/summary.json`` (what was loaded, with provenance, and the
-continuations). Later analyses (alignment, structure, steering) join this job.
+Writes ``out_dir/<model>/summary.json`` (what was loaded, with provenance, and the
+continuations), ``out_dir/<model>/align/`` and ``out_dir/<model>/structure/`` (each a
+summary.json with provenance and PNG figures), and prints a short digest.
 """
+
+import os
 
 from absl import flags
 
 import jaxsem
 from jaxsem import cli
+from jaxsem.analyses import experiments
 from jaxsem.report import summary
+from jaxsem.report import writers
 
-cli.define_model_flags()
+_MODELS = flags.DEFINE_list("models", ["gemma3-270m", "smollm2-135m-instruct"], "Models to run, in order.")
+_MESH = flags.DEFINE_string("mesh", None, "Device mesh, e.g. data:2,model:4.")
 _PROMPTS = flags.DEFINE_multi_string(
     "prompt", ["The capital of France is", "The opposite of good is"], "Prompts to continue greedily.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 8, "Tokens to generate.", lower_bound=1)
-_OUT_DIR = flags.DEFINE_string("out_dir", "out/main", "Where summary.json is written.")
+_ANALYSES = flags.DEFINE_bool("analyses", True, "Also run the alignment and structure analyses.")
+_OUT_DIR = flags.DEFINE_string("out_dir", "out/main", "Where the outputs are written.")
 
 
 def main(argv):
   del argv
-  model = jaxsem.load(flags.FLAGS.model, mesh=flags.FLAGS.mesh, dtype=flags.FLAGS.dtype)
-  print(model.summary())
-  print(f"loaded in {model.provenance['load_seconds']:.2f} s")
-  continuations = model.generate(_PROMPTS.value, _MAX_NEW.value)
-  for prompt, text in zip(_PROMPTS.value, continuations):
-    print(f"  {prompt!r} -> {text!r}")
-  path = summary.write(_OUT_DIR.value, {
-      "job": "main",
-      "generations": [{"prompt": p, "continuation": c, "max_new_tokens": _MAX_NEW.value}
-                      for p, c in zip(_PROMPTS.value, continuations)],
-  }, model=model)
-  print(f"wrote {path}")
+  for name in _MODELS.value:
+    model = jaxsem.load(name, mesh=_MESH.value)
+    out = os.path.join(_OUT_DIR.value, model.provenance["name"])
+    print(f"== {model.summary()}\n   loaded in {model.provenance['load_seconds']:.2f} s")
+    continuations = model.generate(_PROMPTS.value, _MAX_NEW.value)
+    for prompt, text in zip(_PROMPTS.value, continuations):
+      print(f"   {prompt!r} -> {text!r}")
+    summary.write(out, {"job": "main", "generations": [
+        {"prompt": p, "continuation": c, "max_new_tokens": _MAX_NEW.value}
+        for p, c in zip(_PROMPTS.value, continuations)]}, model=model)
+    if not _ANALYSES.value:
+      continue
+    opts = experiments.Options(scales="norms", n_boot=500, n_null=500, n_null_pairs=200)
+    result = experiments.run_align(model, opts)
+    writers.write_align(os.path.join(out, "align"), result, model, opts)
+    print("   alignment (centred input embedding, warriner norms):")
+    print("\n".join("     " + line for line in writers.align_digest(result, top=4)))
+    opts = experiments.Options(scales="osgood28", n_null_pairs=200)
+    result = experiments.run_structure(model, opts)
+    writers.write_structure(os.path.join(out, "structure"), result, model, opts)
+    print("   structure (osgood28 scales over warriner words):")
+    print("\n".join("     " + line for line in writers.structure_digest(result)))
+  print(f"wrote {_OUT_DIR.value}/")
 
 
 if __name__ == "__main__":

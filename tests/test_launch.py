@@ -49,14 +49,21 @@ def test_bad_mesh_names_the_flag():
 @pytest.mark.slow
 def test_main_job_writes_summary(tmp_path):
   out = tmp_path / "main"
-  proc = _run("launch.main", "--model=smollm2-135m-instruct", f"--out_dir={out}", "--max_new_tokens=3",
+  proc = _run("launch.main", "--models=smollm2-135m-instruct", f"--out_dir={out}", "--max_new_tokens=3",
               "--prompt=The capital of France is")
   assert proc.returncode == 0, proc.stderr[-3000:]
   import json
 
-  doc = json.loads((out / "summary.json").read_text())
+  doc = json.loads((out / "smollm2-135m-instruct" / "summary.json").read_text())
   prov = doc["provenance"]
   assert prov["model"]["name"] == "smollm2-135m-instruct"
   assert prov["model"]["tied_embeddings"] is True
   assert prov["versions"]["jax"]
   assert "Paris" in doc["generations"][0]["continuation"]
+  align = json.loads((out / "smollm2-135m-instruct" / "align" / "summary.json").read_text())
+  assert align["provenance"]["policy"] == "single" and align["results"]
+  structure = json.loads((out / "smollm2-135m-instruct" / "structure" / "summary.json").read_text())
+  assert len(structure["pca"]["cumulative_1_2_3"]) == 3
+  for png in ("cosine.png", "scree.png", "loadings.png"):
+    assert (out / "smollm2-135m-instruct" / "structure" / png).stat().st_size > 1000
+  assert "Tucker congruence" in proc.stdout
