@@ -11,6 +11,7 @@ from absl import app
 from absl import flags
 
 from jaxsem.errors import InputError
+from jaxsem.models.load import load
 
 
 def define_model_flags() -> None:
@@ -54,6 +55,17 @@ def analysis_options():
                  whiten=f.whiten, policy=f.policy, method=f.method, metric=f.metric,
                  min_coverage=f.min_coverage, seed=f.seed, n_boot=f.n_boot, n_null=f.n_null,
                  n_null_pairs=f.n_null_pairs)
+
+
+def run_analysis(run: Callable, write: Callable, digest: Callable) -> None:
+  """Loads --model, runs ``run(model, options)``, writes to --out_dir, prints the digest."""
+  f = flags.FLAGS
+  model = load(f.model, mesh=f.mesh, dtype=f.dtype)
+  opts = analysis_options()
+  result = run(model, opts)
+  path = write(f.out_dir, result, model, opts)
+  print("\n".join(digest(result)))
+  print(f"wrote {path} ({result['seconds']:.1f} s)")
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -20,6 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxsem.errors import InputError
 from jaxsem.io import host_memory
+from jaxsem.models import params as params_lib
 from jaxsem.models.config import ModelConfig
 
 MESH_AXES = ("data", "model")
@@ -189,19 +190,5 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
 def shard_params(params: dict, mesh: Mesh) -> dict:
   """Places an existing params pytree on ``mesh`` by the rules (vocab padded)."""
   place = make_placer(mesh, dtype=None)
-
-  def visit(tree, prefix=""):
-    out = {}
-    for key, value in tree.items():
-      path = f"{prefix}{key}"
-      out[key] = visit(value, path + "/") if isinstance(value, dict) else place(path, np.asarray(value))
-    return out
-
-  return visit(params)
-
-
-def config_fits_mesh(config: ModelConfig, mesh: Mesh) -> dict[str, bool]:
-  """Which model dims shard over the model axis (the rest are replicated)."""
-  m = mesh.shape["model"]
-  return {"heads": config.n_heads % m == 0, "kv_heads": config.n_kv_heads % m == 0,
-          "mlp": config.d_ff % m == 0, "vocab": True}
+  return params_lib.unflatten({path: place(path, np.asarray(leaf))
+                               for path, leaf in params_lib.flatten(params).items()})

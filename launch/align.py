@@ -7,9 +7,6 @@ Writes ``out_dir/summary.json`` (``results``: one row per scale x norm column, w
 provenance) and ``out_dir/align_<norms>.png``.
 """
 
-from absl import flags
-
-import jaxsem
 from jaxsem import cli
 from jaxsem.analyses import experiments
 from jaxsem.report import writers
@@ -20,12 +17,7 @@ cli.define_analysis_flags(scales="norms", out_dir="out/align")
 
 def main(argv):
   del argv
-  model = jaxsem.load(flags.FLAGS.model, mesh=flags.FLAGS.mesh, dtype=flags.FLAGS.dtype)
-  opts = cli.analysis_options()
-  result = experiments.run_align(model, opts)
-  path = writers.write_align(flags.FLAGS.out_dir, result, model, opts)
-  print("\n".join(writers.align_digest(result)))
-  print(f"wrote {path} ({result['seconds']:.1f} s)")
+  cli.run_analysis(experiments.run_align, writers.write_align, writers.align_digest)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,6 @@ Writes ``out_dir/summary.json`` (``pca``, ``cosine``, ``control``, provenance) a
 ``cosine.png``, ``scree.png``, ``loadings.png``.
 """
 
-from absl import flags
-
-import jaxsem
 from jaxsem import cli
 from jaxsem.analyses import experiments
 from jaxsem.report import writers
@@ -20,12 +17,7 @@ cli.define_analysis_flags(scales="osgood28", out_dir="out/structure")
 
 def main(argv):
   del argv
-  model = jaxsem.load(flags.FLAGS.model, mesh=flags.FLAGS.mesh, dtype=flags.FLAGS.dtype)
-  opts = cli.analysis_options()
-  result = experiments.run_structure(model, opts)
-  path = writers.write_structure(flags.FLAGS.out_dir, result, model, opts)
-  print("\n".join(writers.structure_digest(result)))
-  print(f"wrote {path} ({result['seconds']:.1f} s)")
+  cli.run_analysis(experiments.run_structure, writers.write_structure, writers.structure_digest)
 
 
 if __name__ == "__main__":

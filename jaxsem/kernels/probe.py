@@ -243,6 +243,13 @@ def _check_l2(values) -> None:
     raise InputError(f"Ridge l2 penalties must be positive and finite, got {values.tolist()}.")
 
 
+def _check_fit(X, y, l2) -> None:
+  _check_xy(X, y, "A ridge probe")
+  _check_l2(l2)
+  if np.shape(y)[0] < 2:
+    raise InputError(f"A ridge probe needs at least 2 words, got {np.shape(y)[0]}.")
+
+
 def fit_ridge_optax(X: Array, y: Array, l2: float, steps: int = 500, lr: float | None = None,
                     tol: float = 1e-6) -> tuple[Array, Array]:
   """Ridge probe fitted with optax on standardized features (see module docstring).
@@ -262,10 +269,7 @@ def fit_ridge_optax(X: Array, y: Array, l2: float, steps: int = 500, lr: float |
   Raises:
     InputError: for mismatched shapes, NaN/inf, fewer than 2 words or ``l2 <= 0``.
   """
-  _check_xy(X, y, "A ridge probe")
-  _check_l2(l2)
-  if np.shape(y)[0] < 2:
-    raise InputError(f"A ridge probe needs at least 2 words, got {np.shape(y)[0]}.")
+  _check_fit(X, y, l2)
   return _fit_full(X, y, l2, "optax", int(steps), None if lr is None else float(lr), float(tol))
 
 
@@ -283,10 +287,7 @@ def fit_ridge_closed(X: Array, y: Array, l2: float) -> tuple[Array, Array]:
   Raises:
     InputError: for mismatched shapes, NaN/inf, fewer than 2 words or ``l2 <= 0``.
   """
-  _check_xy(X, y, "A ridge probe")
-  _check_l2(l2)
-  if np.shape(y)[0] < 2:
-    raise InputError(f"A ridge probe needs at least 2 words, got {np.shape(y)[0]}.")
+  _check_fit(X, y, l2)
   return _fit_full(X, y, l2, "closed", 0, None, 0.0)
 
 

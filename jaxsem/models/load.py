@@ -37,6 +37,14 @@ def _mesh(mesh: Mesh | str | None) -> Mesh | None:
   return sharding_lib.make_mesh(mesh)
 
 
+def _merge_file_provenance(provenance: dict, file_prov: dict) -> dict:
+  """Adds what the file says of itself; its own model name is kept as ``name_in_file``."""
+  file_prov = dict(file_prov)
+  file_prov["name_in_file"] = file_prov.pop("name", None)
+  provenance.update(file_prov)
+  return file_prov
+
+
 def load(name_or_path: str | os.PathLike = assets.DEFAULT_MODEL, *, mesh: Mesh | str | None = None,
          dtype: str = "float32") -> Model:
   """Loads a model for jaxsem.
@@ -78,9 +86,7 @@ def load(name_or_path: str | os.PathLike = assets.DEFAULT_MODEL, *, mesh: Mesh |
       config = gguf_params.read_config(f)
       tokenizer = tokenizer_lib.tokenizer_from_gguf(f.metadata, str(resolved.path))
       params = gguf_params.load_gguf_params(f, config, dtype=np.float32, place=place)
-      file_prov = gguf_params.gguf_provenance(f, config)
-      file_prov["name_in_file"] = file_prov.pop("name", None)
-      provenance.update(file_prov)
+      file_prov = _merge_file_provenance(provenance, gguf_params.gguf_provenance(f, config))
       counts = file_prov.get("quant_types", {})
       provenance["quantization"] = ", ".join(f"{k} x{v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
   else:
@@ -88,9 +94,7 @@ def load(name_or_path: str | os.PathLike = assets.DEFAULT_MODEL, *, mesh: Mesh |
     config = hf_checkpoint.config_from_hf(config_json, str(resolved.path))
     tokenizer = tokenizer_lib.tokenizer_from_json(tokenizer_path)
     params = hf_checkpoint.load_hf_params(resolved.path, config, dtype=np.float32, place=place)
-    file_prov = hf_checkpoint.hf_provenance(config_json, config)
-    file_prov["name_in_file"] = file_prov.pop("name", None)
-    provenance.update(file_prov)
+    _merge_file_provenance(provenance, hf_checkpoint.hf_provenance(config_json, config))
     provenance.setdefault("quantization", "none (safetensors)")
   provenance.update({
       "input_embedding": "embed",

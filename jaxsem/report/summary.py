@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from jaxsem.errors import InputError
+from jaxsem.io.cache import atomic_write_text
 
 _PACKAGES = ("jaxsem", "jax", "jaxlib", "flax", "numpy", "gguf", "tokenizers", "safetensors")
 
@@ -60,12 +61,7 @@ def write(out_dir: str | os.PathLike, result: dict[str, Any], *, model=None, **p
     raise InputError(f"--out_dir={out}: cannot create it ({e.strerror}); choose a writable directory.") from None
   doc = dict(result)
   doc["provenance"] = provenance(model, **provenance_extra)
-  path = out / "summary.json"
-  tmp = out / ".summary.json.tmp"
   try:
-    tmp.write_text(json.dumps(doc, indent=2, default=_default) + "\n")
-    os.replace(tmp, path)
+    return atomic_write_text(out / "summary.json", json.dumps(doc, indent=2, default=_default) + "\n")
   except OSError as e:
-    tmp.unlink(missing_ok=True)
     raise InputError(f"--out_dir={out}: cannot write summary.json ({e.strerror}).") from None
-  return path
