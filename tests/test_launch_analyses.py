@@ -172,3 +172,28 @@ def test_user_errors_give_one_line_and_write_nothing(tmp_path, launcher, args, n
   _assert_one_line_error(proc, *needles)
   assert not (out / "summary.json").exists()
   assert not out.exists() or not list(out.glob("*.png"))
+
+
+@pytest.mark.slow
+def test_sweep_launcher_writes_zarr_summary_and_figures(tmp_path):
+  """`python -m launch.sweep` streams the matrix to zarr, prints progress and the digest."""
+  out = tmp_path / "sweep"
+  proc = _run("launch.sweep", "--model=smollm2-135m-instruct", "--scales=osgood28", "--chunk_rows=8192",
+              f"--out_dir={out}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "sweep osgood28: 49152/49152 tokens (100.0%)" in proc.stderr and "tokens/s" in proc.stderr
+  assert "components for 50%" in proc.stdout and "control (whitened)" in proc.stdout
+  assert (out / "projections.zarr" / ".complete").is_file()
+  doc = json.loads((out / "summary.json").read_text())
+  assert doc["job"] == "sweep" and doc["zarr"]["shape"] == [49152, 28]
+  assert doc["provenance"]["options"]["policy"] == "mean" and doc["provenance"]["seed"] == 0
+  for name in ("cumulative.png", "cumulative_whitened.png"):
+    _assert_png(out / name)
+
+
+@pytest.mark.slow
+def test_sweep_launcher_user_error_writes_nothing(tmp_path):
+  out = tmp_path / "sweep"
+  proc = _run("launch.sweep", "--model=smollm2-135m-instruct", "--norms=nosuchnorm", f"--out_dir={out}")
+  _assert_one_line_error(proc, "nosuchnorm")
+  assert not out.exists()

@@ -128,6 +128,9 @@ def build(model, space, scales: Sequence[Any], *, policy: str = "single", method
   names, vecs, factors, norms, poles, dropped = [], [], [], [], {}, {}
   seen = set()
   rows, vectors, wt = _all_word_vectors(model, scales, policy, space, case_variants)
+  # Pole means are computed on the host: thousands of scales (WordNet) would otherwise cost
+  # thousands of tiny device dispatches and syncs.
+  host = np.asarray(vectors, np.float32) if vectors is not None else None
   for scale in scales:
     if scale.name in seen:
       raise InputError(f"{what}: scale {scale.name!r} is listed twice; give each scale a unique name.")
@@ -137,35 +140,34 @@ def build(model, space, scales: Sequence[Any], *, policy: str = "single", method
     info = {"positive": pos_words, "negative": neg_words,
             "dropped": {w: wt.dropped[w] for w in (*scale.positive, *scale.negative) if w in wt.dropped},
             "asked": len(scale.positive) + len(scale.negative)}
-    pos = vectors[np.array([rows[w] for w in pos_words])] if pos_words else None
-    neg = vectors[np.array([rows[w] for w in neg_words])] if neg_words else None
-    if pos is None or neg is None:
-      side, pole = ("positive", scale.positive) if pos is None else ("negative", scale.negative)
+    if not pos_words or not neg_words:
+      side, pole = ("positive", scale.positive) if not pos_words else ("negative", scale.negative)
       reason = "; ".join(f"{w!r} {wt.dropped.get(w, 'unusable')}" for w in list(pole)[:3])
       if missing == "error":
         raise InputError(f"{what}: scale {scale.name!r} has no usable {side} pole word under "
                          f"--policy={policy} ({reason}); add single-token synonyms or use --policy=mean.")
       dropped[scale.name] = f"no usable {side} pole word ({reason})"
       continue
+    pos = host[np.array([rows[w] for w in pos_words])]
+    neg = host[np.array([rows[w] for w in neg_words])]
     # Checked here, before the kernels, whose own zero-direction error cannot name the scale.
-    if not bool(jnp.any(jnp.mean(pos, axis=0) != jnp.mean(neg, axis=0))):
+    if not np.any(pos.mean(axis=0) != neg.mean(axis=0)):
       raise InputError(f"{what}: scale {scale.name!r} has identical poles in this space "
                        f"({info['positive']} vs {info['negative']}); its direction is zero.")
-    if method == "pair_mean":
-      if pos.shape[0] != neg.shape[0]:
-        raise InputError(f"{what}: scale {scale.name!r} has {pos.shape[0]} usable positive and "
-                         f"{neg.shape[0]} negative words; --method=pair_mean needs aligned pairs.")
-      d = dir_k.mean_pair_difference(pos, neg)
-    elif method == "semaxis":
+    if method == "pair_mean" and pos.shape[0] != neg.shape[0]:
+      raise InputError(f"{what}: scale {scale.name!r} has {pos.shape[0]} usable positive and "
+                       f"{neg.shape[0]} negative words; --method=pair_mean needs aligned pairs.")
+    if method == "semaxis":
       ids = dict(zip(wt.used_words, wt.used_token_ids))
       seeds = [ids[w][0] for w in (*pos_words, *neg_words)]
       pos_x = dir_k.semaxis_expand(pos, vocab, semaxis_k, exclude=seeds)
       neg_x = dir_k.semaxis_expand(neg, vocab, semaxis_k, exclude=seeds)
       info["positive_neighbours"] = [model.tokenizer.id_to_token(int(i)) for i in np.asarray(pos_x.indices)]
       info["negative_neighbours"] = [model.tokenizer.id_to_token(int(i)) for i in np.asarray(neg_x.indices)]
-      d = dir_k.pole_mean_difference(pos_x.vectors, neg_x.vectors)
+      d = np.asarray(dir_k.pole_mean_difference(pos_x.vectors, neg_x.vectors))
     else:
-      d = dir_k.pole_mean_difference(pos, neg)
+      # pole_mean, and pair_mean without pair normalisation, are both mean(pos) - mean(neg).
+      d = pos.mean(axis=0) - neg.mean(axis=0)
     names.append(scale.name)
     vecs.append(d)
     factors.append(getattr(scale, "factor", None))
@@ -179,6 +181,6 @@ def build(model, space, scales: Sequence[Any], *, policy: str = "single", method
     raise InputError(f"{what}: only {len(names)} of {asked} scales ({len(names) / asked:.1%}) have usable "
                      f"pole words under --policy={policy}, below --min_coverage={min_coverage}; "
                      "use --policy=mean or lower --min_coverage.")
-  return Directions(names=tuple(names), vectors=jnp.stack(vecs).astype(jnp.float32),
+  return Directions(names=tuple(names), vectors=jnp.asarray(np.stack(vecs), jnp.float32),
                     factors=tuple(factors), norms=tuple(norms), method=method, policy=policy,
                     poles=poles, asked=asked, dropped=dropped)

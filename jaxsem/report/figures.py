@@ -132,3 +132,27 @@ def loadings(path, matrix: np.ndarray, labels: Sequence[str], factors: Sequence[
     fig.legend(handles, names, loc="lower center", ncol=len(handles), fontsize=8)
   fig.suptitle(title, fontsize=9)
   return _save(fig, path)
+
+
+def cumulative_curves(path, curves: dict[str, np.ndarray], title: str = "",
+                      thresholds: Sequence[float] = (0.5, 0.8, 0.9), max_components: int = 100) -> Path:
+  """Cumulative explained variance against the number of components, one line per set,
+  with the thresholds drawn and each curve's crossing marked."""
+  fig, ax = plt.subplots(figsize=(6.5, 4))
+  for name, cum in curves.items():
+    cum = np.asarray(cum, float)[:max_components]
+    k = np.arange(1, len(cum) + 1)
+    (line,) = ax.plot(k, cum, label=name)
+    for t in thresholds:
+      hit = np.flatnonzero(cum >= t - 1e-6)
+      if hit.size:
+        ax.plot(k[hit[0]], cum[hit[0]], "o", markersize=4, color=line.get_color())
+  for t in thresholds:
+    ax.axhline(t, color="#999999", linewidth=0.7, linestyle=":")
+  ax.set_xscale("log")
+  ax.set_xlabel("components")
+  ax.set_ylabel("cumulative explained variance")
+  ax.set_ylim(0, 1.02)
+  ax.legend(fontsize=8, loc="lower right")
+  ax.set_title(title, fontsize=9)
+  return _save(fig, path)

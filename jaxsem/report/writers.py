@@ -105,3 +105,49 @@ def structure_digest(result: dict[str, Any]) -> list[str]:
     lines.append(f"control ({name}): cumulative {cum_c}, participation ratio "
                  f"{ctrl['pca']['participation_ratio']:.1f}")
   return lines
+
+
+def write_sweep(out_dir, result: dict[str, Any], model, opts) -> Path:
+  """``out_dir/summary.json`` plus the cumulative-variance figure of every direction set."""
+  out = Path(out_dir)
+  curves = {f"{name} ({rep['n_directions']})": rep["cumulative"] for name, rep in result["spectra"].items()}
+  for norm, rep in result["rated_words"].items():
+    curves[f"antonym, {norm} words only ({rep['n_words']})"] = rep["cumulative"]
+  figures.cumulative_curves(out / "cumulative.png", curves,
+                            title=f"{_title(model, result)} · {result['n_tokens']} tokens x directions")
+  for name, ctrl in result.get("control", {}).items():
+    curves = {f"{k} ({rep['n_directions']})": rep["cumulative"] for k, rep in ctrl["spectra"].items()}
+    for norm, rep in ctrl["rated_words"].items():
+      curves[f"antonym, {norm} words only ({rep['n_words']})"] = rep["cumulative"]
+    figures.cumulative_curves(out / f"cumulative_{name}.png", curves,
+                              title=f"{_title(model, result)} · control: {name}")
+  doc = {k: v for k, v in result.items() if k not in ("space", "coverage", "directions", "scales_file")}
+  return summary.write(out, {"job": "sweep", **doc}, model=model, **_provenance(result, opts))
+
+
+def sweep_digest(result: dict[str, Any]) -> list[str]:
+  """Components for 50/80/90% per direction set, and the throughput of the sweep."""
+  lines = []
+  if "zarr" in result:
+    z = result["zarr"]
+    lines.append(f"{z['shape'][0]} tokens x {z['shape'][1]} directions -> {z['path']} "
+                 f"({z['gigabytes']:.2f} GB, {z['seconds']:.1f} s, {z['scores_per_second'] / 1e6:.0f}M scores/s)")
+  sets = dict(result["spectra"])
+  sets.update({f"antonym/{n} words": r for n, r in result["rated_words"].items()})
+  lines += _spectra_lines(sets)
+  for name, ctrl in result.get("control", {}).items():
+    lines.append(f"control ({name}):")
+    sets = dict(ctrl["spectra"])
+    sets.update({f"antonym/{n} words": r for n, r in ctrl["rated_words"].items()})
+    lines += _spectra_lines(sets)
+  return lines
+
+
+def _spectra_lines(sets: dict[str, Any]) -> list[str]:
+  lines = []
+  for name, rep in sets.items():
+    counts = ", ".join(f"{k}:{v}" for k, v in rep["n_components"].items())
+    cum = ", ".join(f"{c:.2f}" for c in rep["cumulative_1_2_3"])
+    lines.append(f"{name:>22s}: components for {counts}; PC1-3 cumulative {cum}; "
+                 f"participation ratio {rep['participation_ratio']:.1f}")
+  return lines

@@ -1,0 +1,237 @@
+"""Whole-vocabulary sweep: every token on every direction of a scale set.
+
+The ``[vocab, S]`` projection matrix (262k x ~3k for Gemma 3 on the WordNet antonym
+directions) is streamed in row blocks to a zarr array with tensorstore. Then: how many
+principal components explain 50/80/90% of its variance, beside the same count for
+
+* ``gaussian``: as many isotropic random directions (unit Gaussian) in the same space;
+* ``token_pairs``: as many differences of random pairs of vocabulary tokens, i.e.
+  "antonym directions" between words that are not antonyms, which inherit the
+  embedding's anisotropy as the real ones do;
+* the same antonym directions over the human-rated words only (``--norms``), the
+  setting of the structure analysis.
+
+If the antonym directions need fewer components than both random baselines over the
+whole vocabulary, the low dimensionality is a property of the directions, not of a
+few rated words. The spectra come from the ``[D, D]`` moments of the vocabulary
+(``kernels.spectrum``): exact, and shared by all direction sets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxsem.analyses import align as align_lib
+from jaxsem.analyses import scale_directions
+from jaxsem.analyses import spaces as spaces_lib
+from jaxsem.errors import InputError
+from jaxsem.io import assets
+from jaxsem.io import scales as scales_io
+from jaxsem.kernels import directions as dir_k
+from jaxsem.kernels import projection
+from jaxsem.kernels import spectrum as spectrum_k
+from jaxsem.kernels import zarr_out
+from jaxsem.progress import Progress
+
+BASELINES = ("gaussian", "token_pairs")
+ZARR_NAME = "projections.zarr"
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepOptions:
+  """What the sweep projects and compares.
+
+  Attributes:
+    scales: scale set name or file (default every WordNet antonym pair).
+    space: ``input_embedding`` or ``unembedding`` (a whole vocabulary needs a matrix).
+    centre: subtract the vocabulary mean.
+    whiten: whiten with the vocabulary covariance.
+    policy: word -> token policy of the pole words; ``mean`` (default) keeps every
+      WordNet pair, ``single`` only pairs whose words are single tokens (about a third).
+    method: direction construction.
+    metric: ``cosine`` or ``dot``.
+    standardize: PCA of the standardized projections (correlation matrix).
+    chunk_rows: vocabulary rows per block (and per zarr chunk).
+    baselines: random direction sets to compare with (``BASELINES``).
+    norms: human norm tables whose rated words give the rated-words comparison.
+    min_coverage: least share of the scales that must have usable poles.
+    seed: seed of the random baselines.
+    write_zarr: stream the projection matrix to ``out_dir/projections.zarr``.
+    whitening_control: also compute the spectra (not the matrix) in the space with
+      the opposite whitening setting.
+  """
+
+  scales: str = "wordnet"
+  space: str = "input_embedding"
+  centre: bool = True
+  whiten: bool = False
+  policy: str = "mean"
+  method: str = "pole_mean"
+  metric: str = "cosine"
+  standardize: bool = True
+  chunk_rows: int = 8192
+  baselines: tuple[str, ...] = BASELINES
+  norms: tuple[str, ...] = ("warriner",)
+  min_coverage: float = 0.2
+  seed: int = 0
+  write_zarr: bool = True
+  whitening_control: bool = True
+
+  def provenance(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+def _spectrum_report(spec: spectrum_k.Spectrum, top: int = 20) -> dict[str, Any]:
+  return {
+      "n_directions": spec.n_directions,
+      "explained_variance_ratio": spec.explained_variance_ratio[:top].tolist(),
+      "cumulative_1_2_3": spec.cumulative[:3].tolist(),
+      "n_components": {f"{int(round(f * 100))}%": n for f, n in spec.n_components.items()},
+      "participation_ratio": spec.participation_ratio,
+      "cumulative": spec.cumulative[:200].tolist(),
+  }
+
+
+def token_pair_directions(vectors: jax.Array, n: int, key: jax.Array, eligible: np.ndarray) -> jax.Array:
+  """``[n, D]`` differences ``v[a] - v[b]`` of ``n`` random pairs of distinct eligible tokens.
+
+  Pairs with identical vectors (duplicate rows) are redrawn from the remaining tokens.
+  """
+  rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
+  out = []
+  while len(out) < n:
+    a, b = rng.choice(eligible, size=(2, 2 * (n - len(out))), replace=True)
+    keep = a != b
+    d = np.asarray(vectors[a[keep]] - vectors[b[keep]])
+    d = d[np.linalg.norm(d, axis=1) > 0]
+    out.extend(d[:n - len(out)])
+  return np.stack(out).astype(np.float32)
+
+
+def _eligible_tokens(model) -> np.ndarray:
+  return spaces_lib.sample_tokens(model, n=model.config.vocab_size, seed=0)
+
+
+def run_sweep(model, opts: SweepOptions, out_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+  """Projects the whole vocabulary on every direction and compares spectra.
+
+  Args:
+    model: a ``jaxsem.Model``.
+    opts: SweepOptions.
+    out_dir: where ``projections.zarr`` goes (required with ``opts.write_zarr``).
+
+  Returns:
+    JSON-friendly results: ``spectra`` (per direction set), ``zarr``, ``directions``,
+    ``space``, timings and throughput.
+
+  Raises:
+    InputError: a hidden space, unknown baseline, too few usable scales, a bad
+      chunk size, NaN/inf in the vocabulary.
+  """
+  start = time.perf_counter()
+  if opts.space == "hidden":
+    raise InputError("--space=hidden has no vocabulary matrix to sweep; use input_embedding or unembedding.")
+  unknown = sorted(set(opts.baselines) - set(BASELINES))
+  if unknown:
+    raise InputError(f"--baselines: unknown baseline {unknown[0]!r}; use any of {', '.join(BASELINES)}.")
+  for norm in opts.norms:
+    assets.read_norms(norm)  # an unknown table fails before any output is written
+  key = jax.random.key(opts.seed)
+  space = spaces_lib.make_space(model, opts.space, centre=opts.centre, whiten=opts.whiten)
+  scale_set = scales_io.load_scales(opts.scales)
+  dirs = scale_directions.build(model, space, list(scale_set), policy=opts.policy, method=opts.method,
+                                missing="drop", min_coverage=opts.min_coverage, what=scale_set.name)
+  vocab = spaces_lib.vocab_matrix(model, opts.space)
+  if space.transform is not None:
+    vocab = spaces_lib.apply(space.transform, vocab)
+  n_vocab, dim = vocab.shape
+  n_dirs = len(dirs.names)
+  result: dict[str, Any] = {"n_tokens": int(n_vocab), "n_directions": n_dirs, "metric": opts.metric}
+
+  if opts.write_zarr:
+    if out_dir is None:
+      raise ValueError("out_dir is required to write the projection matrix")
+    chunk = int(opts.chunk_rows)
+    path = os.path.join(os.fspath(out_dir), ZARR_NAME)
+    attrs = {"rows": "token ids 0..n_tokens-1", "columns": list(dirs.names), "metric": opts.metric,
+             "space": space.provenance(), "model": model.provenance.get("name"),
+             "sign": "positive pole minus negative pole"}
+    writer = zarr_out.create(path, (n_vocab, n_dirs), chunk, attributes=attrs, overwrite=True)
+    progress = Progress(f"sweep {scale_set.name}", n_vocab, unit="tokens")
+    t0 = time.perf_counter()
+    projection.project_chunked(vocab, dirs.vectors, chunk, opts.metric, sink=writer, mesh=model.mesh,
+                               progress=progress)
+    writer.finalize()
+    seconds = time.perf_counter() - t0
+    progress.close()
+    result["zarr"] = {"path": path, "shape": [int(n_vocab), n_dirs], "chunk_rows": chunk,
+                      "dtype": "float32", "seconds": round(seconds, 2),
+                      "scores_per_second": float(n_vocab * n_dirs / seconds),
+                      "gigabytes": round(n_vocab * n_dirs * 4 / 1e9, 3)}
+
+  t0 = time.perf_counter()
+  spectra, rated, coverage = _spectra(model, opts, space, vocab, dirs.vectors, key)
+  coverage = {"scales": dirs.coverage, "tokens": f"all {n_vocab} vocabulary tokens", **coverage}
+  if opts.whitening_control:
+    other = spaces_lib.make_space(model, opts.space, centre=opts.centre, whiten=not opts.whiten)
+    o_dirs = scale_directions.build(model, other, list(scale_set), policy=opts.policy, method=opts.method,
+                                    missing="drop", what=scale_set.name)
+    o_vocab = spaces_lib.apply(other.transform, spaces_lib.vocab_matrix(model, opts.space))
+    o_spectra, o_rated, _ = _spectra(model, opts, other, o_vocab, o_dirs.vectors, key)
+    del o_vocab
+    result["control"] = {"whitened" if other.whitened else "unwhitened": {
+        "space": other.provenance(), "spectra": o_spectra, "rated_words": o_rated,
+        "verdict": verdict(o_spectra)}}
+  result["spectra"] = spectra
+  result["rated_words"] = rated
+  result["spectra_seconds"] = round(time.perf_counter() - t0, 2)
+  result["verdict"] = verdict(result["spectra"])
+  result["coverage"] = coverage
+  result["directions"] = dirs.report()
+  result["space"] = space.provenance()
+  result["scales_file"] = str(scale_set.source)
+  result["pca"] = {"standardized": opts.standardize,
+                   "method": "exact, from the [D, D] moments of the vocabulary rows (Cov(P) = U Cov(W) U^T)"}
+  result["seconds"] = round(time.perf_counter() - start, 2)
+  return result
+
+
+def _spectra(model, opts: SweepOptions, space, vocab, antonym, key):
+  """(spectra per direction set, spectra over rated words, rated-word coverage) in one space."""
+  moments = spectrum_k.row_moments(vocab, opts.metric)
+  n_dirs, dim = antonym.shape
+  sets: dict[str, Any] = {"antonym": antonym}
+  if "gaussian" in opts.baselines:
+    sets["gaussian"] = dir_k.random_directions(jax.random.fold_in(key, 1), n_dirs, dim)
+  if "token_pairs" in opts.baselines:
+    sets["token_pairs"] = token_pair_directions(vocab, n_dirs, jax.random.fold_in(key, 2),
+                                                _eligible_tokens(model))
+  spectra = {name: _spectrum_report(spectrum_k.projection_spectrum(moments, d, opts.standardize))
+             for name, d in sets.items()}
+  rated, coverage = {}, {}
+  for norm in opts.norms:
+    nw = align_lib.norm_words(model, space, norm, policy=opts.policy, min_coverage=0.0)
+    coverage[norm] = nw.report
+    m = spectrum_k.row_moments(nw.vectors, opts.metric)
+    rated[norm] = {"n_words": len(nw.words),
+                   **_spectrum_report(spectrum_k.projection_spectrum(m, antonym, opts.standardize))}
+  return spectra, rated, coverage
+
+
+def verdict(spectra: dict[str, Any]) -> dict[str, Any]:
+  """Component counts of the antonym directions relative to each random baseline."""
+  ant = spectra["antonym"]["n_components"]
+  out: dict[str, Any] = {}
+  for name, rep in spectra.items():
+    if name == "antonym":
+      continue
+    out[name] = {k: {"antonym": ant[k], name: rep["n_components"][k],
+                     "fewer": None if ant[k] is None or rep["n_components"][k] is None
+                     else ant[k] < rep["n_components"][k]} for k in ant}
+  return out

@@ -1,0 +1,104 @@
+"""Progress lines with rate and ETA for long work (sweeps, grids, loading).
+
+    progress = Progress("sweep wordnet", total=262144, unit="tokens")
+    for done in ...:
+      progress.update(done)
+    progress.close()
+
+prints, at most every ``every`` seconds and once at the end, lines such as
+
+    sweep wordnet: 131072/262144 tokens (50.0%) 41.2k tokens/s, 3.2 s elapsed, ETA 3.2 s
+
+to stderr. Under multi-process runs only process 0 prints.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+def _si(x: float) -> str:
+  for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+    if abs(x) >= div:
+      return f"{x / div:.1f}{suffix}"
+  return f"{x:.1f}"
+
+
+def _duration(seconds: float) -> str:
+  if seconds < 60:
+    return f"{seconds:.1f} s"
+  minutes, s = divmod(int(round(seconds)), 60)
+  if minutes < 60:
+    return f"{minutes}m{s:02d}s"
+  hours, minutes = divmod(minutes, 60)
+  return f"{hours}h{minutes:02d}m"
+
+
+def _is_main_process() -> bool:
+  try:
+    import jax
+
+    return jax.process_index() == 0
+  except Exception:  # noqa: BLE001 - progress must never break the work it reports on
+    return True
+
+
+class Progress:
+  """Reports ``done / total`` with rate and ETA.
+
+  Attributes:
+    what: label at the start of each line.
+    total: amount of work.
+    unit: name of one unit of work.
+    every: least seconds between two printed lines.
+    enabled: print at all (default: only on process 0).
+  """
+
+  def __init__(self, what: str, total: int, unit: str = "items", every: float = 2.0,
+               stream: TextIO | None = None, enabled: bool | None = None,
+               clock=time.perf_counter):
+    self.what, self.total, self.unit, self.every = what, int(total), unit, float(every)
+    self.stream = stream if stream is not None else sys.stderr
+    self.enabled = _is_main_process() if enabled is None else enabled
+    self._clock = clock
+    self._start = clock()
+    self._last_print = None
+    self.done = 0
+    self.lines: list[str] = []
+
+  def line(self) -> str:
+    """The current progress line."""
+    elapsed = max(self._clock() - self._start, 1e-9)
+    rate = self.done / elapsed
+    pct = 100.0 * self.done / self.total if self.total else 100.0
+    text = (f"{self.what}: {self.done}/{self.total} {self.unit} ({pct:.1f}%) "
+            f"{_si(rate)} {self.unit}/s, {_duration(elapsed)} elapsed")
+    if 0 < self.done < self.total and rate > 0:
+      text += f", ETA {_duration((self.total - self.done) / rate)}"
+    return text
+
+  def update(self, done: int, total: int | None = None) -> None:
+    """Records ``done`` units finished (absolute) and prints when due."""
+    self.done = int(done)
+    if total is not None:
+      self.total = int(total)
+    now = self._clock()
+    if self.done >= self.total or self._last_print is None or now - self._last_print >= self.every:
+      self._emit(now)
+
+  def close(self) -> None:
+    """Prints the final line unless the last update already did."""
+    if self._last_print is None or self.done < self.total:
+      self._emit(self._clock())
+
+  def _emit(self, now: float) -> None:
+    self._last_print = now
+    text = self.line()
+    self.lines.append(text)
+    if self.enabled:
+      print(text, file=self.stream, flush=True)
+
+  def __call__(self, done: int, total: int | None = None) -> None:
+    self.update(done, total)
