@@ -13,9 +13,16 @@ Sites for ``capture`` (hidden states returned in ``ForwardOutput.captured``):
     "resid_pre.{l}"    [B, T, D] one layer (cheaper than the stack)
     "resid_post.{l}"   [B, T, D]
     "final"            [B, T, D] after the final norm
+    "keys", "values"   [L, B, T, n_kv_heads, head_dim] attention keys (after qk-norm
+                       and RoPE) and values of every layer (what ``kv_cache`` stores)
 
 Sequences are right-padded (``attention_mask`` 1 on real tokens); positions count the
 real tokens, so left padding also works.
+
+With ``prefix`` (a ``kv_cache.PrefixCache`` of ``P`` tokens shared by every row) the
+``token_ids`` are suffixes: their positions start at ``P`` and every query also
+attends to the cached prefix keys. Logit positions, captures and intervention masks
+then index the suffix only.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +38,9 @@ import numpy as np
 
 from jaxsem.models import interventions as iv_lib
 from jaxsem.models.config import ModelConfig, RopeScaling
+
+if TYPE_CHECKING:  # kv_cache builds on this module
+  from jaxsem.models.kv_cache import PrefixCache
 
 _NEG_INF = -1e30
 
@@ -40,7 +51,7 @@ class ForwardOutput:
   """Result of ``forward``.
 
   Attributes:
-    logits: ``[B, V]`` ("last" or one position per row), ``[B, P, V]`` (several
+    logits: ``[B, V]`` ("last" or one position per row), ``[B, Q, V]`` (several
       positions), ``[B, T, V]`` ("all"), or None ("none").
     captured: site name -> hidden states, see the module docstring.
   """
@@ -101,16 +112,23 @@ def _softcap(x: jax.Array, cap: float | None) -> jax.Array:
 
 
 def _rows(x: jax.Array, index: jax.Array) -> jax.Array:
-  """``x[b, index[b, p]]``: ``[B, T, ...]`` gathered at ``index`` ``[B, P]`` -> ``[B, P, ...]``."""
+  """``x[b, index[b, p]]``: ``[B, T, ...]`` gathered at ``index`` ``[B, Q]`` -> ``[B, Q, ...]``."""
   return jax.vmap(lambda xb, ib: xb[ib])(x, index)
 
 
 def attention(p: dict, x: jax.Array, cfg: ModelConfig, cos, sin, mask: jax.Array,
-              q_index: jax.Array | None = None) -> jax.Array:
+              q_index: jax.Array | None = None, prefix_kv: tuple[jax.Array, jax.Array] | None = None):
   """Grouped-query self-attention. ``x`` [B, T, D]; ``mask`` [B, T, S] bool.
 
-  With ``q_index`` ``[B, P]`` only those positions are queried (keys and values still
-  cover the whole sequence) and the result is ``[B, P, D]``.
+  With ``q_index`` ``[B, Q]`` only those positions are queried (keys and values still
+  cover the whole sequence) and the result is ``[B, Q, D]``.
+
+  With ``prefix_kv`` (keys and values ``[P, n_kv_heads, head_dim]`` of a prefix shared
+  by every row) queries also attend to the prefix; ``mask`` is then ``[B, T, P + T]``
+  with the prefix keys first. The prefix is broadcast over the batch, never copied.
+
+  Returns:
+    ``(out [B, T, D], (k, v))`` with this sequence's keys and values ``[B, T, K, Dh]``.
   """
   xq, cos_q, sin_q, mask_q = x, cos, sin, mask
   if q_index is not None:
@@ -128,11 +146,21 @@ def attention(p: dict, x: jax.Array, cfg: ModelConfig, cos, sin, mask: jax.Array
   groups = cfg.n_heads // cfg.n_kv_heads
   q = q.reshape(b, t, cfg.n_kv_heads, groups, cfg.head_dim)
   scores = jnp.einsum("btgqk,bsgk->bgqts", q, k, preferred_element_type=jnp.float32)
+  if prefix_kv is not None:
+    pk, pv = prefix_kv
+    pscores = jnp.einsum("btgqk,sgk->bgqts", q, pk, preferred_element_type=jnp.float32)
+    scores = jnp.concatenate([pscores, scores], axis=-1)
   scores = _softcap(scores * cfg.query_scale, cfg.attn_softcap)
   scores = jnp.where(mask_q[:, None, None, :, :], scores, _NEG_INF)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bgqts,bsgk->btgqk", probs, v).reshape(b, t, cfg.n_heads, cfg.head_dim)
-  return jnp.einsum("bthk,hkd->btd", out, p["o"])
+  if prefix_kv is None:
+    out = jnp.einsum("bgqts,bsgk->btgqk", probs, v)
+  else:
+    n = pk.shape[0]
+    out = (jnp.einsum("bgqts,sgk->btgqk", probs[..., :n], pv)
+           + jnp.einsum("bgqts,bsgk->btgqk", probs[..., n:], v))
+  out = out.reshape(b, t, cfg.n_heads, cfg.head_dim)
+  return jnp.einsum("bthk,hkd->btd", out, p["o"]), (k, v)
 
 
 def mlp(p: dict, x: jax.Array, cfg: ModelConfig) -> jax.Array:
@@ -147,20 +175,26 @@ def mlp(p: dict, x: jax.Array, cfg: ModelConfig) -> jax.Array:
 
 
 def block(p: dict, h: jax.Array, cfg: ModelConfig, cos, sin, mask,
-          q_index: jax.Array | None = None) -> jax.Array:
+          q_index: jax.Array | None = None, prefix_kv: tuple[jax.Array, jax.Array] | None = None):
   """One pre-norm transformer block (with Gemma's post-norms when configured).
 
-  With ``q_index`` ``[B, P]`` the block's output is computed only at those positions
-  (``[B, P, D]``): enough for a last layer whose other positions nobody reads.
+  With ``q_index`` ``[B, Q]`` the block's output is computed only at those positions
+  (``[B, Q, D]``): enough for a last layer whose other positions nobody reads.
+  ``prefix_kv`` is passed to ``attention``.
+
+  Returns:
+    ``(h, (k, v))``: the new residual and the attention keys and values (unused ones
+    cost nothing under jit).
   """
-  a = attention(p, rms_norm(h, p["attn_norm"], cfg.norm_eps), cfg, cos, sin, mask, q_index)
+  a, kv = attention(p, rms_norm(h, p["attn_norm"], cfg.norm_eps), cfg, cos, sin, mask, q_index,
+                    prefix_kv)
   if cfg.post_norms:
     a = rms_norm(a, p["post_attn_norm"], cfg.norm_eps)
   h = (h if q_index is None else _rows(h, q_index)) + a
   m = mlp(p, rms_norm(h, p["mlp_norm"], cfg.norm_eps), cfg)
   if cfg.post_norms:
     m = rms_norm(m, p["post_mlp_norm"], cfg.norm_eps)
-  return h + m
+  return h + m, kv
 
 
 def unembed(params: dict, cfg: ModelConfig, x: jax.Array) -> jax.Array:
@@ -174,15 +208,24 @@ def unembed(params: dict, cfg: ModelConfig, x: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------- the pass
 
 
-def _masks(cfg: ModelConfig, attention_mask: jax.Array, positions: jax.Array):
-  """Global and sliding-window attention masks ``[B, T, S]``."""
-  t = attention_mask.shape[1]
+def _masks(cfg: ModelConfig, attention_mask: jax.Array, positions: jax.Array, prefix_len: int = 0):
+  """Global and sliding-window attention masks ``[B, T, S]``.
+
+  With ``prefix_len`` ``P`` the keys are the ``P`` prefix tokens (positions ``0..P-1``,
+  all visible) followed by the ``T`` suffix tokens: ``S = P + T``.
+  """
+  b, t = attention_mask.shape
   idx = jnp.arange(t)
   valid = attention_mask.astype(bool)
   causal = (idx[None, :, None] >= idx[None, None, :]) & valid[:, None, :]
+  key_positions = positions
+  if prefix_len:
+    causal = jnp.concatenate([jnp.ones((b, t, prefix_len), bool), causal], axis=2)
+    prefix_positions = jnp.broadcast_to(jnp.arange(prefix_len, dtype=positions.dtype), (b, prefix_len))
+    key_positions = jnp.concatenate([prefix_positions, positions], axis=1)
   if cfg.sliding_window is None:
     return causal, causal
-  dist = positions[:, :, None] - positions[:, None, :]
+  dist = positions[:, :, None] - key_positions[:, None, :]
   return causal, causal & (dist < cfg.sliding_window)
 
 
@@ -191,7 +234,7 @@ def _split_capture(capture: Sequence[str], n_layers: int):
   for site in capture:
     if site in ("embed", "final"):
       continue
-    if site in ("resid_pre", "resid_post"):
+    if site in ("resid_pre", "resid_post", "keys", "values"):
       stacks.add(site)
       continue
     kind, layer = iv_lib.parse_site(site)
@@ -217,19 +260,22 @@ def forward(
     logit_positions: jax.Array | None = None,
     capture: Sequence[str] = (),
     interventions: Sequence[iv_lib.Intervention] = (),
+    prefix: PrefixCache | None = None,
 ) -> ForwardOutput:
   """Runs the model.
 
   Args:
     params: params pytree (layout in ``jaxsem.models.config``).
     config: the architecture (static under jit).
-    token_ids: ``[B, T]`` int32 token ids.
+    token_ids: ``[B, T]`` int32 token ids (the suffixes when ``prefix`` is given).
     attention_mask: ``[B, T]`` 1 for real tokens, 0 for padding.
     logits_at: "last" (each row's last real token, ``[B, V]``), "all" (``[B, T, V]``)
       or "none". Ignored when ``logit_positions`` is given.
-    logit_positions: optional ``[B]`` or ``[B, P]`` int positions to read logits at.
+    logit_positions: optional ``[B]`` or ``[B, Q]`` int positions to read logits at.
     capture: site names to return hidden states for (see module docstring).
     interventions: ``Intervention``s to apply during the pass.
+    prefix: optional ``kv_cache.PrefixCache`` of tokens that precede every row; all
+      positions above then index ``token_ids`` (the prefix itself is not re-run).
 
   Returns:
     ForwardOutput with float32 logits and captured hidden states.
@@ -237,8 +283,9 @@ def forward(
   cfg = config
   dtype = params["embed"].dtype
   mask = attention_mask.astype(jnp.int32)
-  positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-  global_mask, local_mask = _masks(cfg, mask, positions)
+  prefix_len = 0 if prefix is None else prefix.length
+  positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0) + prefix_len
+  global_mask, local_mask = _masks(cfg, mask, positions, prefix_len)
   cos_g, sin_g = rope_tables(positions, rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling))
   if cfg.rope_local_theta is not None:
     cos_l, sin_l = rope_tables(positions, rope_inv_freq(cfg.head_dim, cfg.rope_local_theta, None))
@@ -294,6 +341,12 @@ def forward(
               jnp.where(local, local_mask, global_mask))
     return cos_g, sin_g, global_mask
 
+  def prefix_kv(layer_idx):  # this layer's cached prefix keys and values
+    return None if prefix is None else (prefix.k[layer_idx], prefix.v[layer_idx])
+
+  def kv_outs(kv):
+    return {site: x for site, x in zip(("keys", "values"), kv) if site in stacks}
+
   def step(carry, layer_idx):
     h, bufs = carry
     p = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, layer_idx, keepdims=False),
@@ -303,7 +356,8 @@ def forward(
     if "resid_pre" in stacks:
       outs["resid_pre"] = h
     bufs = _update_singles(bufs, singles, "resid_pre", layer_idx, h)
-    h = block(p, h, cfg, *layer_inputs(is_local[layer_idx]))
+    h, kv = block(p, h, cfg, *layer_inputs(is_local[layer_idx]), prefix_kv=prefix_kv(layer_idx))
+    outs.update(kv_outs(kv))
     h = intervene(h, "resid_post", layer_idx)
     if "resid_post" in stacks:
       outs["resid_post"] = h
@@ -318,7 +372,10 @@ def forward(
     if "resid_pre" in stacks:
       outs["resid_pre"] = jnp.concatenate([outs["resid_pre"], h[None]], axis=0)
     bufs = _update_singles(bufs, singles, "resid_pre", last, h)
-    h = block(p, h, cfg, *layer_inputs(is_local[last]), q_index=read)  # [B, P, D]
+    h, kv = block(p, h, cfg, *layer_inputs(is_local[last]), q_index=read,  # [B, Q, D]
+                  prefix_kv=prefix_kv(last))
+    for site, x in kv_outs(kv).items():
+      outs[site] = jnp.concatenate([outs[site], x[None]], axis=0)
   captured.update(outs)
   captured.update(bufs)
 
@@ -329,7 +386,7 @@ def forward(
   if read is None:
     logits = unembed(params, cfg, h) if logits_at == "all" else None
   else:
-    logits = unembed(params, cfg, h if restrict else _rows(h, read))  # [B, P, V]
+    logits = unembed(params, cfg, h if restrict else _rows(h, read))  # [B, Q, V]
     if logit_positions is None or jnp.ndim(logit_positions) == 1:
       logits = logits[:, 0]
   return ForwardOutput(logits=logits, captured=captured)
