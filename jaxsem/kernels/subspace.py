@@ -144,8 +144,10 @@ def pca(x, standardize: bool = True, k: int | None = None, *, method: str = "svd
   result = _run(_pca_core, dtype, x, standardize=standardize, k=r if k is None else k, method=method)
   if k is not None:
     sv = np.asarray(result.singular_values)
-    eps = np.finfo(dtype).eps * max(n, s)
-    tol = sv[0] * (eps if method == "svd" else np.sqrt(eps))
+    # numpy's matrix_rank tolerance for the SVD; for the Gram route the eigenvalues (the
+    # squared singular values) carry the round-off of an [S, S] eigendecomposition.
+    eps = np.finfo(dtype).eps
+    tol = sv[0] * (eps * max(n, s) if method == "svd" else np.sqrt(eps * s))
     rank = int(np.sum(sv > tol))
     if k > rank:
       raise InputError(f"Cannot keep k={k} components: the centred {n} x {s} matrix has rank {rank}.")

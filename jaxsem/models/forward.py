@@ -197,9 +197,15 @@ def block(p: dict, h: jax.Array, cfg: ModelConfig, cos, sin, mask,
   return h + m, kv
 
 
-def unembed(params: dict, cfg: ModelConfig, x: jax.Array) -> jax.Array:
-  """Final-normed hidden states ``[..., D]`` -> logits ``[..., vocab_size]`` (float32)."""
+def unembed(params: dict, cfg: ModelConfig, x: jax.Array, rows: jax.Array | None = None) -> jax.Array:
+  """Final-normed hidden states ``[..., D]`` -> logits ``[..., vocab_size]`` (float32).
+
+  With ``rows`` ``[R]`` (token ids) only those logits are computed: ``[..., R]``.
+  """
   w = params["embed"] if cfg.tie_embeddings else params["unembed"]
+  if rows is not None:
+    logits = jnp.einsum("...d,vd->...v", x, jnp.take(w, rows, axis=0), preferred_element_type=jnp.float32)
+    return _softcap(logits, cfg.final_softcap)
   logits = jnp.einsum("...d,vd->...v", x, w, preferred_element_type=jnp.float32)
   logits = logits[..., :cfg.vocab_size]  # drop rows padded for sharding
   return _softcap(logits, cfg.final_softcap)
@@ -261,6 +267,7 @@ def forward(
     capture: Sequence[str] = (),
     interventions: Sequence[iv_lib.Intervention] = (),
     prefix: PrefixCache | None = None,
+    logit_rows: jax.Array | None = None,
 ) -> ForwardOutput:
   """Runs the model.
 
@@ -276,6 +283,9 @@ def forward(
     interventions: ``Intervention``s to apply during the pass.
     prefix: optional ``kv_cache.PrefixCache`` of tokens that precede every row; all
       positions above then index ``token_ids`` (the prefix itself is not re-run).
+    logit_rows: optional ``[R]`` token ids: logits are computed for these vocabulary
+      entries only (last axis ``R`` instead of ``vocab_size``), e.g. a readout's
+      answer tokens, skipping the rest of the unembedding.
 
   Returns:
     ForwardOutput with float32 logits and captured hidden states.
@@ -384,9 +394,9 @@ def forward(
     captured["final"] = h
 
   if read is None:
-    logits = unembed(params, cfg, h) if logits_at == "all" else None
+    logits = unembed(params, cfg, h, logit_rows) if logits_at == "all" else None
   else:
-    logits = unembed(params, cfg, h if restrict else _rows(h, read))  # [B, Q, V]
+    logits = unembed(params, cfg, h if restrict else _rows(h, read), logit_rows)  # [B, Q, V]
     if logit_positions is None or jnp.ndim(logit_positions) == 1:
       logits = logits[:, 0]
   return ForwardOutput(logits=logits, captured=captured)

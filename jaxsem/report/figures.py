@@ -70,18 +70,21 @@ def correlation_bars(path, labels: Sequence[str], r: np.ndarray, ci: np.ndarray,
 
 
 def heatmap(path, matrix: np.ndarray, labels: Sequence[str], title: str = "",
-            vmin: float = -1.0, vmax: float = 1.0, cbar_label: str = "cosine") -> Path:
-  """Square heatmap (e.g. direction cosines) with labelled axes."""
+            vmin: float = -1.0, vmax: float = 1.0, cbar_label: str = "cosine",
+            row_labels: Sequence[str] | None = None) -> Path:
+  """Heatmap (e.g. direction cosines) with labelled axes; ``labels`` name the columns and,
+  unless ``row_labels`` are given, the rows too."""
   m = np.asarray(matrix, float)
-  n = m.shape[0]
+  rows = list(labels if row_labels is None else row_labels)
+  n = max(m.shape)
   size = min(14.0, 2.5 + 0.28 * n)
-  fig, ax = plt.subplots(figsize=(size, size * 0.9))
+  fig, ax = plt.subplots(figsize=(size, size * 0.9 * max(m.shape[0], 4) / max(m.shape[1], 4)))
   im = ax.imshow(m, cmap="RdBu_r", vmin=vmin, vmax=vmax)
   if n <= 60:
-    ax.set_xticks(range(n))
-    ax.set_yticks(range(n))
+    ax.set_xticks(range(m.shape[1]))
+    ax.set_yticks(range(m.shape[0]))
     ax.set_xticklabels(labels, rotation=90, fontsize=7)
-    ax.set_yticklabels(labels, fontsize=7)
+    ax.set_yticklabels(rows, fontsize=7)
   fig.colorbar(im, ax=ax, shrink=0.8, label=cbar_label)
   ax.set_title(title, fontsize=9)
   return _save(fig, path)
@@ -154,5 +157,68 @@ def cumulative_curves(path, curves: dict[str, np.ndarray], title: str = "",
   ax.set_ylabel("cumulative explained variance")
   ax.set_ylim(0, 1.02)
   ax.legend(fontsize=8, loc="lower right")
+  ax.set_title(title, fontsize=9)
+  return _save(fig, path)
+
+
+def offtarget_scatter(path, cos: np.ndarray, d: np.ndarray, slope: float, intercept: float, r: float,
+                      title: str = "") -> Path:
+  """Off-target effect ``D`` against the cosine of the two scales, one dot per pair, with the fit.
+
+  Args:
+    path: output PNG.
+    cos: ``[n]`` cosine of the steering direction with the readout direction.
+    d: ``[n]`` off-target change per unit on-target change.
+    slope: fitted slope of ``d`` on ``cos``.
+    intercept: fitted intercept.
+    r: Pearson r of the pairs, shown in the legend.
+  """
+  cos = np.asarray(cos, float)
+  d = np.asarray(d, float)
+  fig, ax = plt.subplots(figsize=(5.5, 4.5))
+  ax.scatter(cos, d, s=12, color="#2c7bb6", alpha=0.7, edgecolors="none", label=f"pairs (n={cos.size})")
+  lo, hi = (float(cos.min()), float(cos.max())) if cos.size else (-1.0, 1.0)
+  xs = np.linspace(min(lo, 0.0), max(hi, 0.0), 50)
+  ax.plot(xs, slope * xs + intercept, color="black", linewidth=1.2,
+          label=f"fit: D = {slope:.2f} cos {intercept:+.2f}  (r = {r:.2f})")
+  ax.plot(xs, xs, color="#999999", linewidth=0.8, linestyle=":", label="D = cos")
+  ax.axhline(0, color="#cccccc", linewidth=0.6, zorder=0)
+  ax.axvline(0, color="#cccccc", linewidth=0.6, zorder=0)
+  ax.set_xlabel("cosine of steering and readout directions")
+  ax.set_ylabel("off-target change per unit on-target change (D)")
+  ax.legend(fontsize=8, loc="upper left")
+  ax.set_title(title, fontsize=9)
+  return _save(fig, path)
+
+
+def dose_response(path, alphas: np.ndarray, on_target: np.ndarray, off_target_abs: np.ndarray,
+                  labels: Sequence[str], title: str = "") -> Path:
+  """Rating change against steering strength: on-target per steered scale, their mean, |off-target|.
+
+  Args:
+    path: output PNG.
+    alphas: ``[A]`` strengths (any order; drawn sorted).
+    on_target: ``[S, A]`` mean on-target change of each steered scale.
+    off_target_abs: ``[A]`` mean |off-target change|.
+    labels: ``[S]`` steered-scale names (labelled directly when there are at most 8).
+  """
+  alphas = np.asarray(alphas, float)
+  order = np.argsort(alphas)
+  a = alphas[order]
+  on = np.asarray(on_target, float).reshape(len(labels), -1)[:, order]
+  off = np.asarray(off_target_abs, float)[order]
+  fig, ax = plt.subplots(figsize=(6.5, 4.5))
+  few = len(labels) <= 8
+  for label, curve in zip(labels, on):
+    ax.plot(a, curve, linewidth=0.8, alpha=0.6 if few else 0.35, label=label if few else None)
+  ax.plot(a, on.mean(axis=0), color="black", linewidth=2.4, marker="o", markersize=3,
+          label="on-target, mean over scales")
+  ax.plot(a, off, color="#d7191c", linewidth=1.8, linestyle="--", marker="o", markersize=3,
+          label="|off-target|, mean")
+  ax.axhline(0, color="#cccccc", linewidth=0.6, zorder=0)
+  ax.axvline(0, color="#cccccc", linewidth=0.6, zorder=0)
+  ax.set_xlabel("steering strength (alpha)")
+  ax.set_ylabel("rating change (steered - unsteered)")
+  ax.legend(fontsize=7, loc="best")
   ax.set_title(title, fontsize=9)
   return _save(fig, path)

@@ -151,3 +151,54 @@ def _spectra_lines(sets: dict[str, Any]) -> list[str]:
     lines.append(f"{name:>22s}: components for {counts}; PC1-3 cumulative {cum}; "
                  f"participation ratio {rep['participation_ratio']:.1f}")
   return lines
+
+
+def write_steer(out_dir, result: dict[str, Any], model, opts) -> Path:
+  """``out_dir/summary.json`` plus the D-vs-cosine scatter, the D heatmap and dose-response curves."""
+  out = Path(out_dir)
+  title = f"{model.provenance.get('name', '?')} · {result['site']} · {result['readout']}"
+  ot = result["offtarget"]
+  pairs = ot["per_pair"]
+  figures.offtarget_scatter(out / "offtarget.png", np.array([p["cos"] for p in pairs], float),
+                            np.array([np.nan if p["D"] is None else p["D"] for p in pairs], float),
+                            ot["slope"], ot["intercept"], ot["r"] if ot["r"] is not None else np.nan,
+                            title=f"{title} · off-target effect vs cosine")
+  figures.heatmap(out / "offtarget_matrix.png", np.array(ot["D"], float), result["scales"],
+                  title=f"{title} · D[steered -> read] (rows: steered)", row_labels=result["steered"],
+                  cbar_label="D (off-target / on-target)")
+  dr = result["dose_response"]
+  figures.dose_response(out / "dose_response.png", np.array(dr["alphas"]), np.array(dr["on_target"]),
+                        np.array(dr["off_target_abs"]), result["steered"],
+                        title=f"{title} · strength in site-norm units")
+  prov = {"site": result["site"], "layer": opts.layer, "readout": result["readout"],
+          "read_site": result["read_site"], "template": result["template"], "policy": "single",
+          "coverage": {"words": len(result["words"]), "scales": len(result["scales"])},
+          "centred": False, "whitened": False, "seed": opts.seed, "options": opts.provenance(),
+          "scales_file": result.get("scales_file")}
+  return summary.write(out, {"job": "steer", **result}, model=model, **prov)
+
+
+def steer_digest(result: dict[str, Any]) -> list[str]:
+  """Readout validity, the off-target regression, controls and the methods comparison."""
+  lines = []
+  val = result["readout_validation"]
+  if val:
+    lines.append("readout vs human norms: " + ", ".join(
+        f"{v['scale']}~{v['norm'].split(':')[1]} r={v['pearson']:+.2f}" for v in val[:6]))
+  ot = result["offtarget"]
+  ci = ot["ci"]["slope"]
+  lines.append(f"off-target D vs cosine over {ot['n_pairs']} pairs: slope {ot['slope']:+.2f} "
+               f"[{ci[0]:+.2f},{ci[1]:+.2f}], r={ot['r']:+.2f}, R2={ot['r2']:.2f}; shuffled-label p="
+               f"{ot['shuffled_labels']['p_value']:.3g}")
+  rnd = result["controls"].get("random_directions")
+  if rnd:
+    lines.append(f"random directions: mean |rating slope| {rnd['mean_abs_slope']:.3f} vs antonym off-target "
+                 f"{rnd['antonym_mean_abs_offtarget_slope']:.3f}, on-target {rnd['antonym_mean_ontarget_slope']:.3f}")
+  methods = result.get("methods")
+  if methods:
+    for name, m in methods["methods"].items():
+      red = methods["reduction_vs_plain"].get(name)
+      extra = "" if red is None else f"; {red['value']:+.0%} [{red['ci'][0]:+.0%},{red['ci'][1]:+.0%}] vs plain"
+      lines.append(f"{name:>10s}: on-target {m['on_target']:+.3f}, mean |off-target| "
+                   f"{m['off_target_abs']:.3f}, per unit on-target {m['off_per_on']:.3f}{extra}")
+  return lines

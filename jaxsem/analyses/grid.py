@@ -1,0 +1,188 @@
+"""The steering grid: many (word, steering vector) rows through one compiled program.
+
+``Grid`` holds what every row shares (the prompt template's cached prefix, the padded
+suffix of each word, the readout) and ``Grid.evaluate(word_index, vectors)`` runs any
+list of rows, in fixed-size batches (one compile) placed over the mesh's data axis. A
+words x directions x strengths grid is one such list; so are held-out evaluations of
+other steering methods and random-direction controls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsem import sharding
+from jaxsem.analyses import readouts
+from jaxsem.errors import InputError
+from jaxsem.kernels import steering as steering_k
+from jaxsem.models import interventions as iv_lib
+from jaxsem.models.kv_cache import PrefixCache, prefix_cache
+
+_prefix_cache_jit = jax.jit(prefix_cache, static_argnames=("config",))
+
+
+@dataclasses.dataclass
+class Grid:
+  """Everything the rows of a steering grid share.
+
+  Attributes:
+    model: the ``jaxsem.Model``.
+    prompts: the filled template (prefix + per-word suffixes).
+    poles: pole tokens of the readout scales.
+    site: intervention site.
+    read_site: capture site of the representation readout (None: log-odds only).
+    read_dirs: ``[J, D]`` unit readout directions at ``read_site``.
+    batch_size: rows per call (rounded up to the mesh's data axis).
+  """
+
+  model: object
+  prompts: readouts.Prompts
+  poles: readouts.PoleTokens
+  site: str
+  read_site: str | None = None
+  read_dirs: np.ndarray | None = None
+  batch_size: int = 256
+  cache: PrefixCache = dataclasses.field(init=False, repr=False)
+
+  def __post_init__(self):
+    iv_lib.parse_site(self.site)
+    m = self.model
+    self.cache = _prefix_cache_jit(m.params, m.config, jnp.asarray(self.prompts.prefix, jnp.int32))
+    w = len(self.prompts.suffixes)
+    t = max(len(s) for s in self.prompts.suffixes)
+    self._ids = np.full((w, t), m.pad_id, np.int32)
+    self._mask = np.zeros((w, t), np.int32)
+    self._word = np.zeros((w, t), np.float32)
+    for i, (s, pos) in enumerate(zip(self.prompts.suffixes, self.prompts.word_positions)):
+      self._ids[i, :len(s)] = s
+      self._mask[i, :len(s)] = 1
+      self._word[i, list(pos)] = 1.0
+    self._read = self._mask.sum(1).astype(np.int32) - 1
+    self._word_last = np.array([p[-1] for p in self.prompts.word_positions], np.int32)
+    data = 1 if m.mesh is None else m.mesh.shape[dict(sharding.LOGICAL_AXIS_RULES)["batch"]]
+    self.batch_size = -(-int(self.batch_size) // data) * data
+    self._static = (jnp.asarray(self.poles.rows), jnp.asarray(self.poles.positive),
+                    jnp.asarray(self.poles.negative),
+                    None if self.read_dirs is None else jnp.asarray(self.read_dirs, jnp.float32))
+
+  @property
+  def n_words(self) -> int:
+    return self._ids.shape[0]
+
+  def _put(self, x: np.ndarray) -> jax.Array:
+    mesh = self.model.mesh
+    return jnp.asarray(x) if mesh is None else jax.device_put(x, sharding.batch_sharding(mesh, x.ndim))
+
+  def evaluate(self, word_index: Sequence[int] | np.ndarray, vectors: np.ndarray,
+               progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Ratings of rows (word ``word_index[n]`` steered by ``vectors[n]``, strength included).
+
+    Args:
+      word_index: ``[N]`` indices into the prompts' words.
+      vectors: ``[N, D]`` steering vectors (zeros = unsteered).
+      progress: ``progress(rows_done, rows_total)`` after each batch.
+
+    Returns:
+      ``(logodds [N, J], representation [N, J] or None)`` float32 numpy.
+    """
+    word_index = np.asarray(word_index, np.int64)
+    vectors = np.asarray(vectors, np.float32)
+    n, b = len(word_index), self.batch_size
+    m = self.model
+    logodds, reps = [], []
+    for start in range(0, n, b):
+      rows = word_index[start:start + b]
+      vec = vectors[start:start + b]
+      if len(rows) < b:  # pad to the compiled batch with unsteered copies of word 0
+        vec = np.concatenate([vec, np.zeros((b - len(rows), vec.shape[1]), np.float32)])
+        rows = np.concatenate([rows, np.zeros(b - len(rows), np.int64)])
+      r, rep = steering_k.steered_readout(
+          m.params, m.config, self.cache, self._put(self._ids[rows]), self._put(self._mask[rows]),
+          self._put(self._word[rows]), self._put(self._read[rows]), self._put(self._word_last[rows]),
+          self._put(vec), *self._static, site=self.site, read_site=self.read_site)
+      k = min(b, n - start)
+      logodds.append(np.asarray(r)[:k])
+      if rep is not None:
+        reps.append(np.asarray(rep)[:k])
+      if progress is not None:
+        progress(start + k, n)
+    j = len(self.poles.names)
+    out = np.concatenate(logodds) if logodds else np.zeros((0, j), np.float32)
+    return out, (np.concatenate(reps) if reps else None)
+
+
+def grid_rows(n_words: int, directions: np.ndarray, strengths: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+  """Rows of a words x directions x strengths grid, word-major.
+
+  Args:
+    n_words: ``W``.
+    directions: ``[S, D]`` steering directions (used as given: pass unit vectors and
+      strengths in the units wanted).
+    strengths: ``[A]`` multipliers.
+
+  Returns:
+    ``(word_index [W*S*A], vectors [W*S*A, D])``; row ``(w, s, a)`` is at
+    ``(w * S + s) * A + a``, so ``ratings.reshape(W, S, A, J)``.
+  """
+  d = np.asarray(directions, np.float32)
+  a = np.asarray(strengths, np.float32)
+  s = d.shape[0]
+  vec = (d[:, None, :] * a[None, :, None]).reshape(s * len(a), -1)
+  word_index = np.repeat(np.arange(n_words), s * len(a))
+  return word_index, np.tile(vec, (n_words, 1))
+
+
+def check_finite(ratings: np.ndarray, strengths: Sequence[float], what: str = "--alphas") -> None:
+  """Raises when a strength produced NaN/inf ratings (``ratings [W, S, A, J]``)."""
+  bad = ~np.isfinite(ratings).all(axis=(0, 1, 3))
+  if bad.any():
+    alpha = np.asarray(strengths)[bad]
+    raise InputError(f"{what}: strength {float(alpha[np.argmax(np.abs(alpha))]):g} makes the model's"
+                     " ratings NaN or inf (the steered activations overflow); use smaller strengths.")
+
+
+def jacobian(grid: Grid, word_index: Sequence[int] | np.ndarray, batch_size: int = 32) -> np.ndarray:
+  """``[N, J, D]``: d rating_j / d steering vector of each (unsteered) word's row.
+
+  The rows are independent, so the gradient of the batch sum of rating ``j`` with
+  respect to all rows' vectors holds every row's own gradient; ``jax.jacrev`` takes the
+  ``J`` of them in one batched backward pass per batch of words.
+  """
+  m = grid.model
+  word_index = np.asarray(word_index, np.int64)
+  b = grid.batch_size
+  d = m.config.d_model
+  out = []
+  for start in range(0, len(word_index), b):
+    rows = word_index[start:start + b]
+    k = len(rows)
+    if k < b:
+      rows = np.concatenate([rows, np.zeros(b - k, np.int64)])
+    args = (grid._put(grid._ids[rows]), grid._put(grid._mask[rows]), grid._put(grid._word[rows]),  # noqa: SLF001
+            grid._put(grid._read[rows]), grid._put(grid._word_last[rows]))  # noqa: SLF001
+    jac = _jacobian_batch(m.params, m.config, grid.cache, *args, grid._put(np.zeros((b, d), np.float32)),  # noqa: SLF001
+                          *grid._static[:3], site=grid.site)  # noqa: SLF001
+    out.append(np.asarray(jac)[:k])
+  return np.concatenate(out) if out else np.zeros((0, len(grid.poles.names), d), np.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "site"))
+def _jacobian_batch(params, config, cache, ids, mask, word, read, word_last, vectors, rows, positive, negative,
+                    *, site):
+  def total(v):
+    r, _ = steering_k.steered_readout(params, config, cache, ids, mask, word, read, word_last, v, rows,
+                                      positive, negative, None, site=site)
+    return jnp.sum(r, axis=0)  # [J]; row b's rating depends on row b's vector only
+
+  # One forward pass, then the J backward passes one after another: on a CPU a loop of
+  # single-cotangent passes is ~2x faster than jacrev's vmapped [J, ...] cotangents.
+  out, pullback = jax.vjp(total, vectors)
+  eye = jnp.eye(out.shape[0], dtype=out.dtype)
+  jac = jax.lax.map(lambda e: pullback(e)[0], eye)  # [J, B, D]
+  return jnp.moveaxis(jac, 0, 1)  # [B, J, D]

@@ -1,0 +1,407 @@
+"""Steered forward passes: off-target effects against direction cosines, and steering
+that avoids them.
+
+For words ``W``, steered scales ``S`` (a subset of the readout scales ``J``) and
+strengths ``A`` (in units of the site's typical residual norm), every word is steered
+along each scale's unit direction at the site and rated on every readout scale. Then:
+
+* ``readout_validation``: the unsteered ratings against the human norms;
+* ``offtarget``: ``D[i -> j]`` (rating change on j per unit strength, over the on-target
+  change) regressed on ``cos(d_i, d_j)``, with bootstrap CIs over words and a
+  shuffled-label null (``analyses.offtarget``);
+* ``controls``: random unit directions at the same strengths;
+* ``methods``: on held-out words, at equal predicted on-target effect, the off-target
+  effect of plain antonym steering vs orthogonalised directions (the other scales'
+  directions projected out) vs a vector fitted with optax on training words to reach
+  the on-target change while keeping the others still.
+
+The fitted vector uses the model's linear response at the unsteered point: the
+Jacobian ``G[w, j] = d rating_j / d v`` of each training word (one batched backward
+pass). With ``E_wj(v) = G[w, j] . v`` it minimises the mean squared off-target change
+subject to the mean on-target change (a penalty), plus a small pull towards the plain
+vector's norm; held-out words are then run through the real, nonlinear model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxsem.analyses import grid as grid_lib
+from jaxsem.analyses import lexicon
+from jaxsem.analyses import offtarget
+from jaxsem.analyses import readouts
+from jaxsem.analyses import scale_directions
+from jaxsem.analyses import spaces as spaces_lib
+from jaxsem.errors import InputError
+from jaxsem.io import assets
+from jaxsem.io import scales as scales_io
+from jaxsem.kernels import stats
+from jaxsem.models import interventions as iv_lib
+from jaxsem.models import site_norms
+from jaxsem.models.model import pad_batch
+from jaxsem.progress import Progress
+
+METHODS = ("plain", "orthogonal", "fitted")
+
+
+@dataclasses.dataclass(frozen=True)
+class SteerOptions:
+  """What to steer, where, how strongly, and how to read it.
+
+  Attributes:
+    scales: scale set of the readout scales (and directions).
+    steer: names of the scales to steer along (empty: all readout scales).
+    words: a norm table to sample words from (``warriner``), or an explicit word list.
+    n_words: words sampled from a norm table.
+    site: ``embed`` or ``resid_post`` / ``resid_pre`` (with ``layer``).
+    layer: block of a residual site.
+    alphas: strengths in units of the site's median residual norm.
+    readout: ``logodds`` (pole log-odds) or ``representation``.
+    read_layer: representation readout: block index, -1 (final norm) or None (the site).
+    methods: steering methods compared on held-out words (``METHODS``).
+    compare_alpha: strength of the methods comparison (site-norm units).
+    template: completion template with one ``{word}`` slot.
+    n_random: random directions in the control.
+    fit_share: share of the words the fitted vector is trained on (the rest are held out).
+    fit_steps: optax steps of the fit.
+    off_weight: weight of the off-target term in the fit (on-target term has weight 1).
+    fit_ridge: weight of the pull towards the plain vector, ``|v - plain|^2 / |plain|^2``.
+    n_boot: bootstrap resamples (over words).
+    n_perm: shuffled-label permutations.
+    seed: seed of word sampling, splits, random directions, bootstraps.
+    batch_size: rows per compiled call.
+  """
+
+  scales: str = "osgood28"
+  steer: tuple[str, ...] = ()
+  words: tuple[str, ...] = ("warriner",)
+  n_words: int = 64
+  site: str = "embed"
+  layer: int | None = None
+  alphas: tuple[float, ...] = (-1.0, -0.5, 0.5, 1.0)
+  readout: str = "logodds"
+  read_layer: int | None = None
+  methods: tuple[str, ...] = METHODS
+  compare_alpha: float = 0.5
+  template: str = readouts.DEFAULT_TEMPLATE
+  n_random: int = 8
+  fit_share: float = 0.5
+  fit_steps: int = 500
+  off_weight: float = 1.0
+  fit_ridge: float = 0.05
+  n_boot: int = 1000
+  n_perm: int = 1000
+  seed: int = 0
+  batch_size: int = 256
+
+  def provenance(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def site_name(site: str, layer: int | None, n_layers: int) -> str:
+  """``--site``/``--layer`` -> an intervention site name, or a one-line error."""
+  if site == "embed":
+    if layer is not None:
+      raise InputError("--layer applies to --site=resid_pre or resid_post, not --site=embed.")
+    return "embed"
+  if site not in ("resid_pre", "resid_post"):
+    raise InputError(f"--site={site!r} is not a steering site; use embed, resid_pre or resid_post.")
+  if layer is None or not 0 <= layer < n_layers:
+    raise InputError(f"--layer={layer} is out of range for --site={site}; use 0..{n_layers - 1}.")
+  return f"{site}.{layer}"
+
+
+def _words(model, opts: SteerOptions) -> tuple[list[str], list[tuple[int, ...]], dict[str, np.ndarray]]:
+  """(words, their token ids, Warriner columns of the words (NaN where unrated))."""
+  norm_words, norm_cols = assets.read_norms("warriner")
+  lookup = {w: i for i, w in enumerate(norm_words)}
+  if len(opts.words) == 1 and opts.words[0] in assets.NORMS:
+    table_words, _ = assets.read_norms(opts.words[0])
+    wt = lexicon.resolve_words(model.tokenizer, table_words, "single")
+    rng = np.random.default_rng(opts.seed)
+    pick = np.sort(rng.choice(wt.n_used, size=min(opts.n_words, wt.n_used), replace=False))
+    words = [wt.used_words[i] for i in pick]
+    ids = [wt.used_token_ids[i] for i in pick]
+  else:
+    wt = lexicon.resolve_words(model.tokenizer, list(opts.words), "single")
+    if wt.dropped:
+      word, why = next(iter(wt.dropped.items()))
+      raise InputError(f"--words: {word!r} {why}; steering needs single-token words (drop it or pick"
+                       " another word).")
+    words, ids = wt.used_words, wt.used_token_ids
+  if len(words) < 4:
+    raise InputError(f"--words: only {len(words)} usable words; steering statistics need at least 4.")
+  rows = [lookup.get(w) for w in words]
+  cols = {c: np.array([v[i] if i is not None else np.nan for i in rows], np.float64)
+          for c, v in norm_cols.items()}
+  return words, ids, cols
+
+
+def _directions(model, scales, site: str, template: str) -> np.ndarray:
+  """``[J, D]`` scale directions in the space of ``site`` (pole means, positive minus negative)."""
+  if site == "embed":
+    space = spaces_lib.make_space(model, "input_embedding")
+  else:
+    kind, layer = iv_lib.parse_site(site)
+    layer = layer if kind == "resid_post" else layer - 1
+    if layer < 0:  # resid_pre.0 is the embedding
+      space = spaces_lib.make_space(model, "input_embedding")
+    else:
+      space = spaces_lib.make_space(model, "hidden", layer=layer, template=template.split("{word}")[0] + "{word}")
+  dirs = scale_directions.build(model, space, list(scales), policy="single", what="steering scales")
+  return np.asarray(dirs.vectors, np.float64)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _site_unit(model, prompts: readouts.Prompts, site: str, n: int = 64) -> float:
+  seqs = [list(prompts.prefix) + list(s) for s in prompts.suffixes[:n]]
+  ids, mask = pad_batch(seqs, model.pad_id)
+  return float(site_norms.site_norm(model.params, model.config, jnp.asarray(ids), jnp.asarray(mask), site))
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+def orthogonal_directions(directions: np.ndarray, steered_index: Sequence[int]) -> np.ndarray:
+  """``[S, D]`` unit directions with every other readout scale's direction projected out."""
+  out = []
+  for s, j in enumerate(steered_index):
+    others = np.delete(directions, j, axis=0)
+    out.append(np.asarray(iv_lib.orthogonalize(jnp.asarray(directions[j], jnp.float32),
+                                               jnp.asarray(others, jnp.float32)), np.float64))
+  out = np.stack(out)
+  if np.any(np.linalg.norm(out, axis=1) < 1e-8):
+    raise InputError("A steered direction lies in the span of the other scales' directions, so it has"
+                     " no orthogonal part; steer fewer scales or read out fewer.")
+  return _unit(out)
+
+
+def fit_vectors(jac: np.ndarray, plain: np.ndarray, steered_index: Sequence[int], *, steps: int = 500,
+                off_weight: float = 1.0, ridge: float = 0.05,
+                learning_rate: float = 0.05) -> tuple[np.ndarray, dict[str, Any]]:
+  """Steering vectors that reach the plain vectors' on-target change with less off-target change.
+
+  Args:
+    jac: ``[W, J, D]`` Jacobians of the training words' ratings.
+    plain: ``[S, D]`` the plain steering vectors (strength included).
+    steered_index: ``[S]`` readout index of each steered scale.
+    steps: optax (adam) steps.
+    off_weight: weight of the off-target term.
+    ridge: weight of ``|v - plain|^2 / |plain|^2``: the fit changes the plain vector
+      only as much as the training words ask, which keeps it near the strengths where
+      the linear response was measured and helps it carry over to held-out words.
+    learning_rate: adam step size, relative to the plain vectors' norm.
+
+  Returns:
+    ``([S, D] fitted vectors, fit report)``. Loss per scale (normalised by the target
+    ``t = mean_w G_wi . plain``): ``((mean_w G_wi . v - t) / t)^2 + off_weight *
+    mean_{w, j != i} (G_wj . v / t)^2 + ridge |v - plain|^2 / |plain|^2``.
+  """
+  g = jnp.asarray(jac, jnp.float32)
+  p = jnp.asarray(plain, jnp.float32)
+  idx = jnp.asarray(steered_index)
+  n_j = g.shape[1]
+  scale = jnp.linalg.norm(p, axis=1, keepdims=True)  # [S, 1]
+  target = jnp.einsum("wsd,sd->s", g[:, idx], p) / g.shape[0]  # [S]
+  off_mask = 1.0 - jax.nn.one_hot(idx, n_j)  # [S, J]
+
+  def loss_fn(z):  # z = v / scale, so steps are relative to the plain vectors' norm
+    v = z * scale
+    e = jnp.einsum("wjd,sd->wsj", g, v)  # [W, S, J]
+    on = jnp.take_along_axis(e, idx[None, :, None], axis=2)[..., 0].mean(0)
+    t = jnp.where(jnp.abs(target) > 0, target, 1.0)
+    off = jnp.sum(jnp.square(e / t[None, :, None]) * off_mask, axis=2).mean(0) / (n_j - 1)
+    pull = jnp.sum(jnp.square(z - z0), axis=1)
+    per = jnp.square((on - target) / t) + off_weight * off + ridge * pull
+    return jnp.sum(per), per
+
+  opt = optax.adam(learning_rate)
+  z0 = p / scale
+  z = z0
+  state = opt.init(z)
+
+  @jax.jit
+  def step(z, state):
+    (_, per), grads = jax.value_and_grad(loss_fn, has_aux=True)(z)
+    updates, state = opt.update(grads, state, z)
+    return optax.apply_updates(z, updates), state, per
+
+  _, first = loss_fn(z)
+  for _ in range(steps):
+    z, state, per = step(z, state)
+  _, last = loss_fn(z)
+  v = np.asarray(z * scale, np.float64)
+  return v, {"steps": steps, "optimizer": f"optax.adam({learning_rate})", "off_weight": off_weight,
+             "ridge": ridge,
+             "loss_start": np.asarray(first).tolist(), "loss_end": np.asarray(last).tolist()}
+
+
+def _calibrate(vectors: np.ndarray, jac: np.ndarray, plain: np.ndarray, steered_index) -> np.ndarray:
+  """Rescales each vector so its predicted on-target change equals the plain vector's."""
+  idx = np.asarray(steered_index)
+  g_on = jac[:, idx]  # [W, S, D]
+  want = np.einsum("wsd,sd->s", g_on, plain) / len(jac)
+  have = np.einsum("wsd,sd->s", g_on, vectors) / len(jac)
+  ratio = np.where(np.abs(have) > 1e-12 * np.abs(want).max(), want / np.where(have == 0, 1, have), 0.0)
+  return vectors * ratio[:, None]
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _validation(base: np.ndarray, names: Sequence[str], targets: dict[str, str],
+                cols: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+  out = []
+  for j, name in enumerate(names):
+    target = targets.get(name)
+    if not target or not target.startswith("warriner:"):
+      continue
+    y = cols[target.split(":", 1)[1]]
+    ok = np.isfinite(y)
+    if ok.sum() < 4:
+      continue
+    out.append({"scale": name, "norm": target, "n": int(ok.sum()),
+                "pearson": float(stats.pearson(base[ok, j], y[ok]))})
+  return out
+
+
+def run_steer(model, opts: SteerOptions) -> dict[str, Any]:
+  """Runs the steering grid, its controls and the methods comparison (see the module docstring)."""
+  start = time.perf_counter()
+  unknown = sorted(set(opts.methods) - set(METHODS))
+  if unknown:
+    raise InputError(f"--method={unknown[0]!r} is not known; use any of {', '.join(METHODS)}.")
+  if opts.readout not in readouts.READOUTS:
+    raise InputError(f"--readout={opts.readout!r} is not known; use one of {', '.join(readouts.READOUTS)}.")
+  alphas = np.asarray(opts.alphas, np.float64)
+  if alphas.size == 0 or np.any(alphas == 0) or not np.all(np.isfinite(alphas)):
+    raise InputError(f"--alphas={list(opts.alphas)}: give nonzero finite strengths (0 is the unsteered"
+                     " baseline, always included).")
+  site = site_name(opts.site, opts.layer, model.config.n_layers)
+  scale_set = scales_io.load_scales(opts.scales)
+  scales = list(scale_set)
+  names = [s.name for s in scales]
+  steer = list(opts.steer) or names
+  missing = [s for s in steer if s not in names]
+  if missing:
+    raise InputError(f"--steer: {missing[0]!r} is not a scale of {scale_set.name}; use one of its names.")
+  steered_index = np.array([names.index(s) for s in steer])
+  words, ids, cols = _words(model, opts)
+  prompts = readouts.build_prompts(model.tokenizer, opts.template, ids)
+  poles = readouts.pole_tokens(model.tokenizer, scales)
+  dirs = _directions(model, scales, site, opts.template)  # [J, D]
+  units = _unit(dirs)
+  cos = units[steered_index] @ units.T  # [S, J]
+  read_site, read_dirs = None, None
+  if opts.readout == "representation":
+    read_layer = opts.read_layer
+    if read_layer is None:
+      read_site, read_dirs = ("embed", units) if site == "embed" else (site, units)
+    else:
+      layer, read_site = spaces_lib.capture_site(model, read_layer)
+      space = spaces_lib.make_space(model, "hidden", layer=layer)
+      read_dirs = _unit(np.asarray(scale_directions.build(model, space, scales, policy="single").vectors))
+    if read_site.startswith("resid_pre"):
+      raise InputError("--read_layer: read the representation at embed, a block output or -1 (final).")
+  grid = grid_lib.Grid(model, prompts, poles, site, read_site=read_site,
+                       read_dirs=None if read_dirs is None else read_dirs.astype(np.float32),
+                       batch_size=opts.batch_size)
+  unit = _site_unit(model, prompts, site)
+  w, s, a, j = len(words), len(steer), len(alphas), len(names)
+  pick = 1 if opts.readout == "representation" else 0
+
+  def rate(word_index, vectors, what):
+    progress = Progress(f"steer {what}", len(word_index), unit="prompts")
+    out = grid.evaluate(word_index, vectors, progress=progress)
+    progress.close()
+    return out[pick]
+
+  base = rate(np.arange(w), np.zeros((w, model.config.d_model)), "baseline")
+  wi, vec = grid_lib.grid_rows(w, units[steered_index] * unit, alphas)
+  ratings = rate(wi, vec, "grid").reshape(w, s, a, j)
+  grid_lib.check_finite(ratings, alphas)
+  effects = ratings - base[:, None, None, :]
+  key = jax.random.key(opts.seed)
+  result: dict[str, Any] = {
+      "words": words, "scales": names, "steered": steer, "alphas": alphas.tolist(),
+      "site": site, "site_norm": unit, "readout": opts.readout, "read_site": read_site,
+      "template": opts.template, "prefix_tokens": len(prompts.prefix), "poles": poles.report,
+      "cosine": {"matrix": cos.tolist(), "mean_abs_offdiag": float(np.mean(np.abs(
+          cos[np.arange(s)[:, None] != steered_index[None, :]])) if j > 1 else 0.0)},
+  }
+  baseline_logodds = base if pick == 0 else rate(np.arange(w), np.zeros((w, model.config.d_model)), "logodds")
+  result["readout_validation"] = _validation(baseline_logodds, names, readouts.validation_targets(scales), cols)
+  result["offtarget"] = offtarget.analyse(effects, alphas, cos, steered_index, key_or_seed=key,
+                                          n_boot=opts.n_boot, n_perm=opts.n_perm, names=steer,
+                                          readout_names=names)
+  result["dose_response"] = offtarget.dose_response(effects, alphas, steered_index)
+
+  # Controls: random unit directions at the same strengths.
+  controls: dict[str, Any] = {"shuffled_labels": result["offtarget"].get("shuffled_labels")}
+  if opts.n_random > 0:
+    rnd = _unit(np.asarray(jax.random.normal(jax.random.fold_in(key, 1), (opts.n_random, dirs.shape[1]))))
+    wi, vec = grid_lib.grid_rows(w, rnd * unit, alphas)
+    r_eff = rate(wi, vec, "random").reshape(w, opts.n_random, a, j) - base[:, None, None, :]
+    slopes = offtarget.dose_slopes(r_eff, alphas)  # [W, R, J]
+    plain = offtarget.summarise_control(effects, alphas, steered_index)
+    controls["random_directions"] = {
+        "n": opts.n_random, "norm": "same strengths (site-norm units), unit directions",
+        "mean_abs_slope": float(np.mean(np.abs(slopes.mean(0)))),
+        "antonym_mean_abs_offtarget_slope": plain["mean_abs_offtarget_slope"],
+        "antonym_mean_ontarget_slope": plain["mean_ontarget_slope"]}
+  result["controls"] = controls
+
+  if len(opts.methods) > 1 or opts.methods != ("plain",):
+    result["methods"] = _compare_methods(model, grid, opts, units, steered_index, unit, base, w)
+  result["seconds"] = round(time.perf_counter() - start, 2)
+  return result
+
+
+def _compare_methods(model, grid, opts: SteerOptions, units, steered_index, unit, base, w) -> dict[str, Any]:
+  rng = np.random.default_rng(opts.seed + 1)
+  order = rng.permutation(w)
+  n_fit = max(2, int(round(opts.fit_share * w)))
+  train, test = np.sort(order[:n_fit]), np.sort(order[n_fit:])
+  if len(test) < 2:
+    raise InputError(f"--fit_share={opts.fit_share} leaves {len(test)} held-out words; use more words.")
+  plain = units[steered_index] * unit * opts.compare_alpha  # [S, D]
+  t0 = time.perf_counter()
+  jac = grid_lib.jacobian(grid, train)  # [Wtr, J, D]
+  vectors = {"plain": plain}
+  report: dict[str, Any] = {"train_words": len(train), "test_words": len(test),
+                            "strength": opts.compare_alpha, "jacobian_seconds": round(time.perf_counter() - t0, 2)}
+  if "orthogonal" in opts.methods:
+    vectors["orthogonal"] = _calibrate(orthogonal_directions(units, steered_index), jac, plain, steered_index)
+  if "fitted" in opts.methods:
+    fitted, fit = fit_vectors(jac, plain, steered_index, steps=opts.fit_steps, off_weight=opts.off_weight,
+                              ridge=opts.fit_ridge)
+    vectors["fitted"] = _calibrate(fitted, jac, plain, steered_index)
+    report["fit"] = fit
+  s = len(steered_index)
+  effects = {}
+  for name, v in vectors.items():
+    wi = np.repeat(test, s)
+    vec = np.tile(v, (len(test), 1))
+    progress = Progress(f"steer method {name}", len(wi), unit="prompts")
+    r, rep = grid.evaluate(wi, vec, progress=progress)
+    progress.close()
+    r = rep if opts.readout == "representation" else r
+    effects[name] = r.reshape(len(test), s, -1) - base[test][:, None, :]
+    report.setdefault("vector_norms", {})[name] = np.linalg.norm(v, axis=1).tolist()
+    report.setdefault("cos_with_plain", {})[name] = np.sum(_unit(v) * _unit(plain), axis=1).tolist()
+  report.update(offtarget.compare_methods(effects, steered_index, seed=opts.seed, n_boot=opts.n_boot))
+  return report

@@ -1,0 +1,67 @@
+"""Steered forward passes: off-target effects vs direction cosines, and steering that avoids them.
+
+    .venv/bin/python -m launch.steer --model=gemma3-270m --scales=osgood28 --site=embed \
+        --alphas=-1,-0.5,0.5,1 --readout=logodds --method=plain,orthogonal,fitted --out_dir=out/steer
+
+Writes ``out_dir/summary.json`` (``offtarget``, ``controls``, ``readout_validation``,
+``methods``, provenance) and ``offtarget.png``, ``offtarget_matrix.png``,
+``dose_response.png``.
+"""
+
+from absl import flags
+
+from jaxsem import cli
+from jaxsem.analyses import readouts, steer
+from jaxsem.errors import InputError
+from jaxsem.models.load import load
+from jaxsem.report import writers
+
+cli.define_model_flags()
+flags.DEFINE_string("scales", "osgood28", "Readout scales: osgood28, norms, or a JSON/TSV file.")
+flags.DEFINE_list("steer", [], "Scales to steer along (default: every readout scale).")
+flags.DEFINE_list("words", ["warriner"], "A norm table to sample words from, or the words themselves.")
+flags.DEFINE_integer("n_words", 64, "Words sampled from a norm table.", lower_bound=4)
+flags.DEFINE_enum("site", "embed", ["embed", "resid_pre", "resid_post"], "Where the vector is added.")
+flags.DEFINE_integer("layer", None, "Block of a resid_pre/resid_post site.")
+flags.DEFINE_list("alphas", ["-1", "-0.5", "0.5", "1"], "Strengths, in units of the site's median norm.")
+flags.DEFINE_enum("readout", "logodds", list(readouts.READOUTS), "How the judgement is read.")
+flags.DEFINE_integer("read_layer", None, "Representation readout layer (-1: final norm; default: the site).")
+flags.DEFINE_list("method", list(steer.METHODS), "Steering methods compared on held-out words.")
+flags.DEFINE_float("compare_alpha", 0.5, "Strength of the methods comparison (site-norm units).")
+flags.DEFINE_string("template", readouts.DEFAULT_TEMPLATE, "Completion template with one {word} slot.")
+flags.DEFINE_integer("n_random", 8, "Random directions in the control.", lower_bound=0)
+flags.DEFINE_float("fit_share", 0.5, "Share of words the fitted vector is trained on.", lower_bound=0.05,
+                   upper_bound=0.95)
+flags.DEFINE_integer("fit_steps", 500, "optax steps of the fitted vector.", lower_bound=1)
+flags.DEFINE_integer("n_boot", 1000, "Bootstrap resamples over words.", lower_bound=1)
+flags.DEFINE_integer("n_perm", 1000, "Shuffled-label permutations.", lower_bound=1)
+flags.DEFINE_integer("seed", 0, "Seed of word sampling, splits, random directions and bootstraps.")
+flags.DEFINE_integer("batch_size", 256, "Prompts per compiled call.", lower_bound=1)
+flags.DEFINE_string("out_dir", "out/steer", "Where summary.json and the figures are written.")
+
+
+def _alphas(values):
+  try:
+    return tuple(float(v) for v in values)
+  except ValueError:
+    raise InputError(f"--alphas={','.join(values)}: give comma-separated numbers, e.g. -1,-0.5,0.5,1.") from None
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  opts = steer.SteerOptions(
+      scales=f.scales, steer=tuple(f.steer), words=tuple(f.words), n_words=f.n_words, site=f.site,
+      layer=f.layer, alphas=_alphas(f.alphas), readout=f.readout, read_layer=f.read_layer,
+      methods=tuple(f.method), compare_alpha=f.compare_alpha, template=f.template, n_random=f.n_random,
+      fit_share=f.fit_share, fit_steps=f.fit_steps, n_boot=f.n_boot, n_perm=f.n_perm, seed=f.seed,
+      batch_size=f.batch_size)
+  model = load(f.model, mesh=f.mesh, dtype=f.dtype)
+  result = steer.run_steer(model, opts)
+  path = writers.write_steer(f.out_dir, result, model, opts)
+  print("\n".join(writers.steer_digest(result)))
+  print(f"wrote {path} ({result['seconds']:.1f} s)")
+
+
+if __name__ == "__main__":
+  cli.run(main)
