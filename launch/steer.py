@@ -20,7 +20,7 @@ cli.define_model_flags()
 flags.DEFINE_string("scales", "osgood28", "Readout scales: osgood28, norms, or a JSON/TSV file.")
 flags.DEFINE_list("steer", [], "Scales to steer along (default: every readout scale).")
 flags.DEFINE_list("words", ["warriner"], "A norm table to sample words from, or the words themselves.")
-flags.DEFINE_integer("n_words", 64, "Words sampled from a norm table.", lower_bound=4)
+flags.DEFINE_integer("n_words", 128, "Words sampled from a norm table.", lower_bound=4)
 flags.DEFINE_enum("site", "embed", ["embed", "resid_pre", "resid_post"], "Where the vector is added.")
 flags.DEFINE_integer("layer", None, "Block of a resid_pre/resid_post site.")
 flags.DEFINE_list("alphas", ["-1", "-0.5", "0.5", "1"], "Strengths, in units of the site's median norm.")
@@ -33,6 +33,7 @@ flags.DEFINE_integer("n_random", 8, "Random directions in the control.", lower_b
 flags.DEFINE_float("fit_share", 0.5, "Share of words the fitted vector is trained on.", lower_bound=0.05,
                    upper_bound=0.95)
 flags.DEFINE_integer("fit_steps", 500, "optax steps of the fitted vector.", lower_bound=1)
+flags.DEFINE_integer("refine", 2, "Refinements of the fitted vector against the real model.", lower_bound=0)
 flags.DEFINE_integer("n_boot", 1000, "Bootstrap resamples over words.", lower_bound=1)
 flags.DEFINE_integer("n_perm", 1000, "Shuffled-label permutations.", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Seed of word sampling, splits, random directions and bootstraps.")
@@ -54,7 +55,7 @@ def main(argv):
       scales=f.scales, steer=tuple(f.steer), words=tuple(f.words), n_words=f.n_words, site=f.site,
       layer=f.layer, alphas=_alphas(f.alphas), readout=f.readout, read_layer=f.read_layer,
       methods=tuple(f.method), compare_alpha=f.compare_alpha, template=f.template, n_random=f.n_random,
-      fit_share=f.fit_share, fit_steps=f.fit_steps, n_boot=f.n_boot, n_perm=f.n_perm, seed=f.seed,
+      fit_share=f.fit_share, fit_steps=f.fit_steps, refine=f.refine, n_boot=f.n_boot, n_perm=f.n_perm, seed=f.seed,
       batch_size=f.batch_size)
   model = load(f.model, mesh=f.mesh, dtype=f.dtype)
   result = steer.run_steer(model, opts)
