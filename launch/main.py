@@ -1,11 +1,14 @@
 """The main job: each embedded model loaded, reported, asked to continue a prompt, then
-its semantic structure measured (alignment with human norms, E/P/A structure).
+its semantic structure measured (alignment with human norms, E/P/A structure) and its
+judgements steered (off-target effects vs direction cosines; plain, orthogonalised and
+fitted steering compared on held-out words).
 
     .venv/bin/python -m launch.main [--models=gemma3-270m,smollm2-135m-instruct] [--out_dir=out/main]
 
 Writes ``out_dir/<model>/summary.json`` (what was loaded, with provenance, and the
-continuations), ``out_dir/<model>/align/`` and ``out_dir/<model>/structure/`` (each a
-summary.json with provenance and PNG figures), and prints a short digest.
+continuations), ``out_dir/<model>/align/``, ``out_dir/<model>/structure/`` and
+``out_dir/<model>/steer/`` (each a summary.json with provenance and PNG figures), and
+prints a short digest.
 """
 
 import os
@@ -15,6 +18,7 @@ from absl import flags
 import jaxsem
 from jaxsem import cli
 from jaxsem.analyses import experiments
+from jaxsem.analyses import steer
 from jaxsem.report import summary
 from jaxsem.report import writers
 
@@ -23,7 +27,8 @@ _MESH = flags.DEFINE_string("mesh", None, "Device mesh, e.g. data:2,model:4.")
 _PROMPTS = flags.DEFINE_multi_string(
     "prompt", ["The capital of France is", "The opposite of good is"], "Prompts to continue greedily.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 8, "Tokens to generate.", lower_bound=1)
-_ANALYSES = flags.DEFINE_bool("analyses", True, "Also run the alignment and structure analyses.")
+_ANALYSES = flags.DEFINE_bool("analyses", True, "Also run the alignment, structure and steering analyses.")
+_STEER_WORDS = flags.DEFINE_integer("steer_words", 96, "Warriner words in the steering grid.", lower_bound=8)
 _OUT_DIR = flags.DEFINE_string("out_dir", "out/main", "Where the outputs are written.")
 
 
@@ -51,6 +56,11 @@ def main(argv):
     writers.write_structure(os.path.join(out, "structure"), result, model, opts)
     print("   structure (osgood28 scales over warriner words):")
     print("\n".join("     " + line for line in writers.structure_digest(result)))
+    opts = steer.SteerOptions(n_words=_STEER_WORDS.value, n_boot=500, n_perm=500)
+    result = steer.run_steer(model, opts)
+    writers.write_steer(os.path.join(out, "steer"), result, model, opts)
+    print("   steering (osgood28, token embedding, pole log-odds readout):")
+    print("\n".join("     " + line for line in writers.steer_digest(result)))
   print(f"wrote {_OUT_DIR.value}/")
 
 

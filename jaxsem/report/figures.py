@@ -222,3 +222,20 @@ def dose_response(path, alphas: np.ndarray, on_target: np.ndarray, off_target_ab
   ax.legend(fontsize=7, loc="best")
   ax.set_title(title, fontsize=9)
   return _save(fig, path)
+
+
+def method_bars(path, names: Sequence[str], values: np.ndarray, ci: np.ndarray, title: str = "",
+                ylabel: str = "mean |off-target| per unit on-target") -> Path:
+  """One bar per steering method with its 95% CI (``ci [n, 2]``)."""
+  v = np.asarray(values, float)
+  c = np.asarray(ci, float)
+  fig, ax = plt.subplots(figsize=(1.4 * len(v) + 2.5, 3.6))
+  x = np.arange(len(v))
+  ax.bar(x, v, color=["#999999"] + ["#1b9e77"] * (len(v) - 1))
+  ax.errorbar(x, v, yerr=np.abs(np.stack([v - c[:, 0], c[:, 1] - v])), fmt="none", ecolor="black", capsize=4)
+  ax.set_xticks(x)
+  ax.set_xticklabels(names)
+  ax.set_ylabel(ylabel)
+  ax.set_ylim(0, None)
+  ax.set_title(title, fontsize=9)
+  return _save(fig, path)

@@ -170,6 +170,12 @@ def write_steer(out_dir, result: dict[str, Any], model, opts) -> Path:
   figures.dose_response(out / "dose_response.png", np.array(dr["alphas"]), np.array(dr["on_target"]),
                         np.array(dr["off_target_abs"]), result["steered"],
                         title=f"{title} · strength in site-norm units")
+  methods = result.get("methods")
+  if methods:
+    names = list(methods["methods"])
+    figures.method_bars(out / "methods.png", names, np.array([methods["methods"][n]["off_per_on"] for n in names]),
+                        np.array([methods["methods"][n]["off_per_on_ci"] for n in names], float),
+                        title=f"{title} · held-out words ({methods['test_words']}), equal on-target strength")
   prov = {"site": result["site"], "layer": opts.layer, "readout": result["readout"],
           "read_site": result["read_site"], "template": result["template"], "policy": "single",
           "coverage": {"words": len(result["words"]), "scales": len(result["scales"])},
