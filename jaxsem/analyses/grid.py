@@ -39,6 +39,7 @@ class Grid:
     read_site: capture site of the representation readout (None: log-odds only).
     read_dirs: ``[J, D]`` unit readout directions at ``read_site``.
     batch_size: rows per call (rounded up to the mesh's data axis).
+    raw_logits: ``evaluate`` returns the logits of ``poles.rows`` instead of log-odds.
   """
 
   model: object
@@ -48,6 +49,7 @@ class Grid:
   read_site: str | None = None
   read_dirs: np.ndarray | None = None
   batch_size: int = 256
+  raw_logits: bool = False
   cache: PrefixCache = dataclasses.field(init=False, repr=False)
 
   def __post_init__(self):
@@ -105,14 +107,14 @@ class Grid:
       r, rep = steering_k.steered_readout(
           m.params, m.config, self.cache, self._put(self._ids[rows]), self._put(self._mask[rows]),
           self._put(self._word[rows]), self._put(self._read[rows]), self._put(self._word_last[rows]),
-          self._put(vec), *self._static, site=self.site, read_site=self.read_site)
+          self._put(vec), *self._static, site=self.site, read_site=self.read_site, raw_logits=self.raw_logits)
       k = min(b, n - start)
       logodds.append(np.asarray(r)[:k])
       if rep is not None:
         reps.append(np.asarray(rep)[:k])
       if progress is not None:
         progress(start + k, n)
-    j = len(self.poles.names)
+    j = len(self.poles.rows) if self.raw_logits else len(self.poles.names)
     out = np.concatenate(logodds) if logodds else np.zeros((0, j), np.float32)
     return out, (np.concatenate(reps) if reps else None)
 

@@ -145,3 +145,50 @@ def validation_targets(scales: Sequence[Any]) -> dict[str, str]:
     if target:
       out[s.name] = target
   return out
+
+
+# ----------------------------------------------------------------------------- rating prompts
+
+RATING_QUESTION = ("On a scale from 1 (very {negative}) to 7 (very {positive}), how {positive} is"
+                   " {word}? Answer with a single number.")
+_CHAT_FORMATS = {  # marker token in the vocabulary -> (user turn opening, closing + assistant opening)
+    "<|im_start|>": ("<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n"),
+    "<start_of_turn>": ("<start_of_turn>user\n", "<end_of_turn>\n<start_of_turn>model\n"),
+}
+
+
+def chat_template(tokenizer, question: str) -> str:
+  """``question`` (with its ``{word}`` slot) wrapped in the model's chat turn format.
+
+  The format is recognised from the vocabulary's turn markers (ChatML, Gemma); the
+  model file's own template is never executed.
+
+  Raises:
+    InputError: when the vocabulary has no known chat turn markers.
+  """
+  vocab = tokenizer.backend.get_vocab()
+  for marker, (head, tail) in _CHAT_FORMATS.items():
+    if marker in vocab:
+      return head + question + tail
+  raise InputError("--readout=rating needs a chat model (ChatML or Gemma turn markers); this model has"
+                   " neither. Use --readout=logodds.")
+
+
+def digit_tokens(tokenizer, n: int = 7) -> np.ndarray:
+  """``[n]`` token ids of the answers "1".."n" (each must be one token)."""
+  out = []
+  for k in range(1, n + 1):
+    ids = tokenizer.encode(str(k), add_special_tokens=False)
+    if len(ids) != 1:
+      raise InputError(f"The answer {k!r} is not a single token for this tokenizer; --readout=rating"
+                       " cannot read a 1-7 rating from it.")
+    out.append(int(ids[0]))
+  return np.asarray(out, np.int32)
+
+
+def expected_rating(logits: np.ndarray) -> np.ndarray:
+  """``[..., n]`` logits of the answers 1..n -> the expected answer ``[...]`` under their softmax."""
+  z = np.asarray(logits, np.float64)
+  p = np.exp(z - z.max(axis=-1, keepdims=True))
+  p /= p.sum(axis=-1, keepdims=True)
+  return p @ np.arange(1, z.shape[-1] + 1)

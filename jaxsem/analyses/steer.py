@@ -79,6 +79,8 @@ class SteerOptions:
     n_perm: shuffled-label permutations.
     seed: seed of word sampling, splits, random directions, bootstraps.
     batch_size: rows per compiled call.
+    rating_check: also validate the rating-prompt readout (a 1-7 rating asked in the
+      model's chat format, read as the expected answer) on one scale per factor.
   """
 
   scales: str = "osgood28"
@@ -103,6 +105,7 @@ class SteerOptions:
   n_perm: int = 1000
   seed: int = 0
   batch_size: int = 256
+  rating_check: bool = True
 
   def provenance(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -121,6 +124,9 @@ def site_name(site: str, layer: int | None, n_layers: int) -> str:
     raise InputError(f"--site={site!r} is not a steering site; use embed, resid_pre or resid_post.")
   if layer is None or not 0 <= layer < n_layers:
     raise InputError(f"--layer={layer} is out of range for --site={site}; use 0..{n_layers - 1}.")
+  if site == "resid_post" and layer == n_layers - 1:
+    raise InputError(f"--site=resid_post --layer={layer}: the last block's output at the word never reaches"
+                     f" the position the rating is read at; use --layer=0..{n_layers - 2}.")
   return f"{site}.{layer}"
 
 
@@ -186,7 +192,10 @@ def orthogonal_directions(directions: np.ndarray, steered_index: Sequence[int]) 
     out.append(np.asarray(iv_lib.orthogonalize(jnp.asarray(directions[j], jnp.float32),
                                                jnp.asarray(others, jnp.float32)), np.float64))
   out = np.stack(out)
-  if np.any(np.linalg.norm(out, axis=1) < 1e-8):
+  # Relative to each direction's own norm: float32 rounding leaves ~1e-7 of a direction that
+  # lies in the others' span, which must not be normalised into a "direction" of noise.
+  own = np.linalg.norm(directions[np.asarray(steered_index)], axis=1)
+  if np.any(np.linalg.norm(out, axis=1) < 1e-4 * own):
     raise InputError("A steered direction lies in the span of the other scales' directions, so it has"
                      " no orthogonal part; steer fewer scales or read out fewer.")
   return _unit(out)
@@ -289,6 +298,45 @@ def _validation(base: np.ndarray, names: Sequence[str], targets: dict[str, str],
   return out
 
 
+def rating_validation(model, scales, ids, cols, targets: dict[str, str], batch_size: int = 64,
+                      max_scales: int = 3) -> dict[str, Any]:
+  """The rating-prompt readout on unsteered words: one scale per hypothesised factor.
+
+  Each word is asked for a 1-7 rating in the model's chat format; the rating is the
+  expected answer under the softmax over the answer tokens "1".."7". Reports its
+  correlation with the scale's human norm and how often the most likely answer is the
+  same digit (a model that always answers "1" carries no signal).
+  """
+  try:
+    digits = readouts.digit_tokens(model.tokenizer)
+    readouts.chat_template(model.tokenizer, "{word}")
+  except InputError as e:
+    return {"skipped": str(e)}
+  chosen, seen = [], set()
+  for s in scales:
+    f = getattr(s, "factor", None) or s.name
+    if s.name in targets and targets[s.name].startswith("warriner:") and f not in seen:
+      chosen.append(s)
+      seen.add(f)
+  poles = readouts.PoleTokens(names=("rating",), rows=digits, positive=np.zeros((1, 1), np.int32),
+                              negative=np.zeros((1, 1), np.int32), report={})
+  out = []
+  for s in chosen[:max_scales]:
+    question = readouts.RATING_QUESTION.format(positive=s.positive[0], negative=s.negative[0], word="{word}")
+    prompts = readouts.build_prompts(model.tokenizer, readouts.chat_template(model.tokenizer, question), ids)
+    g = grid_lib.Grid(model, prompts, poles, "embed", batch_size=batch_size, raw_logits=True)
+    logits, _ = g.evaluate(np.arange(len(ids)), np.zeros((len(ids), model.config.d_model), np.float32))
+    rating = readouts.expected_rating(logits)
+    y = cols[targets[s.name].split(":", 1)[1]]
+    ok = np.isfinite(y)
+    top = np.bincount(np.argmax(logits, axis=1), minlength=len(digits))
+    out.append({"scale": s.name, "norm": targets[s.name], "n": int(ok.sum()),
+                "pearson": float(stats.pearson(rating[ok], y[ok])) if np.ptp(rating[ok]) > 0 else None,
+                "question": question, "most_likely_answer_counts": {str(k + 1): int(c) for k, c in enumerate(top)},
+                "mean_rating": float(rating.mean())})
+  return {"scales": out}
+
+
 def run_steer(model, opts: SteerOptions) -> dict[str, Any]:
   """Runs the steering grid, its controls and the methods comparison (see the module docstring)."""
   start = time.perf_counter()
@@ -350,11 +398,14 @@ def run_steer(model, opts: SteerOptions) -> dict[str, Any]:
       "words": words, "scales": names, "steered": steer, "alphas": alphas.tolist(),
       "site": site, "site_norm": unit, "readout": opts.readout, "read_site": read_site,
       "template": opts.template, "prefix_tokens": len(prompts.prefix), "poles": poles.report,
-      "cosine": {"matrix": cos.tolist(), "mean_abs_offdiag": float(np.mean(np.abs(
-          cos[np.arange(s)[:, None] != steered_index[None, :]])) if j > 1 else 0.0)},
+      "cosine": {"matrix": cos.tolist(), "mean_abs_offtarget": float(np.mean(np.abs(
+          cos[np.arange(j)[None, :] != steered_index[:, None]])) if j > 1 else 0.0)},
   }
   baseline_logodds = base if pick == 0 else rate(np.arange(w), np.zeros((w, model.config.d_model)), "logodds")
-  result["readout_validation"] = _validation(baseline_logodds, names, readouts.validation_targets(scales), cols)
+  targets = readouts.validation_targets(scales)
+  result["readout_validation"] = _validation(baseline_logodds, names, targets, cols)
+  if opts.rating_check:
+    result["rating_readout_validation"] = rating_validation(model, scales, ids, cols, targets)
   result["offtarget"] = offtarget.analyse(effects, alphas, cos, steered_index, key_or_seed=key,
                                           n_boot=opts.n_boot, n_perm=opts.n_perm, names=steer,
                                           readout_names=names)

@@ -41,12 +41,12 @@ def pole_logodds(logits: jax.Array, positive: jax.Array, negative: jax.Array) ->
   return _pole_lse(logits, positive) - _pole_lse(logits, negative)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "site", "read_site"))
+@functools.partial(jax.jit, static_argnames=("config", "site", "read_site", "raw_logits"))
 def steered_readout(params: dict, config: ModelConfig, prefix: PrefixCache, suffix_ids: jax.Array,
                     mask: jax.Array, word_mask: jax.Array, read_pos: jax.Array, word_last: jax.Array,
                     vectors: jax.Array, logit_rows: jax.Array, positive: jax.Array, negative: jax.Array,
-                    read_dirs: jax.Array | None, *, site: str,
-                    read_site: str | None = None) -> tuple[jax.Array, jax.Array | None]:
+                    read_dirs: jax.Array | None, *, site: str, read_site: str | None = None,
+                    raw_logits: bool = False) -> tuple[jax.Array, jax.Array | None]:
   """Ratings of a batch of steered prompts.
 
   Args:
@@ -64,17 +64,19 @@ def steered_readout(params: dict, config: ModelConfig, prefix: PrefixCache, suff
     read_dirs: ``[J, D]`` unit directions for the representation readout, or None.
     site: intervention site ("embed", "resid_pre.{l}", "resid_post.{l}").
     read_site: capture site of the representation readout, or None to skip it.
+    raw_logits: return the ``[B, R]`` logits of ``logit_rows`` instead of the log-odds
+      (for readouts that are not pole log-odds, e.g. expected ratings over digits).
 
   Returns:
-    ``(logodds [B, J], representation [B, J] or None)``; the representation is the
-    word's last-token state at ``read_site`` projected on ``read_dirs``.
+    ``(logodds [B, J] or logits [B, R], representation [B, J] or None)``; the
+    representation is the word's last-token state at ``read_site`` projected on ``read_dirs``.
   """
   iv = iv_lib.Intervention(mask=word_mask.astype(jnp.float32), vector=vectors,
                            strength=jnp.ones((), jnp.float32), site=site, op="add")
   capture = (read_site,) if read_site is not None else ()
   out = forward(params, config, suffix_ids, mask, logit_positions=read_pos, capture=capture,
                 interventions=(iv,), prefix=prefix, logit_rows=logit_rows)
-  ratings = pole_logodds(out.logits, positive, negative)
+  ratings = out.logits.astype(jnp.float32) if raw_logits else pole_logodds(out.logits, positive, negative)
   rep = None
   if read_site is not None:
     h = jnp.take_along_axis(out.captured[read_site], word_last[:, None, None], axis=1)[:, 0]

@@ -341,8 +341,7 @@ def forward(
     raise ValueError(f"logits_at must be 'last', 'all' or 'none', got {logits_at!r}")
   last = cfg.n_layers - 1
   restrict = read is not None and not (
-      "final" in capture or "resid_post" in stacks or ("resid_post", last) in singles.values()
-      or ("resid_post", last) in by_site)
+      "final" in capture or "resid_post" in stacks or ("resid_post", last) in singles.values())
   n_scan = cfg.n_layers - 1 if restrict else cfg.n_layers
 
   def layer_inputs(local):
@@ -384,6 +383,8 @@ def forward(
     bufs = _update_singles(bufs, singles, "resid_pre", last, h)
     h, kv = block(p, h, cfg, *layer_inputs(is_local[last]), q_index=read,  # [B, Q, D]
                   prefix_kv=prefix_kv(last))
+    for iv in by_site.get(("resid_post", last), ()):  # its mask, read at the kept positions
+      h = iv_lib.apply(h, dataclasses.replace(iv, mask=_rows(iv.mask, read)))
     for site, x in kv_outs(kv).items():
       outs[site] = jnp.concatenate([outs[site], x[None]], axis=0)
   captured.update(outs)

@@ -191,6 +191,12 @@ def steer_digest(result: dict[str, Any]) -> list[str]:
   if val:
     lines.append("readout vs human norms: " + ", ".join(
         f"{v['scale']}~{v['norm'].split(':')[1]} r={v['pearson']:+.2f}" for v in val[:6]))
+  rating = result.get("rating_readout_validation") or {}
+  if rating.get("scales"):
+    lines.append("rating prompts (1-7, chat format): " + ", ".join(
+        f"{v['scale']} r={v['pearson'] if v['pearson'] is None else round(v['pearson'], 2)}, top answer "
+        f"{max(v['most_likely_answer_counts'], key=v['most_likely_answer_counts'].get)} for "
+        f"{max(v['most_likely_answer_counts'].values())}/{v['n']} words" for v in rating["scales"]))
   ot = result["offtarget"]
   ci = ot["ci"]["slope"]
   lines.append(f"off-target D vs cosine over {ot['n_pairs']} pairs: slope {ot['slope']:+.2f} "
