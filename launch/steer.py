@@ -27,6 +27,8 @@ flags.DEFINE_list("alphas", ["-1", "-0.5", "0.5", "1"], "Strengths, in units of 
 flags.DEFINE_enum("readout", "logodds", list(readouts.READOUTS), "How the judgement is read.")
 flags.DEFINE_integer("read_layer", None, "Representation readout layer (-1: final norm; default: the site).")
 flags.DEFINE_list("method", list(steer.METHODS), "Steering methods compared on held-out words.")
+flags.DEFINE_enum("orth_basis", "others", list(steer.ORTH_BASES),
+                  "What orthogonal steering projects out: the other scales' directions or their top-3 axes.")
 flags.DEFINE_float("compare_alpha", 0.5, "Strength of the methods comparison (site-norm units).")
 flags.DEFINE_string("template", readouts.DEFAULT_TEMPLATE, "Completion template with one {word} slot.")
 flags.DEFINE_integer("n_random", 8, "Random directions in the control.", lower_bound=0)
@@ -54,9 +56,9 @@ def main(argv):
   opts = steer.SteerOptions(
       scales=f.scales, steer=tuple(f.steer), words=tuple(f.words), n_words=f.n_words, site=f.site,
       layer=f.layer, alphas=_alphas(f.alphas), readout=f.readout, read_layer=f.read_layer,
-      methods=tuple(f.method), compare_alpha=f.compare_alpha, template=f.template, n_random=f.n_random,
-      fit_share=f.fit_share, fit_steps=f.fit_steps, refine=f.refine, n_boot=f.n_boot, n_perm=f.n_perm, seed=f.seed,
-      batch_size=f.batch_size)
+      methods=tuple(f.method), compare_alpha=f.compare_alpha, orth_basis=f.orth_basis, template=f.template,
+      n_random=f.n_random, fit_share=f.fit_share, fit_steps=f.fit_steps, refine=f.refine, n_boot=f.n_boot,
+      n_perm=f.n_perm, seed=f.seed, batch_size=f.batch_size)
   model = load(f.model, mesh=f.mesh, dtype=f.dtype)
   result = steer.run_steer(model, opts)
   path = writers.write_steer(f.out_dir, result, model, opts)

@@ -81,6 +81,11 @@ class Grid:
     mesh = self.model.mesh
     return jnp.asarray(x) if mesh is None else jax.device_put(x, sharding.batch_sharding(mesh, x.ndim))
 
+  def batch_inputs(self, rows: np.ndarray) -> tuple[jax.Array, ...]:
+    """The per-row kernel inputs of words ``rows``: suffix ids, mask, word mask, read
+    position and the word's last position, placed over the data axis."""
+    return tuple(self._put(x[rows]) for x in (self._ids, self._mask, self._word, self._read, self._word_last))
+
   def evaluate(self, word_index: Sequence[int] | np.ndarray, vectors: np.ndarray,
                progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Ratings of rows (word ``word_index[n]`` steered by ``vectors[n]``, strength included).
@@ -105,9 +110,8 @@ class Grid:
         vec = np.concatenate([vec, np.zeros((b - len(rows), vec.shape[1]), np.float32)])
         rows = np.concatenate([rows, np.zeros(b - len(rows), np.int64)])
       r, rep = steering_k.steered_readout(
-          m.params, m.config, self.cache, self._put(self._ids[rows]), self._put(self._mask[rows]),
-          self._put(self._word[rows]), self._put(self._read[rows]), self._put(self._word_last[rows]),
-          self._put(vec), *self._static, site=self.site, read_site=self.read_site, raw_logits=self.raw_logits)
+          m.params, m.config, self.cache, *self.batch_inputs(rows), self._put(vec), *self._static,
+          site=self.site, read_site=self.read_site, raw_logits=self.raw_logits)
       k = min(b, n - start)
       logodds.append(np.asarray(r)[:k])
       if rep is not None:
@@ -119,7 +123,8 @@ class Grid:
     return out, (np.concatenate(reps) if reps else None)
 
 
-def grid_rows(n_words: int, directions: np.ndarray, strengths: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def grid_rows(n_words: int, directions: np.ndarray,
+              strengths: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
   """Rows of a words x directions x strengths grid, word-major.
 
   Args:
@@ -166,17 +171,16 @@ def jacobian(grid: Grid, word_index: Sequence[int] | np.ndarray, batch_size: int
     k = len(rows)
     if k < b:
       rows = np.concatenate([rows, np.zeros(b - k, np.int64)])
-    args = (grid._put(grid._ids[rows]), grid._put(grid._mask[rows]), grid._put(grid._word[rows]),  # noqa: SLF001
-            grid._put(grid._read[rows]), grid._put(grid._word_last[rows]))  # noqa: SLF001
-    jac = _jacobian_batch(m.params, m.config, grid.cache, *args, grid._put(np.zeros((b, d), np.float32)),  # noqa: SLF001
+    zeros = grid._put(np.zeros((b, d), np.float32))  # noqa: SLF001 - same placement as the rows
+    jac = _jacobian_batch(m.params, m.config, grid.cache, *grid.batch_inputs(rows), zeros,
                           *grid._static[:3], site=grid.site)  # noqa: SLF001
     out.append(np.asarray(jac)[:k])
   return np.concatenate(out) if out else np.zeros((0, len(grid.poles.names), d), np.float32)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "site"))
-def _jacobian_batch(params, config, cache, ids, mask, word, read, word_last, vectors, rows, positive, negative,
-                    *, site):
+def _jacobian_batch(params, config, cache, ids, mask, word, read, word_last, vectors, rows, positive,
+                    negative, *, site):
   def total(v):
     r, _ = steering_k.steered_readout(params, config, cache, ids, mask, word, read, word_last, v, rows,
                                       positive, negative, None, site=site)

@@ -50,6 +50,7 @@ from jaxsem.models.model import pad_batch
 from jaxsem.progress import Progress
 
 METHODS = ("plain", "orthogonal", "fitted")
+ORTH_BASES = ("others", "top3")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +69,8 @@ class SteerOptions:
     read_layer: representation readout: block index, -1 (final norm) or None (the site).
     methods: steering methods compared on held-out words (``METHODS``).
     compare_alpha: strength of the methods comparison (site-norm units).
+    orth_basis: what ``orthogonal`` projects out: ``others`` (the other scales'
+      directions) or ``top3`` (the top-3 principal axes of all scales' directions).
     template: completion template with one ``{word}`` slot.
     n_random: random directions in the control.
     fit_share: share of the words the fitted vector is trained on (the rest are held out).
@@ -94,6 +97,7 @@ class SteerOptions:
   read_layer: int | None = None
   methods: tuple[str, ...] = METHODS
   compare_alpha: float = 0.5
+  orth_basis: str = "others"
   template: str = readouts.DEFAULT_TEMPLATE
   n_random: int = 8
   fit_share: float = 0.5
@@ -166,7 +170,8 @@ def _directions(model, scales, site: str, template: str) -> np.ndarray:
     if layer < 0:  # resid_pre.0 is the embedding
       space = spaces_lib.make_space(model, "input_embedding")
     else:
-      space = spaces_lib.make_space(model, "hidden", layer=layer, template=template.split("{word}")[0] + "{word}")
+      head = template.split("{word}")[0] + "{word}"  # the word read where it is steered
+      space = spaces_lib.make_space(model, "hidden", layer=layer, template=head)
   dirs = scale_directions.build(model, space, list(scales), policy="single", what="steering scales")
   return np.asarray(dirs.vectors, np.float64)
 
@@ -184,11 +189,27 @@ def _site_unit(model, prompts: readouts.Prompts, site: str, n: int = 64) -> floa
 # ----------------------------------------------------------------------------- methods
 
 
-def orthogonal_directions(directions: np.ndarray, steered_index: Sequence[int]) -> np.ndarray:
-  """``[S, D]`` unit directions with every other readout scale's direction projected out."""
+def orthogonal_directions(directions: np.ndarray, steered_index: Sequence[int], basis: str = "others",
+                          k: int = 3) -> np.ndarray:
+  """``[S, D]`` unit steering directions with a subspace projected out.
+
+  Args:
+    directions: ``[J, D]`` readout scales' directions.
+    steered_index: ``[S]`` the steered scales' rows.
+    basis: ``"others"`` (every other readout scale's direction) or ``"top3"`` (the top
+      ``k`` principal axes of the readout directions, i.e. the shared E/P/A-like
+      subspace, which every scale's direction loads on).
+    k: axes removed with ``"top3"``.
+  """
+  if basis not in ORTH_BASES:
+    raise InputError(f"--orth_basis={basis!r} is not known; use one of {', '.join(ORTH_BASES)}.")
+  top = None
+  if basis == "top3":
+    _, _, vt = np.linalg.svd(_unit(directions), full_matrices=False)
+    top = vt[:k]
   out = []
   for s, j in enumerate(steered_index):
-    others = np.delete(directions, j, axis=0)
+    others = np.delete(directions, j, axis=0) if top is None else top
     out.append(np.asarray(iv_lib.orthogonalize(jnp.asarray(directions[j], jnp.float32),
                                                jnp.asarray(others, jnp.float32)), np.float64))
   out = np.stack(out)
@@ -332,7 +353,8 @@ def rating_validation(model, scales, ids, cols, targets: dict[str, str], batch_s
     top = np.bincount(np.argmax(logits, axis=1), minlength=len(digits))
     out.append({"scale": s.name, "norm": targets[s.name], "n": int(ok.sum()),
                 "pearson": float(stats.pearson(rating[ok], y[ok])) if np.ptp(rating[ok]) > 0 else None,
-                "question": question, "most_likely_answer_counts": {str(k + 1): int(c) for k, c in enumerate(top)},
+                "question": question,
+                "most_likely_answer_counts": {str(k + 1): int(c) for k, c in enumerate(top)},
                 "mean_rating": float(rating.mean())})
   return {"scales": out}
 
@@ -473,9 +495,12 @@ def _compare_methods(model, grid, opts: SteerOptions, units, steered_index, unit
   jac = grid_lib.jacobian(grid, train)  # [Wtr, J, D]
   vectors = {"plain": plain}
   report: dict[str, Any] = {"train_words": len(train), "test_words": len(test),
-                            "strength": opts.compare_alpha, "jacobian_seconds": round(time.perf_counter() - t0, 2)}
+                            "strength": opts.compare_alpha,
+                            "jacobian_seconds": round(time.perf_counter() - t0, 2)}
   if "orthogonal" in opts.methods:
-    vectors["orthogonal"] = _calibrate(orthogonal_directions(units, steered_index), jac, plain, steered_index)
+    orth = orthogonal_directions(units, steered_index, opts.orth_basis)
+    vectors["orthogonal"] = _calibrate(orth, jac, plain, steered_index)
+    report["orth_basis"] = opts.orth_basis
   s = len(steered_index)
 
   def measure(words, v):  # real (nonlinear) effects [len(words), S, J] of vectors v [S, D]

@@ -510,3 +510,15 @@ def test_steer_launcher_user_error_gives_one_line_and_writes_nothing(tmp_path):
   proc = _run("launch.steer", *LAUNCH_ARGS, "--words=kind,antidisestablishmentarianism", f"--out_dir={out}")
   _assert_one_line_error(proc, "--words", "antidisestablishmentarianism")
   assert not out.exists()
+
+
+def test_orthogonal_directions_top3_removes_the_shared_subspace():
+  rng = np.random.default_rng(5)
+  shared = np.linalg.qr(rng.normal(size=(16, 3)))[0].T  # [3, 16] orthonormal shared axes
+  dirs = rng.normal(size=(6, 3)) * 5 @ shared + 0.5 * rng.normal(size=(6, 16))
+  out = steer.orthogonal_directions(dirs, [0, 2], basis="top3")
+  _, _, vt = np.linalg.svd(dirs / np.linalg.norm(dirs, axis=1, keepdims=True), full_matrices=False)
+  np.testing.assert_allclose(out @ vt[:3].T, 0.0, atol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-6)
+  with pytest.raises(InputError, match="--orth_basis='pca'"):
+    steer.orthogonal_directions(dirs, [0], basis="pca")
