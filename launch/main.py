@@ -28,7 +28,8 @@ _PROMPTS = flags.DEFINE_multi_string(
     "prompt", ["The capital of France is", "The opposite of good is"], "Prompts to continue greedily.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 8, "Tokens to generate.", lower_bound=1)
 _ANALYSES = flags.DEFINE_bool("analyses", True, "Also run the alignment, structure and steering analyses.")
-_STEER_WORDS = flags.DEFINE_integer("steer_words", 96, "Warriner words in the steering grid.", lower_bound=8)
+_STEER_WORDS = flags.DEFINE_integer("steer_words", 256, "Warriner words steered (the first 96 run the"
+                                   " off-target grid; all of them the methods comparison).", lower_bound=8)
 _OUT_DIR = flags.DEFINE_string("out_dir", "out/main", "Where the outputs are written.")
 
 

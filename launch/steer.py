@@ -20,7 +20,9 @@ cli.define_model_flags()
 flags.DEFINE_string("scales", "osgood28", "Readout scales: osgood28, norms, or a JSON/TSV file.")
 flags.DEFINE_list("steer", [], "Scales to steer along (default: every readout scale).")
 flags.DEFINE_list("words", ["warriner"], "A norm table to sample words from, or the words themselves.")
-flags.DEFINE_integer("n_words", 128, "Words sampled from a norm table.", lower_bound=4)
+flags.DEFINE_integer("n_words", 256, "Words sampled from a norm table (random order).", lower_bound=4)
+flags.DEFINE_integer("grid_words", 96, "The first N words run the off-target grid (0: all); all words take"
+                     " part in the methods comparison.", lower_bound=0)
 flags.DEFINE_enum("site", "embed", ["embed", "resid_pre", "resid_post"], "Where the vector is added.")
 flags.DEFINE_integer("layer", None, "Block of a resid_pre/resid_post site.")
 flags.DEFINE_list("alphas", ["-1", "-0.5", "0.5", "1"], "Strengths, in units of the site's median norm.")
@@ -32,7 +34,7 @@ flags.DEFINE_enum("orth_basis", "others", list(steer.ORTH_BASES),
 flags.DEFINE_float("compare_alpha", 0.5, "Strength of the methods comparison (site-norm units).")
 flags.DEFINE_string("template", readouts.DEFAULT_TEMPLATE, "Completion template with one {word} slot.")
 flags.DEFINE_integer("n_random", 8, "Random directions in the control.", lower_bound=0)
-flags.DEFINE_float("fit_share", 0.5, "Share of words the fitted vector is trained on.", lower_bound=0.05,
+flags.DEFINE_float("fit_share", 0.75, "Share of words the fitted vector is trained on.", lower_bound=0.05,
                    upper_bound=0.95)
 flags.DEFINE_integer("fit_steps", 500, "optax steps of the fitted vector.", lower_bound=1)
 flags.DEFINE_integer("refine", 2, "Refinements of the fitted vector against the real model.", lower_bound=0)
@@ -55,7 +57,8 @@ def main(argv):
   f = flags.FLAGS
   opts = steer.SteerOptions(
       scales=f.scales, steer=tuple(f.steer), words=tuple(f.words), n_words=f.n_words, site=f.site,
-      layer=f.layer, alphas=_alphas(f.alphas), readout=f.readout, read_layer=f.read_layer,
+      layer=f.layer, grid_words=f.grid_words, alphas=_alphas(f.alphas), readout=f.readout,
+      read_layer=f.read_layer,
       methods=tuple(f.method), compare_alpha=f.compare_alpha, orth_basis=f.orth_basis, template=f.template,
       n_random=f.n_random, fit_share=f.fit_share, fit_steps=f.fit_steps, refine=f.refine, n_boot=f.n_boot,
       n_perm=f.n_perm, seed=f.seed, batch_size=f.batch_size)

@@ -61,7 +61,10 @@ class SteerOptions:
     scales: scale set of the readout scales (and directions).
     steer: names of the scales to steer along (empty: all readout scales).
     words: a norm table to sample words from (``warriner``), or an explicit word list.
-    n_words: words sampled from a norm table.
+    n_words: words sampled from a norm table (in random order).
+    grid_words: the first ``grid_words`` of them run the off-target grid and the random
+      control (0: all); every word takes part in the methods comparison, whose fitted
+      vector needs many training words.
     site: ``embed`` or ``resid_post`` / ``resid_pre`` (with ``layer``).
     layer: block of a residual site.
     alphas: strengths in units of the site's median residual norm.
@@ -89,7 +92,8 @@ class SteerOptions:
   scales: str = "osgood28"
   steer: tuple[str, ...] = ()
   words: tuple[str, ...] = ("warriner",)
-  n_words: int = 128
+  n_words: int = 256
+  grid_words: int = 96
   site: str = "embed"
   layer: int | None = None
   alphas: tuple[float, ...] = (-1.0, -0.5, 0.5, 1.0)
@@ -100,7 +104,7 @@ class SteerOptions:
   orth_basis: str = "others"
   template: str = readouts.DEFAULT_TEMPLATE
   n_random: int = 8
-  fit_share: float = 0.5
+  fit_share: float = 0.75
   fit_steps: int = 500
   off_weight: float = 1.0
   fit_ridge: float = 0.05
@@ -142,7 +146,7 @@ def _words(model, opts: SteerOptions) -> tuple[list[str], list[tuple[int, ...]],
     table_words, _ = assets.read_norms(opts.words[0])
     wt = lexicon.resolve_words(model.tokenizer, table_words, "single")
     rng = np.random.default_rng(opts.seed)
-    pick = np.sort(rng.choice(wt.n_used, size=min(opts.n_words, wt.n_used), replace=False))
+    pick = rng.choice(wt.n_used, size=min(opts.n_words, wt.n_used), replace=False)  # random order
     words = [wt.used_words[i] for i in pick]
     ids = [wt.used_token_ids[i] for i in pick]
   else:
@@ -411,13 +415,14 @@ def run_steer(model, opts: SteerOptions) -> dict[str, Any]:
     return out[pick]
 
   base = rate(np.arange(w), np.zeros((w, model.config.d_model)), "baseline")
-  wi, vec = grid_lib.grid_rows(w, units[steered_index] * unit, alphas)
-  ratings = rate(wi, vec, "grid").reshape(w, s, a, j)
+  wg = w if opts.grid_words <= 0 else min(w, opts.grid_words)  # the sample is in random order
+  wi, vec = grid_lib.grid_rows(wg, units[steered_index] * unit, alphas)
+  ratings = rate(wi, vec, "grid").reshape(wg, s, a, j)
   grid_lib.check_finite(ratings, alphas)
-  effects = ratings - base[:, None, None, :]
+  effects = ratings - base[:wg, None, None, :]
   key = jax.random.key(opts.seed)
   result: dict[str, Any] = {
-      "words": words, "scales": names, "steered": steer, "alphas": alphas.tolist(),
+      "words": words, "grid_words": wg, "scales": names, "steered": steer, "alphas": alphas.tolist(),
       "site": site, "site_norm": unit, "readout": opts.readout, "read_site": read_site,
       "template": opts.template, "prefix_tokens": len(prompts.prefix), "poles": poles.report,
       "cosine": {"matrix": cos.tolist(), "mean_abs_offtarget": float(np.mean(np.abs(
@@ -437,8 +442,8 @@ def run_steer(model, opts: SteerOptions) -> dict[str, Any]:
   controls: dict[str, Any] = {"shuffled_labels": result["offtarget"].get("shuffled_labels")}
   if opts.n_random > 0:
     rnd = _unit(np.asarray(jax.random.normal(jax.random.fold_in(key, 1), (opts.n_random, dirs.shape[1]))))
-    wi, vec = grid_lib.grid_rows(w, rnd * unit, alphas)
-    r_eff = rate(wi, vec, "random").reshape(w, opts.n_random, a, j) - base[:, None, None, :]
+    wi, vec = grid_lib.grid_rows(wg, rnd * unit, alphas)
+    r_eff = rate(wi, vec, "random").reshape(wg, opts.n_random, a, j) - base[:wg, None, None, :]
     slopes = offtarget.dose_slopes(r_eff, alphas)  # [W, R, J]
     plain = offtarget.summarise_control(effects, alphas, steered_index)
     controls["random_directions"] = {
