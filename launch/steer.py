@@ -37,6 +37,8 @@ flags.DEFINE_integer("n_random", 8, "Random directions in the control.", lower_b
 flags.DEFINE_float("fit_share", 0.75, "Share of words the fitted vector is trained on.", lower_bound=0.05,
                    upper_bound=0.95)
 flags.DEFINE_integer("fit_steps", 500, "optax steps of the fitted vector.", lower_bound=1)
+flags.DEFINE_float("off_weight", 3.0, "Weight of the off-target term in the fit.", lower_bound=0.0)
+flags.DEFINE_float("fit_ridge", 0.01, "Pull of the fitted vector towards the plain one.", lower_bound=0.0)
 flags.DEFINE_integer("refine", 2, "Refinements of the fitted vector against the real model.", lower_bound=0)
 flags.DEFINE_integer("n_boot", 1000, "Bootstrap resamples over words.", lower_bound=1)
 flags.DEFINE_integer("n_perm", 1000, "Shuffled-label permutations.", lower_bound=1)
@@ -60,7 +62,8 @@ def main(argv):
       layer=f.layer, grid_words=f.grid_words, alphas=_alphas(f.alphas), readout=f.readout,
       read_layer=f.read_layer,
       methods=tuple(f.method), compare_alpha=f.compare_alpha, orth_basis=f.orth_basis, template=f.template,
-      n_random=f.n_random, fit_share=f.fit_share, fit_steps=f.fit_steps, refine=f.refine, n_boot=f.n_boot,
+      n_random=f.n_random, fit_share=f.fit_share, fit_steps=f.fit_steps, refine=f.refine,
+      off_weight=f.off_weight, fit_ridge=f.fit_ridge, n_boot=f.n_boot,
       n_perm=f.n_perm, seed=f.seed, batch_size=f.batch_size)
   model = load(f.model, mesh=f.mesh, dtype=f.dtype)
   result = steer.run_steer(model, opts)

@@ -106,8 +106,8 @@ class SteerOptions:
   n_random: int = 8
   fit_share: float = 0.75
   fit_steps: int = 500
-  off_weight: float = 1.0
-  fit_ridge: float = 0.05
+  off_weight: float = 3.0
+  fit_ridge: float = 0.01
   refine: int = 2
   n_boot: int = 1000
   n_perm: int = 1000
