@@ -10,7 +10,7 @@ from PIL import Image
 
 from jaxsem import sharding
 from jaxsem.analyses import grid as grid_lib
-from jaxsem.analyses import offtarget, readouts, steer
+from jaxsem.analyses import offtarget, readouts, steer, steering_methods
 from jaxsem.errors import InputError
 from jaxsem.models.model import Model
 from jaxsem.report import writers
@@ -261,9 +261,9 @@ def test_fitted_vector_cancels_a_planted_offtarget_direction():
   g[1] += 3.0 * np.linalg.norm(g[1]) * plain_dirs[0]  # scale 1 moves strongly with scale 0's plain vector
   train, test = _planted_jacobians(40, g, 1), _planted_jacobians(40, g, 2)
 
-  fitted, report = steer.fit_vectors(train, plain, steered_index, steps=500)
+  fitted, report = steering_methods.fit_vectors(train, plain, steered_index, steps=500)
   assert report["loss_end"][0] < 0.05 * report["loss_start"][0]
-  fitted = steer._calibrate(fitted, train, plain, steered_index)  # noqa: SLF001
+  fitted = steering_methods.calibrate(fitted, train, plain, steered_index)
 
   def effects(jac, v):
     e = np.einsum("wjd,sd->wsj", jac, v)  # [W, S, J]
@@ -290,7 +290,7 @@ def test_calibrate_matches_the_on_target_change_and_keeps_direction():
   jac = rng.normal(size=(6, 3, 8))
   plain = rng.normal(size=(2, 8))
   vec = rng.normal(size=(2, 8)) * 5.0
-  out = steer._calibrate(vec, jac, plain, [2, 0])  # noqa: SLF001
+  out = steering_methods.calibrate(vec, jac, plain, [2, 0])
   want = np.einsum("wsd,sd->s", jac[:, [2, 0]], plain)
   np.testing.assert_allclose(np.einsum("wsd,sd->s", jac[:, [2, 0]], out), want, rtol=1e-10)
   cos = np.sum(out * vec, axis=1) / np.linalg.norm(out, axis=1) / np.linalg.norm(vec, axis=1)
@@ -301,7 +301,7 @@ def test_orthogonal_directions_are_unit_and_orthogonal_to_the_other_scales():
   rng = np.random.default_rng(2)
   dirs = rng.normal(size=(5, 12)) + 0.8 * rng.normal(size=12)  # correlated directions
   idx = [3, 0, 1]
-  out = steer.orthogonal_directions(dirs, idx)
+  out = steering_methods.orthogonal_directions(dirs, idx)
   assert out.shape == (3, 12)
   np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-6)
   for s, j in enumerate(idx):
@@ -316,7 +316,7 @@ def test_orthogonal_directions_refuse_a_direction_in_the_span_of_the_others(comb
   a, b = rng.normal(size=(2, 12)) + 0.8 * rng.normal(size=12)
   third = a if combo == "duplicate" else a - 2 * b
   with pytest.raises(InputError, match="span of the other scales"):
-    steer.orthogonal_directions(np.stack([a, b, third]), [2])
+    steering_methods.orthogonal_directions(np.stack([a, b, third]), [2])
 
 
 # ----------------------------------------------------------------------------- run_steer: bad input
@@ -517,9 +517,9 @@ def test_orthogonal_directions_top3_removes_the_shared_subspace():
   rng = np.random.default_rng(5)
   shared = np.linalg.qr(rng.normal(size=(16, 3)))[0].T  # [3, 16] orthonormal shared axes
   dirs = rng.normal(size=(6, 3)) * 5 @ shared + 0.5 * rng.normal(size=(6, 16))
-  out = steer.orthogonal_directions(dirs, [0, 2], basis="top3")
+  out = steering_methods.orthogonal_directions(dirs, [0, 2], basis="top3")
   _, _, vt = np.linalg.svd(dirs / np.linalg.norm(dirs, axis=1, keepdims=True), full_matrices=False)
   np.testing.assert_allclose(out @ vt[:3].T, 0.0, atol=1e-5)
   np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-6)
   with pytest.raises(InputError, match="--orth_basis='pca'"):
-    steer.orthogonal_directions(dirs, [0], basis="pca")
+    steering_methods.orthogonal_directions(dirs, [0], basis="pca")
