@@ -6,7 +6,6 @@ import types
 import jax
 import numpy as np
 import pytest
-from PIL import Image
 
 from jaxsem import sharding
 from jaxsem.analyses import grid as grid_lib
@@ -17,6 +16,7 @@ from jaxsem.report import writers
 from tests import toy
 from tests.analyses import toy_tokenizer
 from tests.test_launch import _assert_one_line_error, _run  # shared subprocess helpers
+from tests.test_launch_analyses import _assert_png
 
 # Every word is one word-initial token of the toy tokenizer.
 WORDS = ("kind", "cruel", "good", "bad", "hot", "cold", "ice", "cream", "word", "the", "un", "Happy")
@@ -28,7 +28,6 @@ TOY_SCALES = {"name": "toy-steer", "scales": [
     {"name": "ice-cream", "positive": ["ice"], "negative": ["cream"]}]}
 NAMES = tuple(x["name"] for x in TOY_SCALES["scales"])
 SUBSET = ("kind-cruel", "good-bad", "hot-cold")
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _toy_model(mesh=None):
@@ -431,15 +430,6 @@ def test_run_steer_is_deterministic_in_its_seed(model, scales_file, logodds_run)
   again = steer.run_steer(model, _opts(scales_file, methods=("plain",), n_random=0))
   np.testing.assert_allclose(again["offtarget"]["D"], res["offtarget"]["D"], rtol=1e-6, atol=1e-7)
   assert again["offtarget"]["ci"] == res["offtarget"]["ci"]
-
-
-def _assert_png(path):
-  with open(path, "rb") as f:
-    assert f.read(8) == PNG_MAGIC
-  with Image.open(path) as im:
-    im.verify()
-  with Image.open(path) as im:
-    assert im.size[0] > 100 and im.size[1] > 100
 
 
 def test_write_steer_summary_and_figures(model, logodds_run, tmp_path):
