@@ -10,18 +10,43 @@ from collections.abc import Callable
 from absl import app
 from absl import flags
 
+from jaxsem import distributed
 from jaxsem.errors import InputError
 from jaxsem.models.load import load
 
 
 def define_model_flags() -> None:
-  """--model, --mesh, --dtype: every launcher that loads a model takes these."""
+  """--model, --mesh, --dtype, --params_cache: every launcher that loads a model takes these."""
   flags.DEFINE_string("model", "gemma3-270m",
                       "Embedded model name (gemma3-270m, smollm2-135m-instruct), a .gguf file, "
                       "or a Hugging Face snapshot directory.")
   flags.DEFINE_string("mesh", None, "Device mesh, e.g. data:2,model:4 (-1 = remaining devices). "
                       "Default: all devices on the model axis.")
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and activation dtype.")
+  flags.DEFINE_bool("params_cache", True, "Keep the loaded params in the jaxsem cache ($JAXSEM_CACHE/params) "
+                    "and restore them from there on later runs; --noparams_cache (or "
+                    "$JAXSEM_PARAMS_CACHE=0) loads from the model file every time.")
+  define_distributed_flags()
+
+
+def define_distributed_flags() -> None:
+  """Multi-process settings (else $JAX_COORDINATOR_ADDRESS etc., or a detected TPU/SLURM cluster)."""
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0's coordinator service "
+                      "(multi-process runs; default $JAX_COORDINATOR_ADDRESS).")
+  flags.DEFINE_integer("num_processes", None, "Number of processes (default $JAX_NUM_PROCESSES).")
+  flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1 (default $JAX_PROCESS_ID).")
+  flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                    "auto: join a run when settings are given or a TPU/SLURM/Open MPI cluster is detected; "
+                    "on: always call jax.distributed.initialize; off: single process.")
+  flags.DEFINE_integer("distributed_timeout", 300, "Seconds to wait for all processes to join.")
+
+
+def start_distributed() -> dict:
+  """Joins the multi-process run the flags describe (before any JAX computation)."""
+  f = flags.FLAGS
+  settings = distributed.resolve(f.coordinator_address, f.num_processes, f.process_id, mode=f.distributed,
+                                 timeout_s=f.distributed_timeout)
+  return distributed.initialize(settings)
 
 
 def define_analysis_flags(scales: str, out_dir: str) -> None:
@@ -60,12 +85,19 @@ def analysis_options():
 def run_analysis(run: Callable, write: Callable, digest: Callable) -> None:
   """Loads --model, runs ``run(model, options)``, writes to --out_dir, prints the digest."""
   f = flags.FLAGS
-  model = load(f.model, mesh=f.mesh, dtype=f.dtype)
+  model = load(f.model, mesh=f.mesh, dtype=f.dtype, params_cache=f.params_cache)
   opts = analysis_options()
   result = run(model, opts)
-  path = write(f.out_dir, result, model, opts)
-  print("\n".join(digest(result)))
-  print(f"wrote {path} ({result['seconds']:.1f} s)")
+  report(lambda: write(f.out_dir, result, model, opts), digest(result), result["seconds"])
+
+
+def report(write: Callable[[], object], digest: list[str], seconds: float) -> None:
+  """On process 0 only: writes the outputs and prints the digest."""
+  if not distributed.is_main():
+    return
+  path = write()
+  print("\n".join(digest))
+  print(f"wrote {path} ({seconds:.1f} s)")
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -79,6 +111,8 @@ def run(main: Callable[[list[str]], None]) -> None:
 
   def wrapped(argv):
     try:
+      if "num_processes" in flags.FLAGS:
+        start_distributed()
       main(argv)
     except InputError as e:
       fail(str(e))

@@ -54,30 +54,39 @@ class Progress:
     unit: name of one unit of work.
     every: least seconds between two printed lines.
     enabled: print at all (default: only on process 0).
+    resumed: units already finished by an earlier run; they count as done but not
+      towards the rate, so the ETA reflects the work left.
   """
 
   def __init__(self, what: str, total: int, unit: str = "items", every: float = 2.0,
                stream: TextIO | None = None, enabled: bool | None = None,
-               clock=time.perf_counter):
+               clock=time.perf_counter, resumed: int = 0):
     self.what, self.total, self.unit, self.every = what, int(total), unit, float(every)
+    self.resumed = int(resumed)
     self.stream = stream if stream is not None else sys.stderr
     self.enabled = _is_main_process() if enabled is None else enabled
     self._clock = clock
     self._start = clock()
     self._last_print = None
-    self.done = 0
+    self.done = self.resumed
     self.lines: list[str] = []
 
   def line(self) -> str:
     """The current progress line."""
     elapsed = max(self._clock() - self._start, 1e-9)
-    rate = self.done / elapsed
+    rate = (self.done - self.resumed) / elapsed
     pct = 100.0 * self.done / self.total if self.total else 100.0
     text = (f"{self.what}: {self.done}/{self.total} {self.unit} ({pct:.1f}%) "
             f"{_si(rate)} {self.unit}/s, {_duration(elapsed)} elapsed")
+    if self.resumed:
+      text += f", {self.resumed} resumed"
     if 0 < self.done < self.total and rate > 0:
       text += f", ETA {_duration((self.total - self.done) / rate)}"
     return text
+
+  def resume(self, done: int) -> None:
+    """Marks ``done`` units as finished by an earlier run (not counted in the rate)."""
+    self.resumed = self.done = int(done)
 
   def update(self, done: int, total: int | None = None) -> None:
     """Records ``done`` units finished (absolute) and prints when due."""

@@ -13,6 +13,7 @@ from absl import flags
 from jaxsem import cli
 from jaxsem.analyses import readouts, steer
 from jaxsem.errors import InputError
+from jaxsem.io import out_dir
 from jaxsem.models.load import load
 from jaxsem.report import writers
 
@@ -44,7 +45,8 @@ flags.DEFINE_integer("n_boot", 1000, "Bootstrap resamples over words.", lower_bo
 flags.DEFINE_integer("n_perm", 1000, "Shuffled-label permutations.", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Seed of word sampling, splits, random directions and bootstraps.")
 flags.DEFINE_integer("batch_size", 256, "Prompts per compiled call.", lower_bound=1)
-flags.DEFINE_string("out_dir", "out/steer", "Where summary.json and the figures are written.")
+flags.DEFINE_string("out_dir", "out/steer", "Where summary.json and the figures are written. Finished "
+                    "batches are kept in out_dir/checkpoint: the same command resumes a killed run.")
 
 
 def _alphas(values):
@@ -65,11 +67,11 @@ def main(argv):
       n_random=f.n_random, fit_share=f.fit_share, fit_steps=f.fit_steps, refine=f.refine,
       off_weight=f.off_weight, fit_ridge=f.fit_ridge, n_boot=f.n_boot,
       n_perm=f.n_perm, seed=f.seed, batch_size=f.batch_size)
-  model = load(f.model, mesh=f.mesh, dtype=f.dtype)
-  result = steer.run_steer(model, opts)
-  path = writers.write_steer(f.out_dir, result, model, opts)
-  print("\n".join(writers.steer_digest(result)))
-  print(f"wrote {path} ({result['seconds']:.1f} s)")
+  with out_dir.claim(f.out_dir) as out:
+    model = load(f.model, mesh=f.mesh, dtype=f.dtype)
+    result = steer.run_steer(model, opts, checkpoint_dir=out / "checkpoint")
+    cli.report(lambda: writers.write_steer(out, result, model, opts), writers.steer_digest(result),
+               result["seconds"])
 
 
 if __name__ == "__main__":

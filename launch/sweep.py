@@ -12,6 +12,7 @@ from absl import flags
 
 from jaxsem import cli
 from jaxsem.analyses import sweep
+from jaxsem.io import out_dir
 from jaxsem.models.load import load
 from jaxsem.report import writers
 
@@ -32,7 +33,9 @@ flags.DEFINE_float("min_coverage", 0.2, "Least share of scales with usable poles
                    upper_bound=1.0)
 flags.DEFINE_integer("seed", 0, "Seed of the random baselines.")
 flags.DEFINE_bool("write_zarr", True, "Stream the projection matrix to out_dir/projections.zarr.")
-flags.DEFINE_string("out_dir", "out/sweep", "Where the outputs are written.")
+flags.DEFINE_string("out_dir", "out/sweep", "Where the outputs are written. A sweep killed part way "
+                    "resumes from its committed chunks when the same command runs again.")
+flags.DEFINE_bool("overwrite", False, "Replace a projection matrix in --out_dir made from other inputs.")
 
 
 def main(argv):
@@ -41,12 +44,13 @@ def main(argv):
   opts = sweep.SweepOptions(scales=f.scales, space=f.space, centre=f.centre, whiten=f.whiten, policy=f.policy,
                             method=f.method, metric=f.metric, standardize=f.standardize,
                             chunk_rows=f.chunk_rows, baselines=tuple(f.baselines), norms=tuple(f.norms),
-                            min_coverage=f.min_coverage, seed=f.seed, write_zarr=f.write_zarr)
-  model = load(f.model, mesh=f.mesh, dtype=f.dtype)
-  result = sweep.run_sweep(model, opts, f.out_dir)
-  path = writers.write_sweep(f.out_dir, result, model, opts)
-  print("\n".join(writers.sweep_digest(result)))
-  print(f"wrote {path} ({result['seconds']:.1f} s)")
+                            min_coverage=f.min_coverage, seed=f.seed, write_zarr=f.write_zarr,
+                            overwrite=f.overwrite)
+  with out_dir.claim(f.out_dir):
+    model = load(f.model, mesh=f.mesh, dtype=f.dtype)
+    result = sweep.run_sweep(model, opts, f.out_dir)
+    cli.report(lambda: writers.write_sweep(f.out_dir, result, model, opts), writers.sweep_digest(result),
+               result["seconds"])
 
 
 if __name__ == "__main__":

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsem import distributed
 from jaxsem import sharding
 from jaxsem.analyses import readouts
+from jaxsem.analyses import row_checkpoint
 from jaxsem.errors import InputError
 from jaxsem.kernels import steering as steering_k
 from jaxsem.models import interventions as iv_lib
@@ -87,13 +90,18 @@ class Grid:
     return tuple(self._put(x[rows]) for x in (self._ids, self._mask, self._word, self._read, self._word_last))
 
   def evaluate(self, word_index: Sequence[int] | np.ndarray, vectors: np.ndarray,
-               progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+               progress: Callable[[int, int], None] | None = None,
+               checkpoint_dir: str | os.PathLike | None = None,
+               name: str = "rows") -> tuple[np.ndarray, np.ndarray | None]:
     """Ratings of rows (word ``word_index[n]`` steered by ``vectors[n]``, strength included).
 
     Args:
       word_index: ``[N]`` indices into the prompts' words.
       vectors: ``[N, D]`` steering vectors (zeros = unsteered).
       progress: ``progress(rows_done, rows_total)`` after each batch.
+      checkpoint_dir: keep each finished batch in ``checkpoint_dir/<name>.zarr`` and take
+        the batches already there (same inputs) instead of computing them again.
+      name: the evaluation's name in ``checkpoint_dir``.
 
     Returns:
       ``(logodds [N, J], representation [N, J] or None)`` float32 numpy.
@@ -102,8 +110,20 @@ class Grid:
     vectors = np.asarray(vectors, np.float32)
     n, b = len(word_index), self.batch_size
     m = self.model
-    logodds, reps = [], []
+    j = len(self.poles.rows) if self.raw_logits else len(self.poles.names)
+    width = j * (1 if self.read_site is None else 2)
+    ckpt = None
+    if checkpoint_dir is not None and n:
+      ckpt = row_checkpoint.RowCheckpoint(checkpoint_dir, name, self.fingerprint(word_index, vectors), n, width, b)
+      if ckpt.committed and hasattr(progress, "resume"):
+        progress.resume(sum(min(b, n - r) for r in ckpt.committed))
+    blocks, done = [], sum(min(b, n - r) for r in ckpt.committed) if ckpt else 0
     for start in range(0, n, b):
+      k = min(b, n - start)
+      stored = ckpt.get(start) if ckpt else None
+      if stored is not None:
+        blocks.append(stored)
+        continue
       rows = word_index[start:start + b]
       vec = vectors[start:start + b]
       if len(rows) < b:  # pad to the compiled batch with unsteered copies of word 0
@@ -112,15 +132,26 @@ class Grid:
       r, rep = steering_k.steered_readout(
           m.params, m.config, self.cache, *self.batch_inputs(rows), self._put(vec), *self._static,
           site=self.site, read_site=self.read_site, raw_logits=self.raw_logits)
-      k = min(b, n - start)
-      logodds.append(np.asarray(r)[:k])
+      block = distributed.to_host(r)[:k]
       if rep is not None:
-        reps.append(np.asarray(rep)[:k])
+        block = np.concatenate([block, distributed.to_host(rep)[:k]], axis=1)
+      if ckpt is not None:
+        ckpt.commit(start, block)
+      blocks.append(block)
+      done += k
       if progress is not None:
-        progress(start + k, n)
-    j = len(self.poles.rows) if self.raw_logits else len(self.poles.names)
-    out = np.concatenate(logodds) if logodds else np.zeros((0, j), np.float32)
-    return out, (np.concatenate(reps) if reps else None)
+        progress(done, n)
+    out = np.concatenate(blocks) if blocks else np.zeros((0, width), np.float32)
+    return out[:, :j], (out[:, j:] if self.read_site is not None else None)
+
+  def fingerprint(self, word_index: np.ndarray, vectors: np.ndarray) -> str:
+    """Digest of everything that determines ``evaluate``'s outputs for these rows."""
+    p = self.model.provenance
+    return row_checkpoint.digest(
+        "grid/1", p.get("sha256") or p.get("path"), p.get("dtype"), self.site, self.read_site, self.raw_logits,
+        self.batch_size, np.asarray(self.prompts.prefix), self._ids, self._mask, self._word, self.poles.rows,
+        self.poles.positive, self.poles.negative, np.zeros(0) if self.read_dirs is None else self.read_dirs,
+        word_index, vectors)
 
 
 def grid_rows(n_words: int, directions: np.ndarray,
@@ -174,7 +205,7 @@ def jacobian(grid: Grid, word_index: Sequence[int] | np.ndarray, batch_size: int
     zeros = grid._put(np.zeros((b, d), np.float32))  # noqa: SLF001 - same placement as the rows
     jac = _jacobian_batch(m.params, m.config, grid.cache, *grid.batch_inputs(rows), zeros,
                           *grid._static[:3], site=grid.site)  # noqa: SLF001
-    out.append(np.asarray(jac)[:k])
+    out.append(distributed.to_host(jac)[:k])
   return np.concatenate(out) if out else np.zeros((0, len(grid.poles.names), d), np.float32)
 
 

@@ -25,6 +25,7 @@ vector's norm; held-out words are then run through the real, nonlinear model.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -246,8 +247,13 @@ def rating_validation(model, scales, ids, cols, targets: dict[str, str], batch_s
   return {"scales": out}
 
 
-def run_steer(model, opts: SteerOptions) -> dict[str, Any]:
-  """Runs the steering grid, its controls and the methods comparison (see the module docstring)."""
+def run_steer(model, opts: SteerOptions, checkpoint_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+  """Runs the steering grid, its controls and the methods comparison (see the module docstring).
+
+  With ``checkpoint_dir``, every finished batch of the grid, the baseline, the controls
+  and the methods' held-out evaluations is kept there, and a run of the same inputs
+  (after being killed, or again) takes them from disk instead of computing them.
+  """
   start = time.perf_counter()
   unknown = sorted(set(opts.methods) - set(METHODS))
   if unknown:
@@ -293,7 +299,7 @@ def run_steer(model, opts: SteerOptions) -> dict[str, Any]:
 
   def rate(word_index, vectors, what):
     progress = Progress(f"steer {what}", len(word_index), unit="prompts")
-    out = grid.evaluate(word_index, vectors, progress=progress)
+    out = grid.evaluate(word_index, vectors, progress=progress, checkpoint_dir=checkpoint_dir, name=what)
     progress.close()
     return out[pick]
 
@@ -337,6 +343,7 @@ def run_steer(model, opts: SteerOptions) -> dict[str, Any]:
   result["controls"] = controls
 
   if len(opts.methods) > 1 or opts.methods != ("plain",):
-    result["methods"] = steering_methods.compare(grid, opts, units, steered_index, unit, base, w)
+    result["methods"] = steering_methods.compare(grid, opts, units, steered_index, unit, base, w,
+                                                 checkpoint_dir=checkpoint_dir)
   result["seconds"] = round(time.perf_counter() - start, 2)
   return result

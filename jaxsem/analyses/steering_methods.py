@@ -180,7 +180,8 @@ def fitted_vectors(jac: np.ndarray, plain: np.ndarray, steered_index, measure, o
   return v, fit
 
 
-def compare(grid, opts, units: np.ndarray, steered_index, unit: float, base: np.ndarray, w: int) -> dict[str, Any]:
+def compare(grid, opts, units: np.ndarray, steered_index, unit: float, base: np.ndarray, w: int,
+            checkpoint_dir=None) -> dict[str, Any]:
   """Plain vs orthogonalised vs fitted steering on held-out words at equal on-target effect.
 
   Args:
@@ -191,6 +192,7 @@ def compare(grid, opts, units: np.ndarray, steered_index, unit: float, base: np.
     unit: the site norm (strength unit).
     base: ``[W, J]`` unsteered ratings.
     w: number of words.
+    checkpoint_dir: where the held-out evaluations keep their finished batches.
   """
   rng = np.random.default_rng(opts.seed + 1)
   order = rng.permutation(w)
@@ -223,7 +225,7 @@ def compare(grid, opts, units: np.ndarray, steered_index, unit: float, base: np.
     wi = np.repeat(test, s)
     vec = np.tile(v, (len(test), 1))
     progress = Progress(f"steer method {name}", len(wi), unit="prompts")
-    r, rep = grid.evaluate(wi, vec, progress=progress)
+    r, rep = grid.evaluate(wi, vec, progress=progress, checkpoint_dir=checkpoint_dir, name=f"method_{name}")
     progress.close()
     r = rep if opts.readout == "representation" else r
     effects[name] = r.reshape(len(test), s, -1) - base[test][:, None, :]

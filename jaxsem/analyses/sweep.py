@@ -20,6 +20,8 @@ few rated words. The spectra come from the ``[D, D]`` moments of the vocabulary
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import time
 from typing import Any
@@ -27,6 +29,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxsem import distributed
 from jaxsem.analyses import align as align_lib
 from jaxsem.analyses import scale_directions
 from jaxsem.analyses import spaces as spaces_lib
@@ -40,6 +43,9 @@ from jaxsem.kernels import zarr_out
 from jaxsem.progress import Progress
 
 BASELINES = ("gaussian", "token_pairs")
+# SweepOptions fields that change the projection matrix (the others only its analysis).
+_MATRIX_OPTIONS = ("scales", "space", "centre", "whiten", "policy", "method", "metric", "min_coverage",
+                   "chunk_rows")
 ZARR_NAME = "projections.zarr"
 
 
@@ -65,6 +71,8 @@ class SweepOptions:
     write_zarr: stream the projection matrix to ``out_dir/projections.zarr``.
     whitening_control: also compute the spectra (not the matrix) in the space with
       the opposite whitening setting.
+    overwrite: replace a projection matrix in ``out_dir`` made from other inputs
+      (one made from the same inputs is resumed, or reused when complete).
   """
 
   scales: str = "wordnet"
@@ -82,6 +90,7 @@ class SweepOptions:
   seed: int = 0
   write_zarr: bool = True
   whitening_control: bool = True
+  overwrite: bool = False
 
   def provenance(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -157,23 +166,7 @@ def run_sweep(model, opts: SweepOptions, out_dir: str | os.PathLike | None = Non
   if opts.write_zarr:
     if out_dir is None:
       raise ValueError("out_dir is required to write the projection matrix")
-    chunk = int(opts.chunk_rows)
-    path = os.path.join(os.fspath(out_dir), ZARR_NAME)
-    attrs = {"rows": "token ids 0..n_tokens-1", "columns": list(dirs.names), "metric": opts.metric,
-             "space": space.provenance(), "model": model.provenance.get("name"),
-             "sign": "positive pole minus negative pole"}
-    writer = zarr_out.create(path, (n_vocab, n_dirs), chunk, attributes=attrs, overwrite=True)
-    progress = Progress(f"sweep {scale_set.name}", n_vocab, unit="tokens")
-    t0 = time.perf_counter()
-    projection.project_chunked(vocab, dirs.vectors, chunk, opts.metric, sink=writer, mesh=model.mesh,
-                               progress=progress)
-    writer.finalize()
-    seconds = time.perf_counter() - t0
-    progress.close()
-    result["zarr"] = {"path": path, "shape": [int(n_vocab), n_dirs], "chunk_rows": chunk,
-                      "dtype": "float32", "seconds": round(seconds, 2),
-                      "scores_per_second": float(n_vocab * n_dirs / seconds),
-                      "gigabytes": round(n_vocab * n_dirs * 4 / 1e9, 3)}
+    result["zarr"] = _write_matrix(model, opts, space, scale_set.name, vocab, dirs, out_dir)
 
   t0 = time.perf_counter()
   spectra, rated, coverage = _spectra(model, opts, space, vocab, dirs.vectors, key)
@@ -200,6 +193,78 @@ def run_sweep(model, opts: SweepOptions, out_dir: str | os.PathLike | None = Non
                    "method": "exact, from the [D, D] moments of the vocabulary rows (Cov(P) = U Cov(W) U^T)"}
   result["seconds"] = round(time.perf_counter() - start, 2)
   return result
+
+
+def fingerprint(model, opts: SweepOptions, space_provenance: dict[str, Any], columns: list[str],
+                shape: tuple[int, int]) -> str:
+  """Digest of everything that determines the projection matrix's values.
+
+  A resumed sweep must match it: the model file (its sha256) and dtype, the space,
+  the directions (names and construction), metric, shape and chunking. The mesh and
+  the number of processes are left out, so a sweep can resume on another mesh.
+  """
+  doc = {"format": 1, "model": model.provenance.get("sha256") or model.provenance.get("path"),
+         "dtype": model.provenance.get("dtype"), "space": space_provenance, "columns": columns,
+         "shape": list(shape), "options": {k: getattr(opts, k) for k in _MATRIX_OPTIONS}}
+  return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _write_matrix(model, opts: SweepOptions, space, what: str, vocab, dirs, out_dir) -> dict[str, Any]:
+  """Streams ``vocab @ dirs`` to ``out_dir/projections.zarr``, resuming committed chunks.
+
+  Process 0 owns the array; every process computes every block (a collective) and
+  process 0 writes it. A write failure on process 0 stops all processes at that block.
+  """
+  n_vocab, n_dirs = int(vocab.shape[0]), len(dirs.names)
+  chunk = int(opts.chunk_rows)
+  path = os.path.join(os.fspath(out_dir), ZARR_NAME)
+  attrs = {"rows": "token ids 0..n_tokens-1", "columns": list(dirs.names), "metric": opts.metric,
+           "space": space.provenance(), "model": model.provenance.get("name"),
+           "sign": "positive pole minus negative pole"}
+  key = fingerprint(model, opts, space.provenance(), list(dirs.names), (n_vocab, n_dirs))
+  writer, error = None, None
+  if distributed.is_main():
+    try:
+      writer = zarr_out.open_resumable(path, (n_vocab, n_dirs), chunk, fingerprint=key, attributes=attrs,
+                                       overwrite=opts.overwrite)
+    except InputError as e:
+      error = str(e)
+  distributed.agree(error)
+  n_chunks = -(-n_vocab // chunk)
+  done = np.zeros(n_chunks, np.int32)
+  if writer is not None:
+    done[[r // chunk for r in writer.written]] = 1
+  done = np.asarray(distributed.broadcast(done))
+  skip = {i * chunk for i in np.flatnonzero(done)}
+  resumed_rows = sum(min(chunk, n_vocab - r) for r in skip)
+
+  def sink(start: int, block: np.ndarray) -> None:
+    error = None
+    if writer is not None:
+      try:
+        writer.write(start, block)
+      except InputError as e:
+        error = str(e)
+    distributed.agree(error)
+
+  progress = Progress(f"sweep {what}", n_vocab, unit="tokens", resumed=resumed_rows)
+  t0 = time.perf_counter()
+  projection.project_chunked(vocab, dirs.vectors, chunk, opts.metric, sink=sink, mesh=model.mesh,
+                             progress=progress, skip=skip)
+  error = None
+  if writer is not None:
+    try:
+      writer.finalize()
+    except InputError as e:
+      error = str(e)
+  distributed.agree(error)
+  seconds = time.perf_counter() - t0
+  progress.close()
+  computed = n_vocab - resumed_rows
+  return {"path": path, "shape": [n_vocab, n_dirs], "chunk_rows": chunk, "dtype": "float32",
+          "seconds": round(seconds, 2), "scores_per_second": float(computed * n_dirs / max(seconds, 1e-9)),
+          "gigabytes": round(n_vocab * n_dirs * 4 / 1e9, 3), "fingerprint": key,
+          "resumed": {"chunks_skipped": len(skip), "chunks_computed": n_chunks - len(skip)}}
 
 
 def _spectra(model, opts: SweepOptions, space, vocab, antonym, key):

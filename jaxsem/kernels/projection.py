@@ -20,13 +20,14 @@ Matmuls run at ``precision="highest"`` by default (full float32 on TPU/GPU);
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxsem import distributed
 from jaxsem import sharding
 from jaxsem.errors import InputError
 from jaxsem.kernels.directions import check_finite, check_nonzero_rows, is_concrete, safe_unit
@@ -216,7 +217,8 @@ def _trim(scores: Array, shape: tuple[int, int], out_sharding: NamedSharding) ->
 def project_chunked(vectors, directions, chunk_rows: int, metric: str = "cosine",
                     sink: Callable[[int, np.ndarray], None] | None = None, *, mesh: Mesh | None = None,
                     progress: Callable[[int, int], None] | None = None, rows_axis: str = "vocab",
-                    directions_axis: str | None = "scales", precision: str = "highest") -> None:
+                    directions_axis: str | None = "scales", precision: str = "highest",
+                    skip: Collection[int] = ()) -> None:
   """Streams the projection in row blocks of ``chunk_rows`` to ``sink``.
 
   Every block is one call of the same jitted kernel with a fixed ``[chunk_rows, D]``
@@ -232,10 +234,13 @@ def project_chunked(vectors, directions, chunk_rows: int, metric: str = "cosine"
     sink: ``sink(start, block)`` receives each ``[rows, S]`` float32 numpy block in
       order, ``rows == chunk_rows`` except for the last.
     mesh: Optional mesh; blocks are then sharded as in ``project_sharded``.
-    progress: ``progress(rows_done, rows_total)`` after each block.
+    progress: ``progress(rows_done, rows_total)`` after each block (skipped blocks count
+      as done).
     rows_axis: Logical axis of the rows (with ``mesh``).
     directions_axis: Logical axis of the directions (with ``mesh``), or ``None``.
     precision: Matmul precision name.
+    skip: Start rows of blocks already finished (a resumed run): neither computed
+      nor sent to the sink. Under multi-process runs every process must pass the same.
 
   Raises:
     InputError: As ``project`` (a non-finite block is reported before it reaches the
@@ -243,6 +248,8 @@ def project_chunked(vectors, directions, chunk_rows: int, metric: str = "cosine"
   """
   _check_args(vectors, directions, metric, precision)
   n, s = np.shape(vectors)[0], np.shape(directions)[0]
+  skip = set(skip)
+  done_rows = [sum(min(chunk_rows, n - r) for r in skip if 0 <= r < n)]
   layout = _Layout(mesh, (chunk_rows, s), rows_axis, directions_axis)
   if chunk_rows <= 0 or chunk_rows % layout.row_multiple:
     raise InputError(f"chunk_rows={chunk_rows} must be a positive multiple of {layout.row_multiple}, the mesh"
@@ -263,14 +270,17 @@ def project_chunked(vectors, directions, chunk_rows: int, metric: str = "cosine"
   def finish(start: int, rows: int, scores: Array, finite: Array) -> None:
     if not bool(finite):
       _raise_nonfinite(vectors[start:start + rows], offset=start)
-    host = np.asarray(scores)[:rows, :s]
+    host = distributed.to_host(scores)[:rows, :s]
     if sink is not None:
       sink(start, host)
+    done_rows[0] += rows
     if progress is not None:
-      progress(start + rows, n)
+      progress(done_rows[0], n)
 
   pending = None
   for start in range(0, n, chunk_rows):
+    if start in skip:
+      continue
     current = dispatch(start)
     if pending is not None:
       finish(*pending)

@@ -5,13 +5,20 @@ so every ``write(start, block)`` from ``project_chunked`` fills whole chunks and
 chunk is ever read back and rewritten. Unwritten cells read as NaN (the fill value).
 
 Completion is recorded by a marker file, ``.complete``, written atomically after the
-last chunk's write has finished; ``open_for_read`` refuses an array without it. Until
-then the directory is a partial result: ``ZarrWriter.written`` lists the row blocks
-this writer finished, which is what a resuming writer will need.
+last chunk's write has finished; ``open_for_read`` refuses an array without it.
+
+Long sweeps are resumable. Each chunk is committed in two steps: tensorstore writes the
+chunk and waits until it is stored, then ``.state.json`` (rewritten atomically) adds
+its start row to ``done``. A run killed at any moment therefore leaves every chunk
+listed in ``done`` complete; a chunk written but not yet listed (or half written) is
+simply computed and written again. ``open_resumable`` reopens such an array when its
+``fingerprint`` (a digest of everything that determines the values) matches, and the
+writer's ``written`` then holds the chunks to skip.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -23,8 +30,10 @@ import tensorstore as ts
 
 from jaxsem.errors import InputError
 from jaxsem.io.cache import atomic_write_text
+from jaxsem.io.out_dir import write_error
 
 COMPLETE_MARKER = ".complete"
+STATE_NAME = ".state.json"
 _METADATA = "zarr.json"
 
 
@@ -47,13 +56,16 @@ class ZarrWriter:
     written: Start rows of the blocks written so far.
   """
 
-  def __init__(self, path: Path, store: ts.TensorStore, chunk_rows: int, attributes: dict[str, Any]):
+  def __init__(self, path: Path, store: ts.TensorStore, chunk_rows: int, attributes: dict[str, Any],
+               fingerprint: str | None = None, written: set[int] | None = None):
     self.path = path
     self.store = store
     self.shape = tuple(int(x) for x in store.shape)
     self.chunk_rows = chunk_rows
     self.attributes = attributes
-    self.written: set[int] = set()
+    self.fingerprint = fingerprint
+    self.written: set[int] = set(written or ())
+    self.resumed = len(self.written)
 
   def write(self, start: int, block: np.ndarray) -> None:
     """Writes ``block [rows, S]`` at row ``start`` and waits until it is on disk.
@@ -67,8 +79,21 @@ class ZarrWriter:
     if start % self.chunk_rows or not 0 <= start < n or block.shape != (expected, s):
       raise InputError(f"Block at row {start} of shape {block.shape} does not fill one chunk of"
                        f" {self.path}; expected a multiple of {self.chunk_rows} and shape {(expected, s)}.")
-    self.store[start:start + expected].write(block).result()
+    try:
+      self.store[start:start + expected].write(block).result()
+    except ValueError as e:  # tensorstore reports I/O failures (full disk, read-only) as ValueError
+      raise _io_error(self.path, e) from None
     self.written.add(start)
+    if self.fingerprint is not None:
+      self._save_state()
+
+  def _save_state(self) -> None:
+    state = {"fingerprint": self.fingerprint, "shape": list(self.shape), "chunk_rows": self.chunk_rows,
+             "done": sorted(self.written)}
+    try:
+      atomic_write_text(self.path / STATE_NAME, json.dumps(state))
+    except OSError as e:
+      raise write_error(self.path, e) from None
 
   __call__ = write
 
@@ -86,13 +111,28 @@ class ZarrWriter:
     if missing:
       raise InputError(f"{self.path} is incomplete: {len(missing)} row blocks were not written"
                        f" (first at row {missing[0]}).")
-    marker = {"shape": list(self.shape), "chunk_rows": self.chunk_rows, "attributes": self.attributes}
-    atomic_write_text(self.path / COMPLETE_MARKER, json.dumps(marker, sort_keys=True))
+    marker = {"shape": list(self.shape), "chunk_rows": self.chunk_rows, "attributes": self.attributes,
+              "fingerprint": self.fingerprint}
+    try:
+      atomic_write_text(self.path / COMPLETE_MARKER, json.dumps(marker, sort_keys=True))
+    except OSError as e:
+      raise write_error(self.path, e) from None
     return self.path
 
 
+def _io_error(path: Path, e: ValueError) -> InputError:
+  text = str(e)
+  for code, name in ((errno.ENOSPC, "No space left on device"), (errno.EROFS, "Read-only file system"),
+                     (errno.EACCES, "Permission denied"), (errno.EDQUOT, "Disk quota exceeded")):
+    if name.lower() in text.lower():
+      return write_error(path, OSError(code, name))
+  return InputError(f"{path}: cannot write the zarr array ({text.splitlines()[0][:200]}); check the directory."
+                    f" Work already committed there is kept: rerun the same command to resume.")
+
+
 def create(path: str | os.PathLike, shape: tuple[int, int], chunk_rows: int, *, chunk_cols: int | None = None,
-           attributes: dict[str, Any] | None = None, overwrite: bool = False) -> ZarrWriter:
+           attributes: dict[str, Any] | None = None, overwrite: bool = False, fingerprint: str | None = None,
+           replace_any: bool = False) -> ZarrWriter:
   """Creates an empty float32 array for a projection and returns its writer.
 
   Args:
@@ -104,6 +144,9 @@ def create(path: str | os.PathLike, shape: tuple[int, int], chunk_rows: int, *, 
       directions cheaper.
     attributes: JSON-serialisable metadata stored in the array (e.g. direction names).
     overwrite: Replace an existing zarr array at ``path``.
+    fingerprint: Record progress in ``.state.json`` for ``open_resumable``.
+    replace_any: With ``overwrite``, also replace a partial array whose metadata was
+      never written (a run killed while creating it).
 
   Raises:
     InputError: For a bad shape or chunking, or an existing array/non-empty directory.
@@ -115,7 +158,7 @@ def create(path: str | os.PathLike, shape: tuple[int, int], chunk_rows: int, *, 
     raise InputError(f"Cannot create {path} with shape {tuple(shape)} and chunks"
                      f" ({chunk_rows}, {chunk_cols}); all sizes must be positive.")
   if path.exists():
-    if (path / _METADATA).is_file() and overwrite:
+    if overwrite and path.is_dir() and ((path / _METADATA).is_file() or replace_any):
       shutil.rmtree(path)
     elif not path.is_dir() or any(path.iterdir()):
       hint = "pass overwrite=True to replace it" if (path / _METADATA).is_file() else "choose another path"
@@ -132,11 +175,67 @@ def create(path: str | os.PathLike, shape: tuple[int, int], chunk_rows: int, *, 
       },
       "create": True,
   }
+  if fingerprint is not None:
+    # The state goes first, so that a run killed while creating the array is recognised
+    # as its own unfinished work and started again, not taken for someone else's.
+    try:
+      path.mkdir(parents=True, exist_ok=True)
+      atomic_write_text(path / STATE_NAME, json.dumps({"fingerprint": fingerprint, "shape": [n, s],
+                                                       "chunk_rows": chunk_rows, "done": []}))
+    except OSError as e:
+      raise write_error(path, e) from None
   try:
     store = ts.open(spec).result()
   except ValueError as e:
-    raise InputError(f"Cannot create a zarr array at {path}: {e}.") from e
-  return ZarrWriter(path, store, chunk_rows, attributes)
+    raise _io_error(path, e) from None
+  return ZarrWriter(path, store, chunk_rows, attributes, fingerprint)
+
+
+def _read_state(path: Path) -> dict[str, Any] | None:
+  try:
+    state = json.loads((path / STATE_NAME).read_text())
+  except (OSError, ValueError):
+    return None
+  return state if isinstance(state, dict) else None
+
+
+def open_resumable(path: str | os.PathLike, shape: tuple[int, int], chunk_rows: int, *, fingerprint: str,
+                   attributes: dict[str, Any] | None = None, overwrite: bool = False,
+                   what: str = "--out_dir") -> ZarrWriter:
+  """Reopens the unfinished (or finished) array at ``path`` if it has ``fingerprint``, else creates it.
+
+  Args:
+    path: Directory of the array.
+    shape, chunk_rows, attributes: As ``create``.
+    fingerprint: Digest of everything that determines the values; a resumed array
+      must have been started with the same one.
+    overwrite: Replace an array at ``path`` that was made from other inputs.
+    what: The flag named in errors.
+
+  Returns:
+    A writer whose ``written`` lists the chunks already committed (all of them when the
+    array is complete; ``finalize`` then just rewrites the marker).
+
+  Raises:
+    InputError: if ``path`` holds an array of other inputs (and not ``overwrite``), or a
+      non-array directory.
+  """
+  path = Path(path)
+  state = _read_state(path) if (path / _METADATA).is_file() else None
+  if state is not None and state.get("fingerprint") == fingerprint:
+    if state.get("shape") == [int(x) for x in shape] and state.get("chunk_rows") == chunk_rows:
+      try:
+        store = ts.open(_spec(path) | {"open": True}).result()
+      except ValueError:
+        store = None  # unreadable metadata: start again below
+      if store is not None and tuple(store.shape) == tuple(shape):
+        done = {int(r) for r in state.get("done", []) if 0 <= int(r) < shape[0] and not int(r) % chunk_rows}
+        return ZarrWriter(path, store, chunk_rows, dict(attributes or {}), fingerprint, done)
+  elif path.exists() and any(path.iterdir()) and not overwrite:
+    raise InputError(f"{path} holds a projection of other inputs (model, scales or options differ); pass "
+                     f"--overwrite to replace it, or choose another {what}.")
+  return create(path, shape, chunk_rows, attributes=attributes, overwrite=True, fingerprint=fingerprint,
+                replace_any=True)
 
 
 def open_for_read(path: str | os.PathLike, require_complete: bool = True) -> ts.TensorStore:

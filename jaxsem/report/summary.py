@@ -33,7 +33,8 @@ def provenance(model=None, **extra: Any) -> dict[str, Any]:
   import jax
 
   prov: dict[str, Any] = {"versions": package_versions(),
-                          "devices": {"platform": jax.default_backend(), "count": jax.device_count()}}
+                          "devices": {"platform": jax.default_backend(), "count": jax.device_count(),
+                                      "processes": jax.process_count()}}
   if model is not None:
     prov["model"] = model.provenance
   prov.update(extra)

@@ -1,0 +1,218 @@
+"""Multi-process runs through JAX's own distributed runtime.
+
+Every launcher that loads a model takes the usual multi-host settings::
+
+    # process 0 of 2 (the coordinator), then the same with --process_id=1
+    python -m launch.sweep --coordinator_address=10.0.0.1:1234 --num_processes=2 --process_id=0
+
+or reads them from the environment: ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` /
+``JAX_PROCESS_ID``, or a cluster JAX detects by itself (Cloud TPU pods, SLURM, Open MPI),
+where ``jax.distributed.initialize()`` needs no arguments. All processes run the same
+program on one global mesh; each holds the param shards of its own devices, and only
+process 0 writes files and prints progress.
+
+On CPU, processes talk through gloo collectives, so ``2 processes x 4 devices`` on one
+machine runs exactly the program of ``1 process x 8 devices``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from jaxsem.errors import InputError
+
+ENV_ADDRESS = "JAX_COORDINATOR_ADDRESS"
+ENV_PROCESSES = "JAX_NUM_PROCESSES"
+ENV_PROCESS_ID = "JAX_PROCESS_ID"
+_MESSAGE_BYTES = 1024
+# Set by the schedulers whose clusters jax.distributed.initialize() detects by itself.
+_CLUSTER_ENV = {
+    "slurm": ("SLURM_JOB_ID", "SLURM_NTASKS"),
+    "ompi": ("OMPI_COMM_WORLD_SIZE",),
+    "tpu": ("TPU_WORKER_HOSTNAMES",),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """How this process joins a multi-process run.
+
+  Attributes:
+    coordinator_address: ``host:port`` of process 0's coordinator service, or None
+      (single process, or a cluster JAX detects by itself).
+    num_processes: number of processes, or None.
+    process_id: this process's index in ``0 .. num_processes - 1``, or None.
+    auto: let ``jax.distributed.initialize()`` detect a TPU/SLURM/Open MPI cluster.
+    timeout_s: seconds to wait for all processes to reach the coordinator.
+    cpu_collectives: CPU collectives implementation for multi-process CPU runs.
+  """
+
+  coordinator_address: str | None = None
+  num_processes: int | None = None
+  process_id: int | None = None
+  auto: bool = False
+  timeout_s: int = 300
+  cpu_collectives: str = "gloo"
+
+  @property
+  def multi_process(self) -> bool:
+    return self.auto or (self.num_processes or 1) > 1
+
+
+def _env_int(name: str) -> int | None:
+  value = os.environ.get(name, "").strip()
+  if not value:
+    return None
+  try:
+    return int(value)
+  except ValueError:
+    raise InputError(f"${name}={value!r} is not an integer; set it to a number or unset it.") from None
+
+
+def _detected_cluster() -> str | None:
+  for name, keys in _CLUSTER_ENV.items():
+    if all(os.environ.get(k) for k in keys):
+      if name == "slurm" and _env_int("SLURM_NTASKS") == 1:
+        continue
+      if name == "ompi" and _env_int("OMPI_COMM_WORLD_SIZE") == 1:
+        continue
+      return name
+  return None
+
+
+def resolve(coordinator_address: str | None = None, num_processes: int | None = None,
+            process_id: int | None = None, *, mode: str = "auto", timeout_s: int = 300) -> Settings:
+  """Settings from flags, else the environment, else cluster detection.
+
+  Args:
+    coordinator_address, num_processes, process_id: the flags (None = not given).
+    mode: ``"auto"`` (flags, environment, then a detected cluster), ``"on"`` (always
+      call ``jax.distributed.initialize``, letting JAX detect what flags leave out),
+      ``"off"`` (single process; the flags must then be unset).
+    timeout_s: seconds to wait for the other processes.
+
+  Raises:
+    InputError: naming the flag when the settings are incomplete or inconsistent.
+  """
+  if mode not in ("auto", "on", "off"):
+    raise InputError(f"--distributed={mode!r}: use auto, on or off.")
+  if timeout_s <= 0:
+    raise InputError(f"--distributed_timeout={timeout_s}: give a positive number of seconds.")
+  address = coordinator_address or os.environ.get(ENV_ADDRESS, "").strip() or None
+  n = num_processes if num_processes is not None else _env_int(ENV_PROCESSES)
+  pid = process_id if process_id is not None else _env_int(ENV_PROCESS_ID)
+  if mode == "off":
+    if (n or 1) > 1:
+      raise InputError(f"--distributed=off but --num_processes={n}; drop one of them.")
+    return Settings(timeout_s=timeout_s)
+  given = {"--coordinator_address": address, "--num_processes": n, "--process_id": pid}
+  if any(v is not None for v in given.values()):
+    if n is not None and n < 1:
+      raise InputError(f"--num_processes={n}: give at least 1.")
+    if n == 1 and not address:
+      return Settings(num_processes=1, process_id=0, timeout_s=timeout_s)
+    missing = [k for k, v in given.items() if v is None]
+    if missing and mode != "on":
+      raise InputError(f"multi-process settings are incomplete: {', '.join(missing)} not given (as a flag or "
+                       f"${ENV_ADDRESS}/${ENV_PROCESSES}/${ENV_PROCESS_ID}); give all three.")
+    if n is not None and pid is not None and not 0 <= pid < n:
+      raise InputError(f"--process_id={pid} is outside 0..{n - 1} for --num_processes={n}.")
+    if address and (":" not in address or not address.rsplit(":", 1)[1].isdigit()):
+      raise InputError(f"--coordinator_address={address!r}: expected host:port, e.g. 10.0.0.1:1234.")
+    return Settings(address, n, pid, auto=mode == "on", timeout_s=timeout_s)
+  if mode == "on" or _detected_cluster():
+    return Settings(auto=True, timeout_s=timeout_s)
+  return Settings(timeout_s=timeout_s)
+
+
+def initialize(settings: Settings) -> dict[str, Any]:
+  """Joins the run described by ``settings`` (a no-op for a single process).
+
+  Must run before anything touches a JAX backend. On CPU it selects gloo collectives.
+
+  Returns:
+    ``{"process_index", "process_count", "coordinator_address"}`` for provenance.
+
+  Raises:
+    InputError: when the coordinator cannot be reached within the timeout, or JAX was
+      already initialised.
+  """
+  import jax
+
+  if not settings.multi_process:
+    return info(settings)
+  platforms = (os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms or "").lower()
+  if not platforms or "cpu" in platforms.split(",")[0]:
+    jax.config.update("jax_cpu_collectives_implementation", settings.cpu_collectives)
+  kwargs: dict[str, Any] = {"initialization_timeout": int(settings.timeout_s)}
+  if settings.coordinator_address is not None:
+    kwargs.update(coordinator_address=settings.coordinator_address, num_processes=settings.num_processes,
+                  process_id=settings.process_id)
+  try:
+    jax.distributed.initialize(**kwargs)
+  except Exception as e:  # noqa: BLE001 - the runtime raises several types; all mean "could not join"
+    where = settings.coordinator_address or "the detected cluster's coordinator"
+    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    raise InputError(f"could not join the multi-process run at {where} within {settings.timeout_s} s "
+                     f"({first}); check --coordinator_address and that all {settings.num_processes or ''} "
+                     f"processes were started, or raise --distributed_timeout.") from None
+  return info(settings)
+
+
+def info(settings: Settings | None = None) -> dict[str, Any]:
+  """This process's place in the run, for provenance."""
+  import jax
+
+  return {"process_index": jax.process_index(), "process_count": jax.process_count(),
+          "coordinator_address": None if settings is None else settings.coordinator_address}
+
+
+def is_main() -> bool:
+  """True on process 0, the one that writes files and prints."""
+  import jax
+
+  return jax.process_index() == 0
+
+
+def broadcast(value: Any) -> Any:
+  """Process 0's ``value`` (a small numpy-able pytree) on every process; identity for one."""
+  import jax
+
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils
+
+  return multihost_utils.broadcast_one_to_all(value)
+
+
+def agree(error: str | None) -> None:
+  """Raises process 0's ``error`` (if any) as ``InputError`` on every process.
+
+  Checks that only process 0 makes (the out_dir lock, a writable out_dir, a resumable
+  state) go through this, so that the other processes stop with the same message
+  instead of waiting at the next collective.
+  """
+  import numpy as np
+
+  buf = np.zeros(_MESSAGE_BYTES, np.uint8)
+  if error:
+    raw = error.encode("utf-8")[:_MESSAGE_BYTES - 1]
+    buf[:len(raw)] = np.frombuffer(raw, np.uint8)
+    buf[-1] = 1
+  buf = np.asarray(broadcast(buf))
+  if buf[-1]:
+    raise InputError(bytes(buf[:-1]).rstrip(b"\0").decode("utf-8", "replace"))
+
+
+def to_host(x) -> "np.ndarray":
+  """``x`` as a numpy array on every process, gathering shards held by other processes."""
+  import jax
+  import numpy as np
+
+  if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
