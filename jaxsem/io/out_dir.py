@@ -55,13 +55,13 @@ def _holder(lock_path: Path) -> str:
 
 def _try_claim(path: Path) -> tuple[int | None, bool, str | None]:
   """(lock fd, created the directory, error message) on this process."""
+  if path.exists() and not path.is_dir():
+    return None, False, f"--out_dir={path} is a file, not a directory; choose another --out_dir."
   created = not path.exists()
   try:
     path.mkdir(parents=True, exist_ok=True)
   except OSError as e:
     return None, False, str(write_error(path, e))
-  if not path.is_dir():
-    return None, False, f"--out_dir={path} is a file, not a directory; choose another --out_dir."
   lock_path = path / LOCK_NAME
   try:
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -221,9 +221,11 @@ def open_resumable(path: str | os.PathLike, shape: tuple[int, int], chunk_rows: 
       non-array directory.
   """
   path = Path(path)
-  state = _read_state(path) if (path / _METADATA).is_file() else None
+  state = _read_state(path)
   if state is not None and state.get("fingerprint") == fingerprint:
-    if state.get("shape") == [int(x) for x in shape] and state.get("chunk_rows") == chunk_rows:
+    # Our own run's array (or a run killed while creating it, when zarr.json is missing).
+    if (path / _METADATA).is_file() and state.get("shape") == [int(x) for x in shape] \
+        and state.get("chunk_rows") == chunk_rows:
       try:
         store = ts.open(_spec(path) | {"open": True}).result()
       except ValueError:

@@ -1,0 +1,203 @@
+"""Long work survives kill -9: the sweep and the steering grid resume to identical output.
+
+Also: one run per out_dir (lock), and an out_dir on a full or read-only disk gives one
+line and keeps what was committed. The launchers run as subprocesses on SmolLM2, as a
+user would run them.
+"""
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from jaxsem.io import out_dir as out_dir_lib
+from jaxsem.kernels import zarr_out
+
+from tests.test_launch import REPO, _assert_one_line_error, _run
+
+SWEEP = ("launch.sweep", "--model=smollm2-135m-instruct", "--scales=osgood28", "--chunk_rows=1024",
+         "--baselines=gaussian")
+STEER = ("launch.steer", "--model=smollm2-135m-instruct", "--n_words=16", "--grid_words=8",
+         "--steer=good-bad,strong-weak,fast-slow", "--alphas=-0.5,0.5", "--method=plain", "--n_random=2",
+         "--n_boot=20", "--n_perm=20", "--batch_size=8")
+# Keys whose values differ between runs by nature (time, throughput, resume counts, paths).
+_VOLATILE = ("seconds", "per_second", "resumed", "provenance", "path", "load_seconds")
+
+
+def _env():
+  env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1")
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+  return env
+
+
+def _numbers(doc):
+  """summary.json without the fields that legitimately differ between two runs."""
+  if isinstance(doc, dict):
+    return {k: _numbers(v) for k, v in doc.items() if not any(t in k for t in _VOLATILE)}
+  if isinstance(doc, list):
+    return [_numbers(v) for v in doc]
+  return doc
+
+
+def _committed(state_file) -> int:
+  try:
+    return len(json.loads(state_file.read_text())["done"])
+  except (OSError, ValueError, KeyError):
+    return 0
+
+
+def _kill_when(args, out, ready, timeout=300):
+  """Starts a launcher and kill -9s it as soon as ``ready()`` holds; returns its exit code."""
+  proc = subprocess.Popen([sys.executable, "-m", *args, f"--out_dir={out}"], cwd=REPO, env=_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and not ready() and time.monotonic() < deadline:
+      time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    return proc.wait(timeout=60)
+  finally:
+    with contextlib.suppress(ProcessLookupError):
+      proc.kill()
+
+
+def _finish(args, out):
+  proc = subprocess.run([sys.executable, "-m", *args, f"--out_dir={out}"], cwd=REPO, env=_env(),
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc, json.loads((out / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def sweep_reference(tmp_path_factory):
+  out = tmp_path_factory.mktemp("reference") / "sweep"
+  _, doc = _finish(SWEEP, out)
+  return doc, zarr_out.open_for_read(out / "projections.zarr").read().result()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["early", "mid", "late", "after_matrix"])
+def test_sweep_killed_then_resumed_is_identical(sweep_reference, tmp_path, when):
+  """kill -9 at several moments (before the array exists, after a few chunks, after most,
+  after the matrix was complete), then the same command: identical matrix and numbers."""
+  ref_doc, ref_matrix = sweep_reference
+  out = tmp_path / "sweep"
+  state = out / "projections.zarr" / zarr_out.STATE_NAME
+  ready = {"early": lambda: out.exists(),
+           "mid": lambda: _committed(state) >= 5,
+           "late": lambda: _committed(state) >= 40,
+           "after_matrix": lambda: (out / "projections.zarr" / zarr_out.COMPLETE_MARKER).exists()}[when]
+  assert _kill_when(SWEEP, out, ready) == -signal.SIGKILL
+  committed = _committed(state)
+  assert not (out / "summary.json").exists()
+  proc, doc = _finish(SWEEP, out)
+  assert doc["zarr"]["resumed"]["chunks_skipped"] == committed
+  assert doc["zarr"]["resumed"]["chunks_computed"] == 48 - committed
+  np.testing.assert_array_equal(zarr_out.open_for_read(out / "projections.zarr").read().result(), ref_matrix)
+  assert _numbers(doc) == _numbers(ref_doc)
+  if committed:
+    assert f"{committed * 1024} resumed" in proc.stderr
+
+
+@pytest.mark.slow
+def test_sweep_of_other_inputs_is_refused_then_overwritten(sweep_reference, tmp_path):
+  out = tmp_path / "sweep"
+  _finish(SWEEP, out)
+  other = [a for a in SWEEP if not a.startswith("--scales")] + ["--scales=norms"]
+  proc = _run(*other, f"--out_dir={out}")
+  _assert_one_line_error(proc, "other inputs", "--overwrite")
+  _, doc = _finish(other + ["--overwrite"], out)
+  assert doc["n_directions"] == 6
+
+
+@pytest.mark.slow
+def test_steering_grid_killed_then_resumed_is_identical(tmp_path):
+  ref_out, out = tmp_path / "reference", tmp_path / "steer"
+  _, ref = _finish(STEER, ref_out)
+  grid_state = out / "checkpoint" / "grid.zarr" / zarr_out.STATE_NAME
+  assert _kill_when(STEER, out, lambda: _committed(grid_state) >= 2) == -signal.SIGKILL
+  committed = _committed(grid_state)
+  assert 2 <= committed < 6  # 8 words x 3 scales x 2 strengths = 48 rows in batches of 8
+  proc, doc = _finish(STEER, out)
+  assert _numbers(doc) == _numbers(ref)
+  assert f"steer grid: 48/48 prompts (100.0%)" in proc.stderr and f"{committed * 8} resumed" in proc.stderr
+
+
+@pytest.mark.slow
+def test_second_run_on_the_same_out_dir_is_refused(tmp_path):
+  out = tmp_path / "sweep"
+  with out_dir_lib.claim(out):
+    proc = _run(*SWEEP, f"--out_dir={out}")
+  _assert_one_line_error(proc, str(out), "in use by", f"pid {os.getpid()}")
+  assert sorted(p.name for p in out.iterdir()) == [out_dir_lib.LOCK_NAME]
+
+
+def test_claim_is_exclusive_and_cleans_up_after_a_user_error(tmp_path):
+  from jaxsem.errors import InputError
+
+  out = tmp_path / "new"
+  with pytest.raises(InputError, match="in use by"):
+    with out_dir_lib.claim(out):
+      with out_dir_lib.claim(out):
+        pass
+  assert not out.exists()  # created by the failed run and left empty: removed
+  with pytest.raises(RuntimeError):
+    with out_dir_lib.claim(out):
+      (out / "result.txt").write_text("committed")
+      raise RuntimeError("the run failed after writing")
+  assert (out / "result.txt").read_text() == "committed"
+  with out_dir_lib.claim(out):  # the lock was released
+    pass
+  target = tmp_path / "a_file"
+  target.write_text("x")
+  with pytest.raises(InputError, match="is a file"):
+    with out_dir_lib.claim(target):
+      pass
+
+
+@contextlib.contextmanager
+def _tmpfs(path, size, read_only=False):
+  """A small tmpfs at ``path`` (root on Linux, as CI runs); skips where mounting is not allowed."""
+  path.mkdir()
+  opts = f"size={size}" + (",ro" if read_only else "")
+  proc = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True, text=True)
+  if proc.returncode:
+    pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}); test_zarr_out covers the same "
+                "error path with an injected ENOSPC")
+  try:
+    yield path
+  finally:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_full_disk_stops_with_one_line_and_resumes_once_there_is_space(sweep_reference, tmp_path):
+  """The 5.5 MB matrix on a 2 MB disk: one line, the committed chunks stay valid; with
+  room again, the same command resumes and gives the reference matrix."""
+  _, ref_matrix = sweep_reference
+  with _tmpfs(tmp_path / "disk", "2m") as disk:
+    out = disk / "sweep"
+    proc = _run(*SWEEP, f"--out_dir={out}")
+    _assert_one_line_error(proc, "No space left on device", "rerun the same command to resume")
+    state = json.loads((out / "projections.zarr" / zarr_out.STATE_NAME).read_text())
+    assert 0 < len(state["done"]) < 48
+    partial = zarr_out.open_for_read(out / "projections.zarr", require_complete=False)
+    for start in state["done"]:
+      np.testing.assert_array_equal(partial[start:start + 1024].read().result(), ref_matrix[start:start + 1024])
+    subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+    _, doc = _finish(SWEEP, out)
+    assert doc["zarr"]["resumed"]["chunks_skipped"] == len(state["done"])
+    np.testing.assert_array_equal(zarr_out.open_for_read(out / "projections.zarr").read().result(), ref_matrix)
+
+
+@pytest.mark.slow
+def test_read_only_out_dir_is_one_line(tmp_path):
+  with _tmpfs(tmp_path / "ro", "1m", read_only=True) as disk:
+    proc = _run(*SWEEP, f"--out_dir={disk / 'sweep'}")
+    _assert_one_line_error(proc, "Read-only file system", "--out_dir")
