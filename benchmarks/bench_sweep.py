@@ -57,24 +57,7 @@ _K = 10  # components whose ratios and scores are computed and compared
 _FRACTIONS = (0.5, 0.8, 0.9)
 _RTOL = 1e-3
 
-_PREP = """
-import numpy as np
-import jaxsem
-from jaxsem.analyses import scale_directions, spaces
-from jaxsem.io.scales import load_scales
-t0 = time.perf_counter()
-model = jaxsem.load({model!r})
-space = spaces.make_space(model, "input_embedding", centre=True)
-v = np.asarray(spaces.apply(space.transform, spaces.vocab_matrix(model, "input_embedding")), np.float32)
-vocab = v.shape[0]
-v = np.ascontiguousarray(v[:{rows}])
-d = scale_directions.build(model, space, list(load_scales({scales!r})), policy={policy!r}, missing="drop")
-u = np.asarray(d.vectors, np.float32)
-np.save({v_path!r}, v)
-np.save({u_path!r}, u)
-_report(seconds=time.perf_counter() - t0, vocab=vocab, v_shape=list(v.shape), u_shape=list(u.shape),
-        asked=d.asked, dropped=len(d.dropped))
-"""
+_PREP = common.VOCAB_PREP
 
 _JAXSEM = """
 import jax, jax.numpy as jnp, numpy as np

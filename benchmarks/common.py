@@ -53,3 +53,25 @@ def gguf_path(name: str) -> str:
   from jaxsem.io import assets
 
   return str(assets.resolve_model(name).path)
+
+
+# Saves V [N, D] (centred input-embedding rows, the first ROWS) and U [S, D] (one direction per
+# scale of SCALES) as .npy files, so that jaxsem and its peer read identical arrays.
+VOCAB_PREP = """
+import numpy as np
+import jaxsem
+from jaxsem.analyses import scale_directions, spaces
+from jaxsem.io.scales import load_scales
+t0 = time.perf_counter()
+model = jaxsem.load({model!r})
+space = spaces.make_space(model, "input_embedding", centre=True)
+v = np.asarray(spaces.apply(space.transform, spaces.vocab_matrix(model, "input_embedding")), np.float32)
+vocab = v.shape[0]
+v = np.ascontiguousarray(v[:{rows}])
+d = scale_directions.build(model, space, list(load_scales({scales!r})), policy={policy!r}, missing="drop")
+u = np.asarray(d.vectors, np.float32)
+np.save({v_path!r}, v)
+np.save({u_path!r}, u)
+_report(seconds=time.perf_counter() - t0, vocab=vocab, v_shape=list(v.shape), u_shape=list(u.shape),
+        asked=d.asked, dropped=len(d.dropped))
+"""
