@@ -9,7 +9,9 @@ or reads them from the environment: ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROC
 ``JAX_PROCESS_ID``, or a cluster JAX detects by itself (Cloud TPU pods, SLURM, Open MPI),
 where ``jax.distributed.initialize()`` needs no arguments. All processes run the same
 program on one global mesh; each holds the param shards of its own devices, and only
-process 0 writes files and prints progress.
+process 0 writes files and prints progress. A process that cannot join within
+``--distributed_timeout`` seconds stops with one ``error:`` line, as does every process of
+a run whose processes were given different ``--num_processes``.
 
 On CPU, processes talk through gloo collectives, so ``2 processes x 4 devices`` on one
 machine runs exactly the program of ``1 process x 8 devices``.
@@ -18,7 +20,11 @@ machine runs exactly the program of ``1 process x 8 devices``.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
+import socket
+import sys
+import threading
 from typing import Any
 
 from jaxsem.errors import InputError
@@ -27,6 +33,9 @@ ENV_ADDRESS = "JAX_COORDINATOR_ADDRESS"
 ENV_PROCESSES = "JAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "JAX_PROCESS_ID"
 _MESSAGE_BYTES = 1024
+# JAX's own join timeout runs this much longer than --distributed_timeout: when it expires, the C++ runtime
+# aborts the process with a stack dump, so our watchdog must give up (with one line) first.
+_JAX_GRACE_S = 30
 # Set by the schedulers whose clusters jax.distributed.initialize() detects by itself.
 _CLUSTER_ENV = {
     "slurm": ("SLURM_JOB_ID", "SLURM_NTASKS"),
@@ -131,13 +140,17 @@ def initialize(settings: Settings) -> dict[str, Any]:
   """Joins the run described by ``settings`` (a no-op for a single process).
 
   Must run before anything touches a JAX backend. On CPU it selects gloo collectives.
+  JAX aborts the process (a C++ fatal error and a stack dump) when the processes do not
+  all meet within its timeout, so a watchdog stops this process first, after
+  ``settings.timeout_s``, with one ``error:`` line on stderr and exit status 2. Once
+  joined, every process checks that the run has the ``num_processes`` it was given.
 
   Returns:
     ``{"process_index", "process_count", "coordinator_address"}`` for provenance.
 
   Raises:
-    InputError: when the coordinator cannot be reached within the timeout, or JAX was
-      already initialised.
+    InputError: when JAX refuses to join (e.g. it was already initialised), or the
+      processes were given different ``--num_processes`` (on every process).
   """
   import jax
 
@@ -146,19 +159,98 @@ def initialize(settings: Settings) -> dict[str, Any]:
   platforms = (os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms or "").lower()
   if not platforms or "cpu" in platforms.split(",")[0]:
     jax.config.update("jax_cpu_collectives_implementation", settings.cpu_collectives)
-  kwargs: dict[str, Any] = {"initialization_timeout": int(settings.timeout_s)}
+  kwargs: dict[str, Any] = {"initialization_timeout": int(settings.timeout_s) + _JAX_GRACE_S}
   if settings.coordinator_address is not None:
     kwargs.update(coordinator_address=settings.coordinator_address, num_processes=settings.num_processes,
                   process_id=settings.process_id)
+  _check_coordinator_port(settings)
+  lock, joined = threading.Lock(), threading.Event()
+  watchdog = threading.Timer(settings.timeout_s, _give_up, args=(settings, lock, joined))
+  watchdog.daemon = True
+  watchdog.start()
   try:
     jax.distributed.initialize(**kwargs)
   except Exception as e:  # noqa: BLE001 - the runtime raises several types; all mean "could not join"
-    where = settings.coordinator_address or "the detected cluster's coordinator"
     first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-    raise InputError(f"could not join the multi-process run at {where} within {settings.timeout_s} s "
-                     f"({first}); check --coordinator_address and that all {settings.num_processes or ''} "
-                     f"processes were started, or raise --distributed_timeout.") from None
+    raise InputError(_join_error(settings, first, waited=False)) from None
+  finally:
+    watchdog.cancel()
+    with lock:  # blocks while the watchdog is exiting; once set, the watchdog does nothing
+      joined.set()
+  _check_process_count(settings)
   return info(settings)
+
+
+def _check_coordinator_port(settings: Settings) -> None:
+  """On process 0: the port its coordinator will listen on must be free (JAX crashes when it is not)."""
+  if settings.process_id != 0 or settings.coordinator_address is None:
+    return
+  port = settings.coordinator_address.rsplit(":", 1)[1]
+  # Where JAX binds the coordinator: $JAX_COORDINATOR_BIND_ADDRESS, else every interface.
+  host, port = (os.environ.get("JAX_COORDINATOR_BIND_ADDRESS") or f"[::]:{port}").rsplit(":", 1)
+  host = host.strip("[]")
+  family = socket.AF_INET6 if ":" in host else socket.AF_INET
+  try:
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+      s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+      if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+      s.bind((host, int(port)))
+  except OSError as e:
+    if e.errno == errno.EADDRINUSE:
+      raise InputError(f"--coordinator_address={settings.coordinator_address}: port {port} is already in "
+                       f"use on process 0's machine, where the coordinator must listen; choose a free "
+                       f"port.") from None
+  except ValueError:
+    pass  # an odd bind address: JAX reports it
+
+
+def _join_error(settings: Settings, reason: str, waited: bool = True) -> str:
+  where = settings.coordinator_address or "the detected cluster's coordinator"
+  n = f"all {settings.num_processes}" if settings.num_processes else "all"
+  if not waited:
+    return f"could not join the multi-process run at {where} ({reason}); check --coordinator_address."
+  return (f"could not join the multi-process run at {where} within {settings.timeout_s} s ({reason}); check "
+          f"--coordinator_address and that {n} processes were started, or raise --distributed_timeout.")
+
+
+def _answers(address: str) -> bool:
+  """True when something accepts TCP connections at ``host:port``."""
+  host, port = address.rsplit(":", 1)
+  try:
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+      return True
+  except (OSError, ValueError):
+    return False
+
+
+def _give_up(settings: Settings, lock: threading.Lock, joined: threading.Event) -> None:
+  """The watchdog: one ``error:`` line (as ``cli.fail`` prints it) and exit status 2, before JAX aborts."""
+  lock.acquire()  # held until the process exits
+  if joined.is_set():
+    lock.release()
+    return
+  if settings.coordinator_address is None:
+    reason = "the other processes did not all arrive"
+  elif settings.process_id != 0 and not _answers(settings.coordinator_address):
+    reason = "nothing answers at that address"
+  else:
+    reason = "the coordinator is up but not every process reached it"
+  sys.stdout.flush()
+  print(f"error: {_join_error(settings, reason)}", file=sys.stderr, flush=True)
+  os._exit(2)  # the main thread is blocked inside the runtime; only a hard exit ends the process
+
+
+def _check_process_count(settings: Settings) -> None:
+  """Stops every process, with one message, when they were given different ``num_processes``."""
+  import jax
+
+  error = None
+  if settings.num_processes is not None and jax.process_count() != settings.num_processes:
+    error = (f"--num_processes={settings.num_processes} on process {jax.process_index()}, but "
+             f"{jax.process_count()} processes joined the run at {settings.coordinator_address}; give every "
+             f"process the same --num_processes.")
+  agree_any(error)
 
 
 def info(settings: Settings | None = None) -> dict[str, Any]:
@@ -187,6 +279,22 @@ def broadcast(value: Any) -> Any:
   return multihost_utils.broadcast_one_to_all(value)
 
 
+def _encode(error: str | None) -> "np.ndarray":
+  import numpy as np
+
+  buf = np.zeros(_MESSAGE_BYTES, np.uint8)
+  if error:
+    raw = error.encode("utf-8")[:_MESSAGE_BYTES - 1]
+    buf[:len(raw)] = np.frombuffer(raw, np.uint8)
+    buf[-1] = 1
+  return buf
+
+
+def _raise_if_set(buf) -> None:
+  if buf[-1]:
+    raise InputError(bytes(buf[:-1]).rstrip(b"\0").decode("utf-8", "replace"))
+
+
 def agree(error: str | None) -> None:
   """Raises process 0's ``error`` (if any) as ``InputError`` on every process.
 
@@ -196,14 +304,25 @@ def agree(error: str | None) -> None:
   """
   import numpy as np
 
-  buf = np.zeros(_MESSAGE_BYTES, np.uint8)
-  if error:
-    raw = error.encode("utf-8")[:_MESSAGE_BYTES - 1]
-    buf[:len(raw)] = np.frombuffer(raw, np.uint8)
-    buf[-1] = 1
-  buf = np.asarray(broadcast(buf))
-  if buf[-1]:
-    raise InputError(bytes(buf[:-1]).rstrip(b"\0").decode("utf-8", "replace"))
+  _raise_if_set(np.asarray(broadcast(_encode(error))))
+
+
+def agree_any(error: str | None) -> None:
+  """Raises the first process's ``error`` (lowest index with one) as ``InputError`` on every process.
+
+  For checks any process can fail; every process must call it.
+  """
+  import jax
+  import numpy as np
+
+  if jax.process_count() == 1:
+    _raise_if_set(_encode(error))
+    return
+  from jax.experimental import multihost_utils
+
+  bufs = np.asarray(multihost_utils.process_allgather(_encode(error))).reshape(-1, _MESSAGE_BYTES)
+  for buf in bufs:
+    _raise_if_set(buf)
 
 
 def to_host(x) -> "np.ndarray":

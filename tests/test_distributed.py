@@ -1,0 +1,447 @@
+"""Multi-process runs: how settings resolve, that 2 processes compute what 1 does, and clean failures.
+
+The multi-process tests start real launcher processes on this machine, each with its own fake CPU
+devices (``XLA_FLAGS``), joined by ``jax.distributed`` on a free localhost port with gloo collectives:
+``2 processes x 4 devices`` must give the numbers of ``1 process x 8 devices`` and of one device.
+"""
+
+import dataclasses
+import fcntl
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from jaxsem import distributed
+from jaxsem.errors import InputError
+from tests.test_launch import REPO, _assert_one_line_error
+
+SMOL = "--model=smollm2-135m-instruct"
+# Everything that could make a child process (or resolve() here) join a run it was not told to join.
+_RUN_ENV = (distributed.ENV_ADDRESS, distributed.ENV_PROCESSES, distributed.ENV_PROCESS_ID, "SLURM_JOB_ID",
+            "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# distributed.resolve: flags, environment, cluster detection (in-process, no JAX runtime involved).
+
+
+@pytest.fixture
+def env(monkeypatch):
+  for key in _RUN_ENV:
+    monkeypatch.delenv(key, raising=False)
+  return monkeypatch
+
+
+def test_nothing_given_is_a_single_process(env):
+  s = distributed.resolve()
+  assert s == distributed.Settings() and not s.multi_process
+
+
+def test_flags_win_over_the_environment(env):
+  env.setenv(distributed.ENV_ADDRESS, "10.0.0.9:9999")
+  env.setenv(distributed.ENV_PROCESSES, "4")
+  env.setenv(distributed.ENV_PROCESS_ID, "3")
+  s = distributed.resolve("127.0.0.1:1234", 2, 1, timeout_s=7)
+  assert (s.coordinator_address, s.num_processes, s.process_id, s.timeout_s) == ("127.0.0.1:1234", 2, 1, 7)
+  assert s.multi_process and not s.auto
+  # One flag given, the rest from the environment.
+  s = distributed.resolve(None, None, 0)
+  assert (s.coordinator_address, s.num_processes, s.process_id) == ("10.0.0.9:9999", 4, 0)
+
+
+def test_environment_alone(env):
+  env.setenv(distributed.ENV_ADDRESS, " 10.0.0.1:1234 ")
+  env.setenv(distributed.ENV_PROCESSES, "2")
+  env.setenv(distributed.ENV_PROCESS_ID, "1")
+  s = distributed.resolve()
+  assert (s.coordinator_address, s.num_processes, s.process_id) == ("10.0.0.1:1234", 2, 1)
+  assert s.multi_process and not s.auto
+
+
+@pytest.mark.parametrize("given, missing", [
+    (dict(coordinator_address="127.0.0.1:1234"), ["--num_processes", "--process_id"]),
+    (dict(num_processes=2, process_id=0), ["--coordinator_address"]),
+    (dict(coordinator_address="127.0.0.1:1234", num_processes=2), ["--process_id"]),
+    (dict(process_id=1), ["--coordinator_address", "--num_processes"]),
+])
+def test_incomplete_settings_name_the_missing_flags(env, given, missing):
+  with pytest.raises(InputError) as e:
+    distributed.resolve(**given)
+  msg = str(e.value)
+  assert "incomplete" in msg and "\n" not in msg
+  for flag in ("--coordinator_address", "--num_processes", "--process_id"):
+    assert (flag in msg) == (flag in missing), msg
+  # --distributed=on leaves what the flags do not say to JAX's own cluster detection.
+  assert distributed.resolve(**given, mode="on").auto
+
+
+def test_incomplete_environment_names_the_missing_flag(env):
+  env.setenv(distributed.ENV_ADDRESS, "127.0.0.1:1234")
+  env.setenv(distributed.ENV_PROCESSES, "2")
+  with pytest.raises(InputError, match="--process_id not given"):
+    distributed.resolve()
+
+
+@pytest.mark.parametrize("pid", [2, 5, -1])
+def test_process_id_out_of_range(env, pid):
+  with pytest.raises(InputError, match=rf"--process_id={pid} is outside 0\.\.1"):
+    distributed.resolve("127.0.0.1:1234", 2, pid)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.0.0.1:port", "10.0.0.1:", "localhost:12a"])
+def test_bad_coordinator_address(env, address):
+  with pytest.raises(InputError, match="--coordinator_address=.*host:port"):
+    distributed.resolve(address, 2, 0)
+
+
+def test_bad_numbers(env):
+  with pytest.raises(InputError, match="--num_processes=0"):
+    distributed.resolve("127.0.0.1:1234", 0, 0)
+  with pytest.raises(InputError, match="--distributed_timeout=0"):
+    distributed.resolve("127.0.0.1:1234", 2, 0, timeout_s=0)
+  with pytest.raises(InputError, match="--distributed='sometimes'"):
+    distributed.resolve(mode="sometimes")
+  env.setenv(distributed.ENV_PROCESSES, "two")
+  with pytest.raises(InputError, match=r"\$JAX_NUM_PROCESSES='two'"):
+    distributed.resolve()
+
+
+def test_off_refuses_several_processes(env):
+  with pytest.raises(InputError, match="--distributed=off but --num_processes=2"):
+    distributed.resolve("127.0.0.1:1234", 2, 0, mode="off")
+  env.setenv(distributed.ENV_PROCESSES, "4")
+  with pytest.raises(InputError, match="--distributed=off but --num_processes=4"):
+    distributed.resolve(mode="off")
+  assert not distributed.resolve(None, 1, 0, mode="off").multi_process
+
+
+def test_one_process_is_a_single_process(env):
+  for s in (distributed.resolve(None, 1, None), distributed.resolve(None, 1, 0),
+            distributed.resolve("127.0.0.1:1234", 1, 0)):
+    assert not s.multi_process and not s.auto
+  env.setenv(distributed.ENV_PROCESSES, "1")
+  assert not distributed.resolve().multi_process
+
+
+def test_slurm_detection(env):
+  env.setenv("SLURM_JOB_ID", "4242")
+  env.setenv("SLURM_NTASKS", "1")
+  assert not distributed.resolve().multi_process  # a one-task job (e.g. salloc) is no multi-process run
+  env.setenv("SLURM_NTASKS", "4")
+  s = distributed.resolve()
+  assert s.auto and s.multi_process and s.coordinator_address is None
+  assert not distributed.resolve(mode="off").multi_process
+  env.delenv("SLURM_JOB_ID")
+  assert not distributed.resolve().multi_process  # SLURM_NTASKS alone is not a SLURM job
+
+
+def test_open_mpi_detection(env):
+  env.setenv("OMPI_COMM_WORLD_SIZE", "1")
+  assert not distributed.resolve().multi_process
+  env.setenv("OMPI_COMM_WORLD_SIZE", "2")
+  assert distributed.resolve().auto
+
+
+def test_single_process_helpers():
+  """In one process, initialize is a no-op and agree/agree_any raise the local verdict."""
+  assert distributed.initialize(distributed.Settings()) == {"process_index": 0, "process_count": 1,
+                                                            "coordinator_address": None}
+  assert distributed.is_main()
+  distributed.agree(None)
+  distributed.agree_any(None)
+  with pytest.raises(InputError, match="^out_dir is busy$"):
+    distributed.agree("out_dir is busy")
+  with pytest.raises(InputError, match="^ünïcode$"):
+    distributed.agree_any("ünïcode")
+  tree = {"a": np.arange(3)}
+  assert distributed.broadcast(tree) is tree
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Launcher processes.
+
+
+@dataclasses.dataclass
+class Ran:
+  returncode: int
+  stdout: str
+  stderr: str
+  seconds: float
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _env(devices: int | None) -> dict[str, str]:
+  """The test environment with ``devices`` fake CPU devices (None: JAX's default of one)."""
+  xla = [f for f in os.environ.get("XLA_FLAGS", "").split()
+         if not f.startswith("--xla_force_host_platform_device_count")]
+  if devices:
+    xla.append(f"--xla_force_host_platform_device_count={devices}")
+  env = {k: v for k, v in os.environ.items() if k not in _RUN_ENV}
+  env.update(JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1", XLA_FLAGS=" ".join(xla))
+  return env
+
+
+def _run_one(module: str, *args: str, devices: int | None, timeout: float = 300) -> Ran:
+  start = time.monotonic()
+  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=_env(devices),
+                        capture_output=True, text=True, timeout=timeout)
+  return Ran(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
+
+
+def _run_group(module: str, args: list[str], tmp_path, *, n: int = 2, devices: int = 4, timeout: float = 300,
+               extra: dict[int, list[str]] | None = None) -> list[Ran]:
+  """Runs ``n`` processes of one run (``extra[i]``: more flags for process i, last flag wins).
+
+  Output goes to files, not pipes: a process blocked on a full pipe would stall the collectives.
+  Whatever still runs after ``timeout`` seconds is killed and the test fails.
+  """
+  port = _free_port()
+  tag = f"{module.rsplit('.', 1)[-1]}-{port}"
+  procs, files = [], []
+  start = time.monotonic()
+  try:
+    for pid in range(n):
+      out = open(tmp_path / f"{tag}-{pid}.out", "w+")
+      err = open(tmp_path / f"{tag}-{pid}.err", "w+")
+      files += [out, err]
+      cmd = [sys.executable, "-m", module, *args, f"--coordinator_address=127.0.0.1:{port}",
+             f"--num_processes={n}", f"--process_id={pid}", *(extra or {}).get(pid, [])]
+      procs.append(subprocess.Popen(cmd, cwd=REPO, env=_env(devices), stdout=out, stderr=err, text=True))
+    ended = [None] * n
+    while None in ended:
+      for i, p in enumerate(procs):
+        if ended[i] is None and p.poll() is not None:
+          ended[i] = time.monotonic() - start
+      if time.monotonic() - start > timeout:
+        pytest.fail(f"{module}: processes {[i for i, t in enumerate(ended) if t is None]} of {n} still ran "
+                    f"after {timeout} s (a hang)")
+      time.sleep(0.1)
+    runs = []
+    for i, p in enumerate(procs):
+      out, err = files[2 * i], files[2 * i + 1]
+      out.seek(0)
+      err.seek(0)
+      runs.append(Ran(p.returncode, out.read(), err.read(), ended[i]))
+    return runs
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait(timeout=30)
+    for f in files:
+      f.close()
+
+
+def _leaves(doc, path=()):
+  if isinstance(doc, dict):
+    for k, v in doc.items():
+      yield from _leaves(v, path + (k,))
+  elif isinstance(doc, list):
+    for i, v in enumerate(doc):
+      yield from _leaves(v, path + (i,))
+  else:
+    yield path, doc
+
+
+def _volatile(path) -> bool:
+  """Timing, throughput, file paths and the provenance of the run's layout, not of its numbers."""
+  keys = [k for k in path if isinstance(k, str)]
+  return any("seconds" in k or k.endswith("per_second") or k in ("path", "devices", "mesh", "params_cache")
+             for k in keys)
+
+
+def _assert_same_numbers(a: dict, b: dict, *, rtol: float = 0.0, atol: float = 0.0) -> int:
+  """Every leaf but the volatile ones: numbers to the tolerance, ints/bools/strings exactly."""
+  la = {k: v for k, v in _leaves(a) if not _volatile(k)}
+  lb = {k: v for k, v in _leaves(b) if not _volatile(k)}
+  assert la.keys() == lb.keys(), sorted(set(la) ^ set(lb), key=str)[:10]
+  bad = []
+  for k, x in la.items():
+    y = lb[k]
+    if isinstance(x, float) or isinstance(y, float):
+      ok = (isinstance(x, (int, float)) and isinstance(y, (int, float)) and not isinstance(x, bool)
+            and (math.isclose(x, y, rel_tol=rtol, abs_tol=atol) or (math.isnan(x) and math.isnan(y))))
+    else:
+      ok = x == y and type(x) is type(y)
+    if not ok:
+      bad.append(f"{'/'.join(map(str, k))}: {x!r} vs {y!r}")
+  assert not bad, f"{len(bad)} leaves differ:\n" + "\n".join(bad[:20])
+  return len(la)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The sweep: 2 processes x 4 devices, 1 process x 8 devices and 1 device give the same numbers.
+
+SWEEP = ["launch.sweep", SMOL, "--scales=osgood28", "--baselines=gaussian,token_pairs"]
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("sweeps")
+  module, *args = SWEEP
+  mesh = "--mesh=data:2,model:4"
+  runs = {
+      "2x4": _run_group(module, [*args, mesh, f"--out_dir={tmp / '2x4'}"], tmp, devices=4),
+      "1x8": [_run_one(module, *args, mesh, f"--out_dir={tmp / '1x8'}", devices=8)],
+      "1x1": [_run_one(module, *args, f"--out_dir={tmp / '1x1'}", devices=None)],
+  }
+  for name, ran in runs.items():
+    for pid, r in enumerate(ran):
+      assert r.returncode == 0, f"{name} process {pid}:\n{r.stderr[-3000:]}"
+  docs = {name: json.loads((tmp / name / "summary.json").read_text()) for name in runs}
+  return tmp, runs, docs
+
+
+@pytest.mark.slow
+def test_sweep_summary_is_the_same_on_any_layout(sweeps):
+  _, _, docs = sweeps
+  devices = {name: doc["provenance"]["devices"] for name, doc in docs.items()}
+  assert devices["2x4"] == {"platform": "cpu", "count": 8, "processes": 2}
+  assert devices["1x8"] == {"platform": "cpu", "count": 8, "processes": 1}
+  assert devices["1x1"] == {"platform": "cpu", "count": 1, "processes": 1}
+  assert docs["2x4"]["provenance"]["model"]["mesh"] == {"data": 2, "model": 4}
+  n = _assert_same_numbers(docs["2x4"], docs["1x8"], rtol=1e-5, atol=1e-7)
+  _assert_same_numbers(docs["2x4"], docs["1x1"], rtol=1e-5, atol=1e-7)
+  assert n > 150  # compared the spectra, not an empty document
+  assert docs["2x4"]["n_tokens"] == 49152
+  assert set(docs["2x4"]["spectra"]) == {"antonym", "gaussian", "token_pairs"}
+
+
+@pytest.mark.slow
+def test_sweep_projection_matrix_is_the_same_on_any_layout(sweeps):
+  from jaxsem.kernels import zarr_out
+
+  tmp, _, _ = sweeps
+  m = {name: zarr_out.open_for_read(tmp / name / "projections.zarr").read().result()
+       for name in ("2x4", "1x8", "1x1")}
+  assert m["2x4"].shape == (49152, 28) and np.isfinite(m["2x4"]).all()
+  np.testing.assert_allclose(m["2x4"], m["1x8"], rtol=0, atol=1e-6)
+  np.testing.assert_allclose(m["2x4"], m["1x1"], rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_sweep_only_process_0_prints_and_writes(sweeps):
+  tmp, runs, _ = sweeps
+  first, second = runs["2x4"]
+  assert "components for 50%" in first.stdout and "wrote " in first.stdout
+  assert "sweep osgood28:" in first.stderr
+  assert "components for 50%" not in second.stdout and "wrote " not in second.stdout
+  assert "sweep osgood28:" not in second.stderr
+  for r in (first, second):
+    assert "Traceback" not in r.stderr and "error:" not in r.stderr
+  assert sorted(p.name for p in (tmp / "2x4").iterdir() if not p.name.startswith(".")) == [
+      "cumulative.png", "cumulative_whitened.png", "projections.zarr", "summary.json"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Steering: a small grid (plain steering only) on 2 processes x 4 devices and on one device.
+
+STEER = ["launch.steer", SMOL, "--n_words=8", "--grid_words=8", "--steer=good-bad,strong-weak",
+         "--alphas=-0.5,0.5", "--n_boot=20", "--n_perm=20", "--method=plain", "--n_random=0"]
+
+
+@pytest.mark.slow
+def test_steer_is_the_same_on_two_processes(tmp_path):
+  module, *args = STEER
+  two = _run_group(module, [*args, "--mesh=data:2,model:4", f"--out_dir={tmp_path / 'two'}"], tmp_path,
+                   devices=4)
+  one = _run_one(module, *args, f"--out_dir={tmp_path / 'one'}", devices=None)
+  for r in (*two, one):
+    assert r.returncode == 0, r.stderr[-3000:]
+  a = json.loads((tmp_path / "two" / "summary.json").read_text())
+  b = json.loads((tmp_path / "one" / "summary.json").read_text())
+  assert a["provenance"]["devices"]["processes"] == 2 and a["provenance"]["devices"]["count"] == 8
+  assert len(a["offtarget"]["per_pair"]) == 2 * 27
+  _assert_same_numbers(a, b, rtol=0.0, atol=1e-4)
+  assert "off-target D vs cosine" in two[0].stdout and "off-target" not in two[1].stdout
+  assert "steer grid:" in two[0].stderr and "steer grid:" not in two[1].stderr
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Faults: one `error:` line on every process, a non-zero exit, and no hang.
+
+
+def _assert_clean_failure(r: Ran, *needles: str) -> None:
+  _assert_one_line_error(r, *needles)
+  assert "Fatal Python error" not in r.stderr and "Check failure" not in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("process_id, reason", [(1, "nothing answers"), (0, "not every process reached it")])
+def test_coordinator_out_of_reach_fails_after_the_timeout(process_id, reason):
+  """Process 1 with no coordinator, or process 0 with no peers: one line after --distributed_timeout.
+
+  Left alone, JAX's runtime aborts the process (a C++ fatal error and stack dump) at its own timeout.
+  """
+  address = f"127.0.0.1:{_free_port()}"  # nobody listens there (process 0 starts the coordinator itself)
+  r = _run_one(SWEEP[0], *SWEEP[1:], "--out_dir=/nonexistent/never-written",
+               f"--coordinator_address={address}", "--num_processes=2", f"--process_id={process_id}",
+               "--distributed_timeout=5", devices=4, timeout=60)
+  _assert_clean_failure(r, address, "within 5 s", reason, "--distributed_timeout")
+  assert r.returncode == 2 and 5 <= r.seconds < 40, r.seconds
+
+
+def test_coordinator_port_in_use_fails_at_once():
+  with socket.socket() as busy:
+    busy.bind(("0.0.0.0", 0))
+    busy.listen()
+    address = f"127.0.0.1:{busy.getsockname()[1]}"
+    r = _run_one(SWEEP[0], *SWEEP[1:], "--out_dir=/nonexistent/never-written",
+                 f"--coordinator_address={address}", "--num_processes=2", "--process_id=0",
+                 "--distributed_timeout=30", devices=4, timeout=60)
+  _assert_clean_failure(r, f"--coordinator_address={address}", "already in use")
+  assert r.seconds < 30
+
+
+def test_mesh_for_one_process_fails_on_both(tmp_path):
+  """data:1,model:4 fits one process's 4 devices but not the run's 8."""
+  runs = _run_group(SWEEP[0], [*SWEEP[1:], "--mesh=data:1,model:4", f"--out_dir={tmp_path / 'out'}",
+                               "--distributed_timeout=30"], tmp_path, timeout=120)
+  for r in runs:
+    _assert_clean_failure(r, "--mesh", "8")
+  assert not (tmp_path / "out").exists()  # process 0 removes the out_dir it created
+
+
+def test_different_num_processes_fails_on_both(tmp_path):
+  runs = _run_group(SWEEP[0], [*SWEEP[1:], f"--out_dir={tmp_path / 'out'}", "--distributed_timeout=30"],
+                    tmp_path, extra={1: ["--num_processes=3"]}, timeout=120)
+  for r in runs:
+    _assert_clean_failure(r, "--num_processes=3", "2 processes joined")
+    assert r.seconds < 30  # told at once, not after --distributed_timeout
+  assert not (tmp_path / "out").exists()
+
+
+def test_out_dir_that_is_a_file_fails_on_both(tmp_path):
+  out = tmp_path / "out"
+  out.write_text("not a directory\n")
+  runs = _run_group(SWEEP[0], [*SWEEP[1:], f"--out_dir={out}", "--distributed_timeout=30"], tmp_path,
+                    timeout=120)
+  for r in runs:
+    _assert_clean_failure(r, f"--out_dir={out}", "is a file")
+    assert r.seconds < 30
+  assert out.read_text() == "not a directory\n"
+
+
+def test_out_dir_held_by_another_run_fails_on_both(tmp_path):
+  out = tmp_path / "out"
+  out.mkdir()
+  with open(out / ".jaxsem.lock", "w") as lock:
+    lock.write(json.dumps({"pid": 4242, "host": "elsewhere", "started": "earlier"}))
+    lock.flush()
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    runs = _run_group(SWEEP[0], [*SWEEP[1:], f"--out_dir={out}", "--distributed_timeout=30"], tmp_path,
+                      timeout=120)
+  for r in runs:
+    _assert_clean_failure(r, f"--out_dir={out}", "in use by jaxsem run pid 4242 on elsewhere")
+  assert sorted(p.name for p in out.iterdir()) == [".jaxsem.lock"]
