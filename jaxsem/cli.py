@@ -122,4 +122,5 @@ def run(main: Callable[[list[str]], None]) -> None:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   # JAX logs its backend probing (e.g. no TPU on this host) at INFO; keep launches quiet.
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+  logging.getLogger("jax._src.distributed").setLevel(logging.WARNING)  # "Connecting to ..." per process
   app.run(wrapped)
