@@ -366,7 +366,8 @@ def _permuted(f: GGUFFile) -> bool:
 
 
 def load_gguf_params(f: GGUFFile, config: ModelConfig, *, dtype: Any = np.float32,
-                     place: Place | None = None) -> dict[str, Any]:
+                     place: Place | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
   """Dequantizes a GGUF file into the params pytree of :mod:`jaxsem.models.config`.
 
   Leaves are built one at a time (stacked leaves ``[L, ...]`` filled layer by layer)
@@ -380,6 +381,7 @@ def load_gguf_params(f: GGUFFile, config: ModelConfig, *, dtype: Any = np.float3
     dtype: numpy dtype of the leaves (float32, float16 or ml_dtypes.bfloat16).
     place: ``place(path, array) -> leaf`` with ``path`` like ``"embed"`` or
       ``"blocks/q"``; default keeps the numpy array.
+    progress: ``progress(params_done, params_total)`` after each tensor read.
 
   Returns:
     ``{"embed", "final_norm", ["unembed"], "blocks": {...}}`` of placed leaves.
@@ -398,17 +400,30 @@ def load_gguf_params(f: GGUFFile, config: ModelConfig, *, dtype: Any = np.float3
     f.release(name)
     return array
 
+  tops, blocks = top_leaves(config), block_leaves(config, permuted)
+  total = sum(math.prod(shape) for _, shape in tops.values())
+  total += sum(config.n_layers * math.prod(shape) for _, _, shape, _ in blocks.values())
+  done = 0
+
+  def advance(n: int) -> None:
+    nonlocal done
+    done += n
+    if progress is not None:
+      progress(done, total)
+
   params: dict[str, Any] = {"blocks": {}}
-  for leaf, (name, shape) in top_leaves(config).items():
+  for leaf, (name, shape) in tops.items():
     array = host_memory.aligned_empty(shape, dtype)
     read(name, out=array)
     params[leaf] = place(leaf, array)
+    advance(array.size)
     del array
     host_memory.trim()
-  for leaf, (suffix, _, shape, write) in block_leaves(config, permuted).items():
+  for leaf, (suffix, _, shape, write) in blocks.items():
     array = host_memory.aligned_empty((config.n_layers, *shape), dtype)
     for i in range(config.n_layers):
       write(read(f"blk.{i}.{suffix}"), array[i])
+      advance(math.prod(shape))
     params["blocks"][leaf] = place(f"blocks/{leaf}", array)
     del array
     host_memory.trim()

@@ -377,7 +377,8 @@ def _prefix(tensors: _Tensors, directory: str) -> str:
 
 
 def load_hf_params(directory: str | os.PathLike, config: ModelConfig, *, dtype: Any = np.float32,
-                   place: Place | None = None) -> dict[str, Any]:
+                   place: Place | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
   """Reads the weights of a snapshot directory into the jaxsem params layout.
 
   Args:
@@ -386,6 +387,7 @@ def load_hf_params(directory: str | os.PathLike, config: ModelConfig, *, dtype: 
     dtype: numpy dtype of the host buffers (``np.float32`` or ``ml_dtypes.bfloat16`` ...).
     place: ``place(path, array)`` called once per complete leaf (``"embed"``,
       ``"blocks/q"`` ...); its result is stored in the params. Default: keep the array.
+    progress: ``progress(params_done, params_total)`` after each tensor read.
 
   Returns:
     The nested params dict (``{"embed": ..., "blocks": {"q": ...}}``).
@@ -398,6 +400,14 @@ def load_hf_params(directory: str | os.PathLike, config: ModelConfig, *, dtype: 
   dtype = np.dtype(dtype)
   L, D, V = config.n_layers, config.d_model, config.vocab_size
   params: dict[str, Any] = {"blocks": {}}
+  total, done = config.n_params, 0
+
+  def advance(n: int) -> None:
+    nonlocal done
+    done += n
+    if progress is not None:
+      progress(min(done, total), total)
+
   with contextlib.ExitStack() as stack:
     tensors = _Tensors(read_hf_dir(d)[2], stack)
     prefix = _prefix(tensors, d)
@@ -420,6 +430,7 @@ def load_hf_params(directory: str | os.PathLike, config: ModelConfig, *, dtype: 
     for path, name, shape, convert in top:
       array = np.asarray(convert(tensors.get(name, shape)), dtype=dtype)
       params[path] = place(path, array)
+      advance(array.size)
       del array
     for path, (name, shape, convert) in block_leaves(config).items():
       buf = None
@@ -428,6 +439,7 @@ def load_hf_params(directory: str | os.PathLike, config: ModelConfig, *, dtype: 
         if buf is None:
           buf = host_memory.aligned_empty((L,) + slot.shape, dtype)
         buf[i] = slot
+        advance(slot.size)
       params["blocks"][path.split("/", 1)[1]] = place(path, buf)
       del buf
   unused = sorted(n for n in tensors.where

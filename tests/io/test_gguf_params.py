@@ -424,3 +424,16 @@ def test_real_model_load_time(name):
   n = sum(v.size for v in _leaves(params).values())
   assert n == config.n_params
   assert seconds < 15, f"{name}: loading took {seconds:.1f} s"
+
+
+def test_load_reports_progress_up_to_every_param(tmp_path):
+  """Loading calls progress(done, total) after each tensor: increasing, ending at n_params."""
+  config = fx.tiny_gemma3_config(n_layers=3)
+  path = fx.write_gguf(tmp_path / "g.gguf", config, fx.random_params(config))
+  calls = []
+  with GGUFFile(path) as f:
+    gp.load_gguf_params(f, gp.read_config(f), progress=lambda done, total: calls.append((done, total)))
+  done = [d for d, _ in calls]
+  assert len(calls) == 2 + 3 * len(gp.block_leaves(config, False))
+  assert all(b > a for a, b in zip(done, done[1:]))
+  assert {t for _, t in calls} == {config.n_params} and done[-1] == config.n_params

@@ -101,8 +101,11 @@ def test_params_equal_state_dict(saved, name):
   with warnings.catch_warnings():
     warnings.simplefilter("error")  # every tensor is used, nothing is unsupported
     config = hc.config_from_hf(config_json, d)
-    params = hc.load_hf_params(d, config)
+    calls = []
+    params = hc.load_hf_params(d, config, progress=lambda done, total: calls.append((done, total)))
   expected = expected_params(fx.state_dict(model), config)
+  assert [t for _, t in calls] == [config.n_params] * len(calls) and calls[-1][0] == config.n_params
+  assert all(b[0] > a[0] for a, b in zip(calls, calls[1:]))
   _assert_equal_flat(params, expected)
   assert params_lib.param_shapes(config) == {k: v.shape for k, v in expected.items()}
   assert all(np.asarray(v).dtype == np.float32 for v in params_lib.flatten(params).values())
