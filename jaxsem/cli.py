@@ -85,10 +85,16 @@ def analysis_options():
 def run_analysis(run: Callable, write: Callable, digest: Callable) -> None:
   """Loads --model, runs ``run(model, options)``, writes to --out_dir, prints the digest."""
   f = flags.FLAGS
-  model = load(f.model, mesh=f.mesh, dtype=f.dtype, params_cache=f.params_cache)
+  model = load_model()
   opts = analysis_options()
   result = run(model, opts)
   report(lambda: write(f.out_dir, result, model, opts), digest(result), result["seconds"])
+
+
+def load_model():
+  """Loads --model on --mesh with --dtype and --params_cache, printing load progress."""
+  f = flags.FLAGS
+  return load(f.model, mesh=f.mesh, dtype=f.dtype, params_cache=f.params_cache, progress=True)
 
 
 def report(write: Callable[[], object], digest: list[str], seconds: float) -> None:

@@ -16,7 +16,7 @@ _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 8, "Tokens to generate.", lowe
 def main(argv):
   if len(argv) > 1:
     raise jaxsem.InputError(f"unexpected arguments {argv[1:]}; pass prompts with --prompt.")
-  model = jaxsem.load(flags.FLAGS.model, mesh=flags.FLAGS.mesh, dtype=flags.FLAGS.dtype)
+  model = cli.load_model()
   print(model.summary())
   for prompt, continuation in zip(_PROMPT.value, model.generate(_PROMPT.value, _MAX_NEW.value)):
     print(f"{prompt!r} -> {continuation!r}")

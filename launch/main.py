@@ -36,7 +36,7 @@ _OUT_DIR = flags.DEFINE_string("out_dir", "out/main", "Where the outputs are wri
 def main(argv):
   del argv
   for name in _MODELS.value:
-    model = jaxsem.load(name, mesh=_MESH.value)
+    model = jaxsem.load(name, mesh=_MESH.value, progress=True)
     out = os.path.join(_OUT_DIR.value, model.provenance["name"])
     print(f"== {model.summary()}\n   loaded in {model.provenance['load_seconds']:.2f} s")
     continuations = model.generate(_PROMPTS.value, _MAX_NEW.value)

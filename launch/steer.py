@@ -14,7 +14,6 @@ from jaxsem import cli
 from jaxsem.analyses import readouts, steer
 from jaxsem.errors import InputError
 from jaxsem.io import out_dir
-from jaxsem.models.load import load
 from jaxsem.report import writers
 
 cli.define_model_flags()
@@ -68,7 +67,7 @@ def main(argv):
       off_weight=f.off_weight, fit_ridge=f.fit_ridge, n_boot=f.n_boot,
       n_perm=f.n_perm, seed=f.seed, batch_size=f.batch_size)
   with out_dir.claim(f.out_dir) as out:
-    model = load(f.model, mesh=f.mesh, dtype=f.dtype)
+    model = cli.load_model()
     result = steer.run_steer(model, opts, checkpoint_dir=out / "checkpoint")
     cli.report(lambda: writers.write_steer(out, result, model, opts), writers.steer_digest(result),
                result["seconds"])

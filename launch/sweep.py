@@ -13,7 +13,6 @@ from absl import flags
 from jaxsem import cli
 from jaxsem.analyses import sweep
 from jaxsem.io import out_dir
-from jaxsem.models.load import load
 from jaxsem.report import writers
 
 cli.define_model_flags()
@@ -47,7 +46,7 @@ def main(argv):
                             min_coverage=f.min_coverage, seed=f.seed, write_zarr=f.write_zarr,
                             overwrite=f.overwrite)
   with out_dir.claim(f.out_dir):
-    model = load(f.model, mesh=f.mesh, dtype=f.dtype)
+    model = cli.load_model()
     result = sweep.run_sweep(model, opts, f.out_dir)
     cli.report(lambda: writers.write_sweep(f.out_dir, result, model, opts), writers.sweep_digest(result),
                result["seconds"])

@@ -15,8 +15,11 @@ from jaxsem.io import assets
 from jaxsem.io import gguf_file
 from jaxsem.io import gguf_params
 from jaxsem.io import hf_checkpoint
+from jaxsem.io import params_cache as params_cache_lib
 from jaxsem.io import tokenizer as tokenizer_lib
+from jaxsem.io import tokenizer_cache
 from jaxsem.models.model import Model
+from jaxsem.progress import Progress
 
 _DTYPES = {"float32": np.float32, "bfloat16": None, "float16": np.float16}
 
@@ -46,7 +49,7 @@ def _merge_file_provenance(provenance: dict, file_prov: dict) -> dict:
 
 
 def load(name_or_path: str | os.PathLike = assets.DEFAULT_MODEL, *, mesh: Mesh | str | None = None,
-         dtype: str = "float32") -> Model:
+         dtype: str = "float32", params_cache: bool = True, progress: bool = False) -> Model:
   """Loads a model for jaxsem.
 
   Args:
@@ -56,6 +59,12 @@ def load(name_or_path: str | os.PathLike = assets.DEFAULT_MODEL, *, mesh: Mesh |
     mesh: a ``Mesh``, a ``--mesh`` string such as ``"data:2,model:4"``, or None for
       the default device. Params are placed on their shardings leaf by leaf as they load.
     dtype: parameter/activation dtype, ``"float32"`` (default) or ``"bfloat16"``.
+    params_cache: keep the loaded params in ``cache_dir()/params`` (and a GGUF file's
+      tokenizer in ``cache_dir()/tokenizers``) and restore them from there on later
+      loads of the same file and dtype (``jaxsem.io.params_cache``, ``tokenizer_cache``);
+      ``$JAXSEM_PARAMS_CACHE=0`` turns both off too.
+    progress: print progress lines (params loaded, rate, ETA) while reading the
+      source file; on process 0 only.
 
   Returns:
     A ``Model`` with config, params, tokenizer and provenance.
@@ -84,16 +93,26 @@ def load(name_or_path: str | os.PathLike = assets.DEFAULT_MODEL, *, mesh: Mesh |
   if resolved.kind == "gguf":
     with gguf_file.GGUFFile(resolved.path) as f:
       config = gguf_params.read_config(f)
-      tokenizer = tokenizer_lib.tokenizer_from_gguf(f.metadata, str(resolved.path))
-      params = gguf_params.load_gguf_params(f, config, dtype=np.float32, place=place)
+      report = Progress(f"load {resolved.name}", config.n_params, unit="params") if progress else None
+      # The tokenizer first: the transient memory of building (or reading) it is free
+      # again before the params arrive, so the two peaks do not add up.
+      tokenizer = tokenizer_cache.cached_tokenizer(
+          f.path, use_cache=params_cache, build=lambda: tokenizer_lib.tokenizer_from_gguf(f.metadata, f.path))
+      params, cache_info = params_cache_lib.cached_params(
+          f.path, config, dtype, mesh, use_cache=params_cache,
+          build=lambda: gguf_params.load_gguf_params(f, config, dtype=np.float32, place=place, progress=report))
       file_prov = _merge_file_provenance(provenance, gguf_params.gguf_provenance(f, config))
       counts = file_prov.get("quant_types", {})
       provenance["quantization"] = ", ".join(f"{k} x{v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
   else:
     config_json, tokenizer_path, _ = hf_checkpoint.read_hf_dir(resolved.path)
     config = hf_checkpoint.config_from_hf(config_json, str(resolved.path))
+    report = Progress(f"load {resolved.name}", config.n_params, unit="params") if progress else None
     tokenizer = tokenizer_lib.tokenizer_from_json(tokenizer_path)
-    params = hf_checkpoint.load_hf_params(resolved.path, config, dtype=np.float32, place=place)
+    params, cache_info = params_cache_lib.cached_params(
+        resolved.path, config, dtype, mesh, use_cache=params_cache,
+        build=lambda: hf_checkpoint.load_hf_params(resolved.path, config, dtype=np.float32, place=place,
+                                                   progress=report))
     _merge_file_provenance(provenance, hf_checkpoint.hf_provenance(config_json, config))
     provenance.setdefault("quantization", "none (safetensors)")
   provenance.update({
@@ -102,6 +121,7 @@ def load(name_or_path: str | os.PathLike = assets.DEFAULT_MODEL, *, mesh: Mesh |
       "tied_embeddings": config.tie_embeddings,
       "embed_scale": config.embed_scale,
       "tokenizer": tokenizer.provenance(),
+      "params_cache": cache_info,
       "load_seconds": round(time.perf_counter() - start, 3),
   })
   return Model(config=config, params=params, tokenizer=tokenizer, provenance=provenance, mesh=mesh)
