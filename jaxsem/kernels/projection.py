@@ -20,6 +20,7 @@ Matmuls run at ``precision="highest"`` by default (full float32 on TPU/GPU);
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Collection
 
 import jax
@@ -214,6 +215,27 @@ def _trim(scores: Array, shape: tuple[int, int], out_sharding: NamedSharding) ->
   return jax.lax.with_sharding_constraint(scores[:shape[0], :shape[1]], out_sharding)
 
 
+@functools.partial(jax.jit, static_argnames=("n_blocks", "size", "out_sharding"))
+def _as_blocks(vectors: Array, n_blocks: int, size: int, out_sharding: NamedSharding | None) -> Array:
+  """``[n_blocks, size, D]`` view of the first ``n_blocks * size`` rows, each block spread
+  over the devices as one block of the projection wants it (one reshuffle, up front)."""
+  blocks = vectors[:n_blocks * size].reshape(n_blocks, size, vectors.shape[1])
+  return blocks if out_sharding is None else jax.lax.with_sharding_constraint(blocks, out_sharding)
+
+
+@functools.partial(jax.jit, static_argnames=("size",))
+def _row_block(vectors: Array, start, size: int) -> Array:
+  """``vectors[start:start + size]`` on one device, with a traced ``start`` (one compile)."""
+  return jax.lax.dynamic_slice_in_dim(vectors, start, size, axis=0)
+
+
+@jax.jit
+def _take_block(blocks: Array, i) -> Array:
+  """Block ``i`` (traced: one compile): local on every device, no communication. Slicing
+  rows of a row-sharded array instead makes XLA gather the whole array for every block."""
+  return jax.lax.dynamic_index_in_dim(blocks, i, axis=0, keepdims=False)
+
+
 def project_chunked(vectors, directions, chunk_rows: int, metric: str = "cosine",
                     sink: Callable[[int, np.ndarray], None] | None = None, *, mesh: Mesh | None = None,
                     progress: Callable[[int, int], None] | None = None, rows_axis: str = "vocab",
@@ -258,8 +280,18 @@ def project_chunked(vectors, directions, chunk_rows: int, metric: str = "cosine"
   d = jax.device_put(d, layout.directions) if mesh is not None else jnp.asarray(d)
   out_sharding = layout.out if mesh is not None else None
 
+  n_full = n // chunk_rows
+  blocks = None
+  if isinstance(vectors, jax.Array) and mesh is not None and n_full and len(skip) < n_full:
+    blocks = _as_blocks(vectors, n_full, chunk_rows, NamedSharding(mesh, P(None, *layout.vectors.spec)))
+
   def dispatch(start: int):
-    block = vectors[start:start + chunk_rows]
+    if blocks is not None and start + chunk_rows <= n:
+      block = _take_block(blocks, start // chunk_rows)
+    elif isinstance(vectors, jax.Array) and start + chunk_rows <= n:
+      block = _row_block(vectors, start, chunk_rows)
+    else:
+      block = vectors[start:start + chunk_rows]
     rows = np.shape(block)[0]
     if rows < chunk_rows:
       block = _pad_rows(block, chunk_rows)
