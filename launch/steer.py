@@ -5,7 +5,8 @@
 
 Writes ``out_dir/summary.json`` (``offtarget``, ``controls``, ``readout_validation``,
 ``methods``, provenance) and ``offtarget.png``, ``offtarget_matrix.png``,
-``dose_response.png``.
+``dose_response.png``. Finished batches of every evaluation are kept in
+``out_dir/checkpoint/``: after ``kill -9`` the same command resumes from them.
 """
 
 from absl import flags

@@ -6,6 +6,10 @@ Writes ``out_dir/projections.zarr`` (``[vocab, directions]`` float32, zarr v3, r
 token ids, column names in its attributes), ``out_dir/summary.json`` (components for
 50/80/90% of the variance for the antonym directions, random baselines and the rated
 words; provenance) and ``cumulative.png``.
+
+The matrix is committed chunk by chunk: after ``kill -9`` the same command resumes from
+the committed chunks, and a finished matrix is reused. Multi-process: add
+``--coordinator_address --num_processes --process_id`` (see jaxsem/distributed.py).
 """
 
 from absl import flags
