@@ -445,3 +445,27 @@ def test_out_dir_held_by_another_run_fails_on_both(tmp_path):
   for r in runs:
     _assert_clean_failure(r, f"--out_dir={out}", "in use by jaxsem run pid 4242 on elsewhere")
   assert sorted(p.name for p in out.iterdir()) == [".jaxsem.lock"]
+
+
+@pytest.mark.slow
+def test_params_cache_saved_by_two_processes_restores_anywhere(sweeps, tmp_path, monkeypatch):
+  """The orbax save is collective: 2 processes save one entry, then 2 processes and a single
+  device restore it (a hit), and the numbers equal the uncached runs'."""
+  _, _, docs = sweeps
+  monkeypatch.setenv("JAXSEM_CACHE", str(tmp_path / "cache"))
+  monkeypatch.setenv("JAXSEM_PARAMS_CACHE", "1")
+  module, *args = SWEEP
+  mesh = "--mesh=data:2,model:4"
+  runs = {"save": _run_group(module, [*args, mesh, f"--out_dir={tmp_path / 'save'}"], tmp_path, devices=4),
+          "restore": _run_group(module, [*args, mesh, f"--out_dir={tmp_path / 'restore'}"], tmp_path, devices=4),
+          "one": [_run_one(module, *args, f"--out_dir={tmp_path / 'one'}", devices=None)]}
+  for name, ran in runs.items():
+    for pid, r in enumerate(ran):
+      assert r.returncode == 0, f"{name} process {pid}:\n{r.stderr[-3000:]}"
+  hits = {}
+  for name in runs:
+    doc = json.loads((tmp_path / name / "summary.json").read_text())
+    hits[name] = doc["provenance"]["model"]["params_cache"]["hit"]
+    _assert_same_numbers(doc, docs["1x8" if name != "one" else "1x1"], rtol=1e-5, atol=1e-7)
+  assert hits == {"save": False, "restore": True, "one": True}
+  assert len(list((tmp_path / "cache" / "params").glob("*/meta.json"))) == 1
