@@ -258,8 +258,8 @@ def _leaves(doc, path=()):
 def _volatile(path) -> bool:
   """Timing, throughput, file paths and the provenance of the run's layout, not of its numbers."""
   keys = [k for k in path if isinstance(k, str)]
-  return any("seconds" in k or k.endswith("per_second") or k in ("path", "devices", "mesh", "params_cache")
-             for k in keys)
+  return any("seconds" in k or k.endswith("per_second")
+             or k in ("path", "devices", "mesh", "params_cache", "resumed") for k in keys)
 
 
 def _assert_same_numbers(a: dict, b: dict, *, rtol: float = 0.0, atol: float = 0.0) -> int:

@@ -126,6 +126,9 @@ def test_steering_grid_killed_then_resumed_is_identical(tmp_path):
   assert 2 <= committed < 6  # 8 words x 3 scales x 2 strengths = 48 rows in batches of 8
   proc, doc = _finish(STEER, out)
   assert _numbers(doc) == _numbers(ref)
+  # The 16 baseline rows and the committed grid batches came from the checkpoint.
+  assert doc["resumed"]["rows_from_checkpoint"] == 16 + committed * 8
+  assert doc["resumed"]["rows_computed"] == ref["resumed"]["rows_computed"] - 16 - committed * 8
   assert f"steer grid: 48/48 prompts (100.0%)" in proc.stderr and f"{committed * 8} resumed" in proc.stderr
 
 

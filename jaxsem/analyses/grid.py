@@ -54,6 +54,9 @@ class Grid:
   batch_size: int = 256
   raw_logits: bool = False
   cache: PrefixCache = dataclasses.field(init=False, repr=False)
+  # Rows taken from checkpoints by ``evaluate`` and rows computed, over this grid's life.
+  rows_resumed: int = dataclasses.field(init=False, default=0)
+  rows_computed: int = dataclasses.field(init=False, default=0)
 
   def __post_init__(self):
     iv_lib.parse_site(self.site)
@@ -115,6 +118,7 @@ class Grid:
     ckpt = None
     if checkpoint_dir is not None and n:
       ckpt = row_checkpoint.RowCheckpoint(checkpoint_dir, name, self.fingerprint(word_index, vectors), n, width, b)
+      self.rows_resumed += sum(min(b, n - r) for r in ckpt.committed)
       if ckpt.committed and hasattr(progress, "resume"):
         progress.resume(sum(min(b, n - r) for r in ckpt.committed))
     blocks, done = [], sum(min(b, n - r) for r in ckpt.committed) if ckpt else 0
@@ -138,6 +142,7 @@ class Grid:
       if ckpt is not None:
         ckpt.commit(start, block)
       blocks.append(block)
+      self.rows_computed += k
       done += k
       if progress is not None:
         progress(done, n)

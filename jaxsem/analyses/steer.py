@@ -345,5 +345,7 @@ def run_steer(model, opts: SteerOptions, checkpoint_dir: str | os.PathLike | Non
   if len(opts.methods) > 1 or opts.methods != ("plain",):
     result["methods"] = steering_methods.compare(grid, opts, units, steered_index, unit, base, w,
                                                  checkpoint_dir=checkpoint_dir)
+  result["resumed"] = {"checkpoint_dir": None if checkpoint_dir is None else str(checkpoint_dir),
+                       "rows_from_checkpoint": grid.rows_resumed, "rows_computed": grid.rows_computed}
   result["seconds"] = round(time.perf_counter() - start, 2)
   return result
