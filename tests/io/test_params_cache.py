@@ -20,13 +20,6 @@ from tests import gguf_fixtures as fx
 VOCAB = 99  # pads to 100 on model:4 and to 104 on model:8
 
 
-@pytest.fixture
-def cache_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-  root = tmp_path / "cache"
-  monkeypatch.setenv(cache.CACHE_ENV, str(root))
-  monkeypatch.delenv(params_cache.ENV, raising=False)
-  return root
-
 
 def _write_toy(path: Path, seed: int = 0) -> str:
   config = dataclasses.replace(fx.tiny_gemma3_config(vocab_size=VOCAB, n_layers=2), tie_embeddings=False)

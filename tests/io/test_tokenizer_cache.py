@@ -7,20 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from jaxsem.io import assets, cache, params_cache, tokenizer_cache
+from jaxsem.io import assets, params_cache, tokenizer_cache
 from jaxsem.io import tokenizer as tokenizer_lib
 from jaxsem.io.gguf_file import GGUFFile
 from tests import gguf_fixtures as fx
 
 TEXTS = ["<t5><t7> <t9>", "The capital of France is", "  two  spaces\tand a tab\n", "naïve café 東京 🤖", ""]
 
-
-@pytest.fixture
-def cache_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-  root = tmp_path / "cache"
-  monkeypatch.setenv(cache.CACHE_ENV, str(root))
-  monkeypatch.delenv(params_cache.ENV, raising=False)
-  return root
 
 
 @pytest.fixture
