@@ -133,6 +133,26 @@ def test_steering_grid_killed_then_resumed_is_identical(tmp_path):
 
 
 @pytest.mark.slow
+def test_fitted_steering_killed_in_its_jacobian_then_resumed_is_identical(tmp_path):
+  """The methods comparison too: killed once a Jacobian batch is committed, the resumed
+  run takes the grid, the controls and that batch from the checkpoint and fits the same
+  vectors (plain, orthogonal and fitted compared as in the uninterrupted run)."""
+  args = tuple(a for a in STEER if not a.startswith("--method")) + ("--method=plain,orthogonal,fitted",
+                                                                    "--fit_steps=50", "--refine=1")
+  ref_out, out = tmp_path / "reference", tmp_path / "steer"
+  _, ref = _finish(args, ref_out)
+  jac_state = out / "checkpoint" / "jacobian.zarr" / zarr_out.STATE_NAME
+  assert _kill_when(args, out, lambda: _committed(jac_state) >= 1) == -signal.SIGKILL
+  committed = _committed(jac_state)
+  assert committed == 1  # 12 training words in batches of 8
+  _, doc = _finish(args, out)
+  assert _numbers(doc) == _numbers(ref)
+  assert set(doc["methods"]["reduction_vs_plain"]) == {"orthogonal", "fitted"}
+  # Baseline 16 + grid 48 + random control 32 rows, and the Jacobian's first 8 words.
+  assert doc["resumed"]["rows_from_checkpoint"] == 16 + 48 + 32 + 8
+
+
+@pytest.mark.slow
 def test_second_run_on_the_same_out_dir_is_refused(tmp_path):
   out = tmp_path / "sweep"
   with out_dir_lib.claim(out):

@@ -190,19 +190,32 @@ def check_finite(ratings: np.ndarray, strengths: Sequence[float], what: str = "-
                      " ratings NaN or inf (the steered activations overflow); use smaller strengths.")
 
 
-def jacobian(grid: Grid, word_index: Sequence[int] | np.ndarray, batch_size: int = 32) -> np.ndarray:
+def jacobian(grid: Grid, word_index: Sequence[int] | np.ndarray, batch_size: int = 32,
+             checkpoint_dir: str | os.PathLike | None = None, name: str = "jacobian") -> np.ndarray:
   """``[N, J, D]``: d rating_j / d steering vector of each (unsteered) word's row.
 
   The rows are independent, so the gradient of the batch sum of rating ``j`` with
-  respect to all rows' vectors holds every row's own gradient; ``jax.jacrev`` takes the
-  ``J`` of them in one batched backward pass per batch of words.
+  respect to all rows' vectors holds every row's own gradient; one forward pass, then
+  the ``J`` backward passes, per batch of words. With ``checkpoint_dir`` every finished
+  batch is kept (as ``Grid.evaluate`` keeps its batches) and taken from there next time.
   """
   m = grid.model
   word_index = np.asarray(word_index, np.int64)
   b = grid.batch_size
   d = m.config.d_model
+  j = len(grid.poles.names)
+  n = len(word_index)
+  ckpt = None
+  if checkpoint_dir is not None and n:
+    key = row_checkpoint.digest("jacobian", grid.fingerprint(word_index, np.zeros((0, d), np.float32)))
+    ckpt = row_checkpoint.RowCheckpoint(checkpoint_dir, name, key, n, j * d, b)
+    grid.rows_resumed += sum(min(b, n - r) for r in ckpt.committed)
   out = []
-  for start in range(0, len(word_index), b):
+  for start in range(0, n, b):
+    stored = ckpt.get(start) if ckpt else None
+    if stored is not None:
+      out.append(stored.reshape(-1, j, d))
+      continue
     rows = word_index[start:start + b]
     k = len(rows)
     if k < b:
@@ -210,8 +223,12 @@ def jacobian(grid: Grid, word_index: Sequence[int] | np.ndarray, batch_size: int
     zeros = grid._put(np.zeros((b, d), np.float32))  # noqa: SLF001 - same placement as the rows
     jac = _jacobian_batch(m.params, m.config, grid.cache, *grid.batch_inputs(rows), zeros,
                           *grid._static[:3], site=grid.site)  # noqa: SLF001
-    out.append(distributed.to_host(jac)[:k])
-  return np.concatenate(out) if out else np.zeros((0, len(grid.poles.names), d), np.float32)
+    block = distributed.to_host(jac)[:k]
+    if ckpt is not None:
+      ckpt.commit(start, block.reshape(k, j * d))
+    grid.rows_computed += k
+    out.append(block)
+  return np.concatenate(out) if out else np.zeros((0, j, d), np.float32)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "site"))

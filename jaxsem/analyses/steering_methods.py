@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -202,7 +203,7 @@ def compare(grid, opts, units: np.ndarray, steered_index, unit: float, base: np.
     raise InputError(f"--fit_share={opts.fit_share} leaves {len(test)} held-out words; use more words.")
   plain = units[steered_index] * unit * opts.compare_alpha  # [S, D]
   t0 = time.perf_counter()
-  jac = grid_lib.jacobian(grid, train)  # [Wtr, J, D]
+  jac = grid_lib.jacobian(grid, train, checkpoint_dir=checkpoint_dir)  # [Wtr, J, D]
   vectors = {"plain": plain}
   report: dict[str, Any] = {"train_words": len(train), "test_words": len(test),
                             "strength": opts.compare_alpha,
@@ -213,8 +214,11 @@ def compare(grid, opts, units: np.ndarray, steered_index, unit: float, base: np.
     report["orth_basis"] = opts.orth_basis
   s = len(steered_index)
 
+  calls = itertools.count()
+
   def measure(words, v):  # real (nonlinear) effects [len(words), S, J] of vectors v [S, D]
-    r, _ = grid.evaluate(np.repeat(words, s), np.tile(v, (len(words), 1)))
+    r, _ = grid.evaluate(np.repeat(words, s), np.tile(v, (len(words), 1)), checkpoint_dir=checkpoint_dir,
+                         name=f"fit_measure_{next(calls)}")
     return r.reshape(len(words), s, -1) - base[words][:, None, :]
 
   if "fitted" in opts.methods:

@@ -513,3 +513,16 @@ def test_orthogonal_directions_top3_removes_the_shared_subspace():
   np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-6)
   with pytest.raises(InputError, match="--orth_basis='pca'"):
     steering_methods.orthogonal_directions(dirs, [0], basis="pca")
+
+
+def test_jacobian_batches_come_back_from_the_checkpoint(model, tmp_path):
+  rows = np.array([1, 4, 9, 2, 7])
+  first = _grid(model, 2)
+  jac = grid_lib.jacobian(first, rows, checkpoint_dir=tmp_path)
+  assert first.rows_computed == 5 and first.rows_resumed == 0
+  again = _grid(model, 2)
+  np.testing.assert_array_equal(grid_lib.jacobian(again, rows, checkpoint_dir=tmp_path), jac)
+  assert again.rows_resumed == 5 and again.rows_computed == 0
+  other = _grid(model, 2)  # other rows: another fingerprint, computed afresh
+  np.testing.assert_array_equal(grid_lib.jacobian(other, rows[::-1], checkpoint_dir=tmp_path), jac[::-1])
+  assert other.rows_computed == 5
