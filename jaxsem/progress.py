@@ -54,21 +54,20 @@ class Progress:
     unit: name of one unit of work.
     every: least seconds between two printed lines.
     enabled: print at all (default: only on process 0).
-    resumed: units already finished by an earlier run; they count as done but not
-      towards the rate, so the ETA reflects the work left.
+    resumed: units finished by an earlier run (see ``resume``).
   """
 
   def __init__(self, what: str, total: int, unit: str = "items", every: float = 2.0,
                stream: TextIO | None = None, enabled: bool | None = None,
-               clock=time.perf_counter, resumed: int = 0):
+               clock=time.perf_counter):
     self.what, self.total, self.unit, self.every = what, int(total), unit, float(every)
-    self.resumed = int(resumed)
+    self.resumed = 0
     self.stream = stream if stream is not None else sys.stderr
     self.enabled = _is_main_process() if enabled is None else enabled
     self._clock = clock
     self._start = clock()
     self._last_print = None
-    self.done = self.resumed
+    self.done = 0
     self.lines: list[str] = []
 
   def line(self) -> str:
@@ -85,7 +84,8 @@ class Progress:
     return text
 
   def resume(self, done: int) -> None:
-    """Marks ``done`` units as finished by an earlier run (not counted in the rate)."""
+    """Marks ``done`` units as finished by an earlier run: they count as done but not
+    towards the rate, so the ETA reflects the work left."""
     self.resumed = self.done = int(done)
 
   def update(self, done: int, total: int | None = None) -> None:

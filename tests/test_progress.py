@@ -46,3 +46,13 @@ def test_long_durations_and_large_rates_are_readable():
   clock.t = 100.0
   p.update(2_500_000)
   assert "25.0k rows/s" in p.lines[0] and "1m40s elapsed" in p.lines[0] and "ETA 5m00s" in p.lines[0]
+
+
+def test_resumed_work_counts_as_done_but_not_in_the_rate():
+  clock, out = _Clock(), io.StringIO()
+  p = Progress("sweep", 1000, unit="tokens", stream=out, enabled=True, clock=clock)
+  p.resume(600)  # finished by a killed run
+  clock.t = 2.0
+  p.update(700)  # 100 tokens in 2 s: 50/s, 300 left -> 6 s
+  assert p.lines[-1] == ("sweep: 700/1000 tokens (70.0%) 50.0 tokens/s, 2.0 s elapsed, 600 resumed, "
+                         "ETA 6.0 s")

@@ -118,10 +118,10 @@ class Grid:
     ckpt = None
     if checkpoint_dir is not None and n:
       ckpt = row_checkpoint.RowCheckpoint(checkpoint_dir, name, self.fingerprint(word_index, vectors), n, width, b)
-      self.rows_resumed += sum(min(b, n - r) for r in ckpt.committed)
+      self.rows_resumed += ckpt.committed_rows
       if ckpt.committed and hasattr(progress, "resume"):
-        progress.resume(sum(min(b, n - r) for r in ckpt.committed))
-    blocks, done = [], sum(min(b, n - r) for r in ckpt.committed) if ckpt else 0
+        progress.resume(ckpt.committed_rows)
+    blocks, done = [], ckpt.committed_rows if ckpt else 0
     for start in range(0, n, b):
       k = min(b, n - start)
       stored = ckpt.get(start) if ckpt else None
@@ -209,7 +209,7 @@ def jacobian(grid: Grid, word_index: Sequence[int] | np.ndarray, batch_size: int
   if checkpoint_dir is not None and n:
     key = row_checkpoint.digest("jacobian", grid.fingerprint(word_index, np.zeros((0, d), np.float32)))
     ckpt = row_checkpoint.RowCheckpoint(checkpoint_dir, name, key, n, j * d, b)
-    grid.rows_resumed += sum(min(b, n - r) for r in ckpt.committed)
+    grid.rows_resumed += ckpt.committed_rows
   out = []
   for start in range(0, n, b):
     stored = ckpt.get(start) if ckpt else None

@@ -11,7 +11,10 @@ changed give a new fingerprint, and the stale checkpoint is replaced.
 
 Under multi-process runs process 0 owns the files: it decides which batches are
 committed, every process skips the same ones, and process 0 sends the stored rows to
-the others.
+the others. A write that fails on process 0 stops every process with its one line.
+
+The whole-vocabulary sweep writes its projection matrix through the same class, with
+``read_back=False``: its committed chunks are only skipped, never read into memory.
 """
 
 from __future__ import annotations
@@ -52,7 +55,23 @@ class RowCheckpoint:
   """
 
   def __init__(self, directory: str | os.PathLike, name: str, fingerprint: str, n_rows: int, width: int,
-               block_rows: int):
+               block_rows: int, *, attributes: dict | None = None, overwrite: bool = True,
+               read_back: bool = True):
+    """Opens (or starts) ``directory/<name>.zarr`` on process 0 and agrees on its committed blocks.
+
+    Args:
+      directory, name: where the array lives.
+      fingerprint: digest of everything that determines the rows.
+      n_rows, width: the ``[n_rows, width]`` float32 array.
+      block_rows: rows per block (and zarr chunk).
+      attributes: stored with the array.
+      overwrite: replace an array of another fingerprint (else refuse, naming
+        ``--overwrite``).
+      read_back: load the committed blocks for ``get``; False only skips them.
+
+    Raises:
+      InputError: on every process, when process 0 cannot open or create the array.
+    """
     self.path = Path(directory) / f"{name}.zarr"
     self.block_rows = int(block_rows)
     self.n_rows, self.width = int(n_rows), int(width)
@@ -60,8 +79,8 @@ class RowCheckpoint:
     if distributed.is_main():
       try:
         self._writer = zarr_out.open_resumable(self.path, (max(self.n_rows, 1), self.width), self.block_rows,
-                                               fingerprint=fingerprint, overwrite=True,
-                                               attributes={"fingerprint": fingerprint})
+                                               fingerprint=fingerprint, overwrite=overwrite,
+                                               attributes=attributes or {"fingerprint": fingerprint})
       except InputError as e:
         error = str(e)
     distributed.agree(error)
@@ -71,7 +90,12 @@ class RowCheckpoint:
       flags[[r // self.block_rows for r in self._writer.written if r < self.n_rows]] = 1
     flags = np.asarray(distributed.broadcast(flags))
     self.committed = {int(i) * self.block_rows for i in np.flatnonzero(flags)}
-    self._stored = self._read_committed()
+    self._stored = self._read_committed() if read_back else {}
+
+  @property
+  def committed_rows(self) -> int:
+    """Rows in the committed blocks."""
+    return sum(min(self.block_rows, self.n_rows - s) for s in self.committed)
 
   def _read_committed(self) -> dict[int, np.ndarray]:
     starts = sorted(self.committed)
@@ -97,13 +121,21 @@ class RowCheckpoint:
 
   def commit(self, start: int, block: np.ndarray) -> None:
     """Stores a computed block; on every process, stops all of them if process 0 cannot write."""
+    self._on_main(lambda w: w.write(start, np.asarray(block, np.float32)))
+
+  def finalize(self) -> None:
+    """Marks the array complete (every block committed); on every process, as ``commit``."""
+    self._on_main(lambda w: w.finalize())
+
+  def _on_main(self, action) -> None:
     error = None
     if self._writer is not None:
       try:
-        self._writer.write(start, np.asarray(block, np.float32))
+        action(self._writer)
       except InputError as e:
         error = str(e)
     distributed.agree(error)
 
   def pending(self, starts: Iterable[int]) -> list[int]:
+    """The block starts among ``starts`` that still have to be computed."""
     return [s for s in starts if s not in self.committed]

@@ -29,8 +29,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxsem import distributed
 from jaxsem.analyses import align as align_lib
+from jaxsem.analyses import row_checkpoint
 from jaxsem.analyses import scale_directions
 from jaxsem.analyses import spaces as spaces_lib
 from jaxsem.errors import InputError
@@ -39,7 +39,6 @@ from jaxsem.io import scales as scales_io
 from jaxsem.kernels import directions as dir_k
 from jaxsem.kernels import projection
 from jaxsem.kernels import spectrum as spectrum_k
-from jaxsem.kernels import zarr_out
 from jaxsem.progress import Progress
 
 BASELINES = ("gaussian", "token_pairs")
@@ -222,42 +221,17 @@ def _write_matrix(model, opts: SweepOptions, space, what: str, vocab, dirs, out_
            "space": space.provenance(), "model": model.provenance.get("name"),
            "sign": "positive pole minus negative pole"}
   key = fingerprint(model, opts, space.provenance(), list(dirs.names), (n_vocab, n_dirs))
-  writer, error = None, None
-  if distributed.is_main():
-    try:
-      writer = zarr_out.open_resumable(path, (n_vocab, n_dirs), chunk, fingerprint=key, attributes=attrs,
-                                       overwrite=opts.overwrite)
-    except InputError as e:
-      error = str(e)
-  distributed.agree(error)
+  store = row_checkpoint.RowCheckpoint(out_dir, ZARR_NAME.removesuffix(".zarr"), key, n_vocab, n_dirs, chunk,
+                                       attributes=attrs, overwrite=opts.overwrite, read_back=False)
   n_chunks = -(-n_vocab // chunk)
-  done = np.zeros(n_chunks, np.int32)
-  if writer is not None:
-    done[[r // chunk for r in writer.written]] = 1
-  done = np.asarray(distributed.broadcast(done))
-  skip = {i * chunk for i in np.flatnonzero(done)}
-  resumed_rows = sum(min(chunk, n_vocab - r) for r in skip)
-
-  def sink(start: int, block: np.ndarray) -> None:
-    error = None
-    if writer is not None:
-      try:
-        writer.write(start, block)
-      except InputError as e:
-        error = str(e)
-    distributed.agree(error)
-
-  progress = Progress(f"sweep {what}", n_vocab, unit="tokens", resumed=resumed_rows)
+  skip = store.committed
+  resumed_rows = store.committed_rows
+  progress = Progress(f"sweep {what}", n_vocab, unit="tokens")
+  progress.resume(resumed_rows)
   t0 = time.perf_counter()
-  projection.project_chunked(vocab, dirs.vectors, chunk, opts.metric, sink=sink, mesh=model.mesh,
+  projection.project_chunked(vocab, dirs.vectors, chunk, opts.metric, sink=store.commit, mesh=model.mesh,
                              progress=progress, skip=skip)
-  error = None
-  if writer is not None:
-    try:
-      writer.finalize()
-    except InputError as e:
-      error = str(e)
-  distributed.agree(error)
+  store.finalize()
   seconds = time.perf_counter() - t0
   progress.close()
   computed = n_vocab - resumed_rows

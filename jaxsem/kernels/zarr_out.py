@@ -88,12 +88,7 @@ class ZarrWriter:
       self._save_state()
 
   def _save_state(self) -> None:
-    state = {"fingerprint": self.fingerprint, "shape": list(self.shape), "chunk_rows": self.chunk_rows,
-             "done": sorted(self.written)}
-    try:
-      atomic_write_text(self.path / STATE_NAME, json.dumps(state))
-    except OSError as e:
-      raise write_error(self.path, e) from None
+    _write_state(self.path, self.fingerprint, self.shape, self.chunk_rows, self.written)
 
   __call__ = write
 
@@ -178,17 +173,23 @@ def create(path: str | os.PathLike, shape: tuple[int, int], chunk_rows: int, *, 
   if fingerprint is not None:
     # The state goes first, so that a run killed while creating the array is recognised
     # as its own unfinished work and started again, not taken for someone else's.
-    try:
-      path.mkdir(parents=True, exist_ok=True)
-      atomic_write_text(path / STATE_NAME, json.dumps({"fingerprint": fingerprint, "shape": [n, s],
-                                                       "chunk_rows": chunk_rows, "done": []}))
-    except OSError as e:
-      raise write_error(path, e) from None
+    _write_state(path, fingerprint, (n, s), chunk_rows, ())
   try:
     store = ts.open(spec).result()
   except ValueError as e:
     raise _io_error(path, e) from None
   return ZarrWriter(path, store, chunk_rows, attributes, fingerprint)
+
+
+def _write_state(path: Path, fingerprint: str, shape, chunk_rows: int, done) -> None:
+  """Atomically (re)writes ``path/.state.json``: the fingerprint and the committed chunks."""
+  state = {"fingerprint": fingerprint, "shape": [int(x) for x in shape], "chunk_rows": chunk_rows,
+           "done": sorted(done)}
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path / STATE_NAME, json.dumps(state))
+  except OSError as e:
+    raise write_error(path, e) from None
 
 
 def _read_state(path: Path) -> dict[str, Any] | None:
