@@ -279,6 +279,18 @@ def broadcast(value: Any) -> Any:
   return multihost_utils.broadcast_one_to_all(value)
 
 
+def all_true(flag: bool) -> bool:
+  """True when ``flag`` holds on every process (a collective when there are several)."""
+  import jax
+  import numpy as np
+
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils
+
+  return bool(np.all(multihost_utils.process_allgather(np.asarray([int(flag)], np.int32))))
+
+
 def _encode(error: str | None) -> "np.ndarray":
   import numpy as np
 

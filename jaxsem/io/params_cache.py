@@ -68,6 +68,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from jaxsem import distributed
 from jaxsem import sharding as sharding_lib
 from jaxsem.io import host_memory
 from jaxsem.io.cache import atomic_write_text, cache_dir
@@ -413,22 +414,9 @@ def _try_lock(entry: Path) -> Iterator[bool]:
       fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
 
 
-def _all(flag: bool) -> bool:
-  """True when ``flag`` holds on every process (a collective when there are several)."""
-  if jax.process_count() == 1:
-    return flag
-  from jax.experimental import multihost_utils
-
-  return bool(np.all(multihost_utils.process_allgather(np.asarray([int(flag)], np.int32))))
-
-
-def _from_main(flag: bool) -> bool:
+def _main_flag(flag: bool) -> bool:
   """Process 0's ``flag`` on every process."""
-  if jax.process_count() == 1:
-    return flag
-  from jax.experimental import multihost_utils
-
-  return bool(multihost_utils.broadcast_one_to_all(np.asarray(int(flag), np.int32)))
+  return bool(np.asarray(distributed.broadcast(np.asarray(int(flag), np.int32))))
 
 
 def _same_key(entry_key: str) -> bool:
@@ -503,7 +491,7 @@ def cached_params(source: str | os.PathLike, config: ModelConfig, dtype: str, me
     entry_key, problem = key(source_sha, dtype), None
   except Exception as e:  # an unwritable or odd cache dir never stops a load
     entry_key, problem = "", _describe(e)
-  if not _all(problem is None):
+  if not distributed.all_true(problem is None):
     _warn(f"params cache unusable ({problem or 'on another process'}); loading without it.")
     return build(), info
   entry = directory / entry_key
@@ -513,12 +501,12 @@ def cached_params(source: str | os.PathLike, config: ModelConfig, dtype: str, me
 
   valid, why = is_valid(entry, entry_key, config, dtype)
   damaged = False
-  if _all(valid):
+  if distributed.all_true(valid):
     try:
       params, error = restore(entry, config, dtype, mesh), None
     except Exception as e:  # damaged files: orbax and tensorstore raise many kinds
       params, error = None, _describe(e)
-    if _all(error is None):
+    if distributed.all_true(error is None):
       host_memory.trim()  # the readers' freed chunk buffers
       seconds = round(time.perf_counter() - start, 3)
       return params, {**info, "hit": True, "path": str(entry), "seconds": seconds}
@@ -529,7 +517,7 @@ def cached_params(source: str | os.PathLike, config: ModelConfig, dtype: str, me
 
   params = build()
   problem = _writable(directory)
-  if not _all(problem is None):
+  if not distributed.all_true(problem is None):
     _warn(f"params cache directory {directory} is not writable ({problem or 'on another process'}); "
           "going on without the cache.")
     return params, info
@@ -538,14 +526,14 @@ def cached_params(source: str | os.PathLike, config: ModelConfig, dtype: str, me
   with _try_lock(entry) if main else contextlib.nullcontext(True) as locked:
     # Another job may be writing the entry (then leave it to it) or may just have finished.
     do_save = locked and (damaged or not is_valid(entry, entry_key, config, dtype)[0])
-    if not _from_main(do_save):
+    if not _main_flag(do_save):
       return params, info
     try:
       save(entry, params, config, dtype, entry_key, {"path": str(source), "sha256": source_sha})
       error = None
     except Exception as e:  # a full disk, say: the params are loaded all the same
       error = _describe(e)
-    if error is not None or not _all(error is None):
+    if error is not None or not distributed.all_true(error is None):
       _warn(f"params cache: could not save {entry} ({error or 'on another process'}); going on without it.")
       if main:
         _remove_entry(entry)
