@@ -15,16 +15,23 @@ ones need no code:
 Two formats, chosen by the file's suffix (configs/scales/README.md has the details):
 
 * ``.json``: an object with ``scales`` (a list of objects with ``name``, ``positive``,
-  ``negative`` and optionally ``factor``, ``norm``, ``pos``, ``note``) and optionally
-  ``name``, ``citation``, ``licence``, ``note``.
+  ``negative`` and optionally ``factor``, ``norm``, ``pos``, ``note``,
+  ``readout_positive``, ``readout_negative``) and optionally ``name``, ``citation``,
+  ``licence``, ``note``.
 * ``.tsv``: optional ``# key: value`` comment lines (``name``, ``citation``, ``licence``,
   ``note``), then a header row with at least ``name``, ``positive``, ``negative``, then
   one scale per row; several words on a pole are separated by ``|``.
+
+Readout words (``readout_positive``, ``readout_negative``) are optional per scale: words
+that read a scale's poles out of a model's logits without being the words that define its
+direction (``scripts/choose_readout_words.py`` writes them into ``osgood28`` and ``norms``
+by the rule in configs/scales/README.md). A scale has both readout poles or neither.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -42,7 +49,9 @@ FACTORS = ("E", "P", "A")
 PARTS_OF_SPEECH = ("adj", "adv", "noun", "verb")
 WORD_SEPARATOR = "|"
 
-_SCALE_KEYS = ("name", "positive", "negative", "factor", "norm", "pos", "note")
+_TAG_KEYS = ("factor", "norm", "pos", "note")
+READOUT_KEYS = ("readout_positive", "readout_negative")
+_SCALE_KEYS = ("name", "positive", "negative", *_TAG_KEYS, *READOUT_KEYS)
 _SET_KEYS = ("name", "citation", "licence", "note")
 # Columns a TSV file may have; ``synsets`` (WordNet sense offsets) is provenance only.
 _TSV_COLUMNS = (*_SCALE_KEYS, "synsets")
@@ -61,6 +70,10 @@ class Scale:
       ``"warriner:valence"``), or None.
     pos: Part of speech (``"adj"``, ``"adv"``, ``"noun"``, ``"verb"``), or None.
     note: Free text, or None.
+    readout_positive: Words that read the positive pole out of a model's logits, none of
+      them a word of ``positive`` or ``negative``; empty when the scale has none.
+    readout_negative: The same for the negative pole; empty exactly when
+      ``readout_positive`` is.
   """
 
   name: str
@@ -70,11 +83,18 @@ class Scale:
   norm: str | None = None
   pos: str | None = None
   note: str | None = None
+  readout_positive: tuple[str, ...] = ()
+  readout_negative: tuple[str, ...] = ()
 
   @property
   def words(self) -> tuple[str, ...]:
     """The positive words, then the negative words."""
     return self.positive + self.negative
+
+  @property
+  def has_readout_words(self) -> bool:
+    """Whether the scale has its own readout words (both poles, as validation ensures)."""
+    return bool(self.readout_positive or self.readout_negative)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +107,8 @@ class ScaleSet:
     source: The file they were read from (used in error messages).
     licence: The data's licence, or None.
     citation: Where the scales come from, or None.
+    sha256: The hex sha256 of the file's bytes (provenance), or None when the set was not
+      read from a file.
   """
 
   name: str
@@ -94,6 +116,7 @@ class ScaleSet:
   source: str
   licence: str | None = None
   citation: str | None = None
+  sha256: str | None = None
 
   def __post_init__(self):
     validate_scales(self.scales, self.source)
@@ -112,6 +135,11 @@ class ScaleSet:
   def words(self) -> tuple[str, ...]:
     """Every distinct pole word, in order of first appearance."""
     return tuple(dict.fromkeys(w for s in self.scales for w in s.words))
+
+  @property
+  def readout_words_given(self) -> bool:
+    """Whether any scale has its own readout words."""
+    return any(s.has_readout_words for s in self.scales)
 
   def __len__(self) -> int:
     return len(self.scales)
@@ -154,6 +182,11 @@ def _check_pole(scale: Scale, side: str, where: str) -> None:
   if not words:
     raise InputError(f"{where}: scale {scale.name!r} has no {side} words;"
                      " list at least one word on each pole.")
+  _check_words(scale, side, where)
+
+
+def _check_words(scale: Scale, side: str, where: str) -> None:
+  words = getattr(scale, side)
   seen = set()
   for word in words:
     if not isinstance(word, str):
@@ -198,6 +231,29 @@ def validate_scale(scale: Scale, where: str) -> None:
     raise InputError(f"{where}: scale {scale.name!r} has {both[0]!r} on both poles;"
                      " remove it from one of them.")
   _check_tags(scale, where)
+  _check_readout(scale, where)
+
+
+def _check_readout(scale: Scale, where: str) -> None:
+  """Readout words: both poles or neither, valid words, none a direction word, none on both."""
+  if not scale.has_readout_words:
+    return
+  for side, other in (READOUT_KEYS, READOUT_KEYS[::-1]):
+    if not getattr(scale, side):
+      raise InputError(f"{where}: scale {scale.name!r} has {other} words but no {side} words;"
+                       " give both readout poles or neither.")
+  direction = set(scale.words)
+  for side in READOUT_KEYS:
+    _check_words(scale, side, where)
+    clash = [w for w in getattr(scale, side) if w in direction]
+    if clash:
+      raise InputError(f"{where}: scale {scale.name!r} has the readout word {clash[0]!r} among its direction"
+                       " words; readout words must differ from the scale's positive and negative words.")
+  negative = set(scale.readout_negative)
+  both = [w for w in scale.readout_positive if w in negative]
+  if both:
+    raise InputError(f"{where}: scale {scale.name!r} has the readout word {both[0]!r} on both readout poles;"
+                     " remove it from one of them.")
 
 
 def validate_scales(scales: tuple[Scale, ...], where: str) -> None:
@@ -240,17 +296,20 @@ def _json_scale(obj: Any, index: int, where: str) -> Scale:
     if key not in obj:
       raise InputError(f"{where}: {label} has no {key!r}; every scale needs name, positive and negative.")
   poles = {}
-  for side in ("positive", "negative"):
-    if not isinstance(obj[side], list):
-      raise InputError(f"{where}: {label} has {side} = {obj[side]!r}; write each pole as a list of words.")
-    poles[side] = tuple(obj[side])
-  optional = {k: _optional_str(obj.get(k), f"{label}'s {k}", where) for k in _SCALE_KEYS[3:]}
+  for side in ("positive", "negative", *READOUT_KEYS):
+    value = obj.get(side, [])
+    if not isinstance(value, list):
+      raise InputError(f"{where}: {label} has {side} = {value!r}; write each pole as a list of words.")
+    poles[side] = tuple(value)
+  optional = {k: _optional_str(obj.get(k), f"{label}'s {k}", where) for k in _TAG_KEYS}
   return Scale(name=name, **poles, **optional)
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: Path) -> tuple[str, str]:
+  """Returns the file's text and the hex sha256 of its bytes."""
   try:
-    return path.read_text(encoding="utf-8")
+    data = path.read_bytes()
+    return data.decode("utf-8"), hashlib.sha256(data).hexdigest()
   except FileNotFoundError:
     raise InputError(f"scale file {path} does not exist; pass one of {', '.join(SCALE_SETS)} or an existing"
                      " .json or .tsv file.") from None
@@ -266,8 +325,9 @@ def read_json(path: Path) -> ScaleSet:
     InputError: The file is missing, not valid JSON, or breaks the format or the rules.
   """
   where = str(path)
+  text, sha256 = _read_text(path)
   try:
-    data = json.loads(_read_text(path))
+    data = json.loads(text)
   except json.JSONDecodeError as e:
     raise InputError(f"{where} is not valid JSON ({e.msg} at line {e.lineno}); fix the file.") from None
   if not isinstance(data, dict) or not isinstance(data.get("scales"), list):
@@ -278,7 +338,7 @@ def read_json(path: Path) -> ScaleSet:
                      f" use only scales, {', '.join(_SET_KEYS)}.")
   meta = {k: _optional_str(data.get(k), f"the file's {k}", where) for k in _SET_KEYS}
   scales = tuple(_json_scale(obj, i, where) for i, obj in enumerate(data["scales"]))
-  return ScaleSet(meta["name"] or path.stem, scales, where, meta["licence"], meta["citation"])
+  return ScaleSet(meta["name"] or path.stem, scales, where, meta["licence"], meta["citation"], sha256)
 
 
 def _tsv_words(cell: str) -> tuple[str, ...]:
@@ -305,7 +365,8 @@ def read_tsv(path: Path) -> ScaleSet:
     InputError: The file is missing, has wrong columns, or breaks the rules.
   """
   where = str(path)
-  lines = _read_text(path).splitlines()
+  text, sha256 = _read_text(path)
+  lines = text.splitlines()
   meta, start = _tsv_header(lines, where)
   columns = lines[start].split("\t")
   missing = [c for c in _SCALE_KEYS[:3] if c not in columns]
@@ -321,10 +382,12 @@ def read_tsv(path: Path) -> ScaleSet:
       raise InputError(f"{where}: line {n} has {len(cells)} tab-separated fields, not {len(columns)};"
                        " give every row one field per column.")
     row = dict(zip(columns, cells))
-    optional = {k: row.get(k) or None for k in _SCALE_KEYS[3:]}
-    scales.append(Scale(row["name"], _tsv_words(row["positive"]), _tsv_words(row["negative"]), **optional))
+    optional = {k: row.get(k) or None for k in _TAG_KEYS}
+    readout = {k: _tsv_words(row.get(k, "")) for k in READOUT_KEYS}
+    scales.append(Scale(row["name"], _tsv_words(row["positive"]), _tsv_words(row["negative"]), **optional,
+                        **readout))
   name = meta.get("name") or path.stem
-  return ScaleSet(name, tuple(scales), where, meta.get("licence"), meta.get("citation"))
+  return ScaleSet(name, tuple(scales), where, meta.get("licence"), meta.get("citation"), sha256)
 
 
 def scale_set_path(name: str) -> Path:
@@ -352,7 +415,8 @@ def load_scales(name_or_path: str | os.PathLike) -> ScaleSet:
   Raises:
     InputError: An unknown name, a missing or malformed file, or a scale that breaks a
       rule (an empty pole, a repeated name, a word on both poles, a non-string word, an
-      unknown factor or norm tag).
+      unknown factor or norm tag, readout words on one pole only, a readout word that is
+      one of the scale's direction words or on both readout poles).
   """
   text = os.fspath(name_or_path)
   is_path = not isinstance(name_or_path, str) or text.endswith((".json", ".tsv")) or os.sep in text

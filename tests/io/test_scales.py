@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import fnmatch
+import hashlib
 import importlib.util
 import json
 import re
@@ -79,6 +80,36 @@ def test_norms_target_the_six_norm_columns():
   assert "Warriner" in norms.citation and "Whissell" in norms.citation
 
 
+# Where a scale's note says this, its readout words need only avoid its own direction words.
+_OWN_SCALE_ONLY = "avoid only its own direction words"
+
+
+@pytest.mark.parametrize("name, with_readout", [("osgood28", 18), ("norms", 6)])
+def test_shipped_readout_words_follow_the_data_rule(name: str, with_readout: int):
+  scale_set = load_scales(name)
+  every_direction_word = set(scale_set.words)
+  assert scale_set.readout_words_given
+  assert sum(s.has_readout_words for s in scale_set) == with_readout  # as configs/scales/README.md states
+  for scale in scale_set:
+    if not scale.has_readout_words:
+      assert _OWN_SCALE_ONLY not in (scale.note or ""), scale.name
+      continue
+    readout = scale.readout_positive + scale.readout_negative
+    assert 2 <= len(scale.readout_positive) <= 4 and 2 <= len(scale.readout_negative) <= 4, scale.name
+    assert not set(scale.readout_positive) & set(scale.readout_negative), scale.name
+    assert all(re.fullmatch(r"[a-z]+", w) for w in readout), scale.name
+    excluded = set(scale.words) if _OWN_SCALE_ONLY in (scale.note or "") else every_direction_word
+    assert not set(readout) & excluded, scale.name
+
+
+def test_wordnet_and_the_scale_files_record_their_sha256():
+  for name in scales.SCALE_SETS:
+    scale_set = load_scales(name)
+    assert scale_set.sha256 == hashlib.sha256(scales.scale_set_path(name).read_bytes()).hexdigest()
+    assert scale_set.subset(scale_set.names[:1]).sha256 == scale_set.sha256
+  assert not load_scales("wordnet").readout_words_given
+
+
 def test_wordnet_has_known_pairs_with_their_part_of_speech():
   wordnet = load_scales("wordnet")
   by_words = {(s.positive, s.negative, s.pos): s for s in wordnet}
@@ -151,6 +182,34 @@ def test_scale_set_is_frozen_and_validated_on_construction():
 # --- reading files -----------------------------------------------------------------------
 
 
+def test_readout_words_round_trip_through_json_and_tsv(tmp_path: Path):
+  path = _write_json(tmp_path / "mine.json", [
+      _pair("up-down", ["up"], ["down"], readout_positive=["high", "raised"],
+            readout_negative=["low", "sunk"]),
+      _pair("left-right", ["left"], ["right"]),
+  ])
+  loaded = load_scales(path)
+  assert loaded["up-down"] == Scale("up-down", ("up",), ("down",), readout_positive=("high", "raised"),
+                                    readout_negative=("low", "sunk"))
+  assert loaded["up-down"].has_readout_words and not loaded["left-right"].has_readout_words
+  assert loaded["left-right"].readout_positive == loaded["left-right"].readout_negative == ()
+  assert loaded.readout_words_given and not loaded.subset(["left-right"]).readout_words_given
+  assert loaded.words == ("up", "down", "left", "right")  # readout words are not pole words
+  assert loaded.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+  tsv = tmp_path / "mine.tsv"
+  tsv.write_text("name\tpositive\tnegative\treadout_positive\treadout_negative\n"
+                 "up-down\tup\tdown\thigh | raised\tlow|sunk\n"
+                 "left-right\tleft\tright\t\t\n", encoding="utf-8")
+  from_tsv = load_scales(tsv)
+  assert from_tsv.scales == loaded.scales
+  assert from_tsv.sha256 == hashlib.sha256(tsv.read_bytes()).hexdigest() != loaded.sha256
+
+
+def test_a_scale_set_built_in_code_has_no_sha256():
+  built = ScaleSet("mine", (Scale("up-down", ("up",), ("down",)),), "mine.json")
+  assert built.sha256 is None and not built.readout_words_given
+
+
 def test_json_file_by_path(tmp_path: Path):
   path = _write_json(tmp_path / "mine.json", [
       _pair("up-down", ["up", "high"], ["down"], factor="P", norm="anew:dominance", pos="adv", note="x"),
@@ -210,6 +269,39 @@ _JSON_ERRORS = {
         [_pair("up-down", ["up"], ["down"], postive=["x"])], r"scale 'up-down' has the unknown key 'postive'",
     ),
     "no scales": ([], r"has no scales"),
+    "readout on one pole only": (
+        [_pair("up-down", ["up"], ["down"], readout_positive=["high", "raised"])],
+        r"scale 'up-down' has readout_positive words but no readout_negative words; give both",
+    ),
+    "readout negative only": (
+        [_pair("up-down", ["up"], ["down"], readout_positive=[], readout_negative=["low"])],
+        r"scale 'up-down' has readout_negative words but no readout_positive words",
+    ),
+    "readout word is a direction word": (
+        [_pair("up-down", ["up", "high"], ["down"], readout_positive=["raised"], readout_negative=["high"])],
+        r"scale 'up-down' has the readout word 'high' among its direction words",
+    ),
+    "readout word on both readout poles": (
+        [_pair("up-down", ["up"], ["down"], readout_positive=["level", "high"],
+               readout_negative=["low", "level"])],
+        r"scale 'up-down' has the readout word 'level' on both readout poles",
+    ),
+    "readout word twice": (
+        [_pair("up-down", ["up"], ["down"], readout_positive=["high", "high"], readout_negative=["low"])],
+        r"scale 'up-down' lists 'high' twice on its readout_positive pole",
+    ),
+    "readout non-string word": (
+        [_pair("up-down", ["up"], ["down"], readout_positive=["high"], readout_negative=[None])],
+        r"scale 'up-down' has the non-string word None on its readout_negative pole",
+    ),
+    "readout empty word": (
+        [_pair("up-down", ["up"], ["down"], readout_positive=["high "], readout_negative=["low"])],
+        r"scale 'up-down' has the word 'high ' on its readout_positive pole",
+    ),
+    "readout pole not a list": (
+        [_pair("up-down", ["up"], ["down"], readout_positive="high", readout_negative=["low"])],
+        r"scale 'up-down' has readout_positive = 'high'; write each pole as a list",
+    ),
 }
 
 
@@ -241,6 +333,10 @@ def test_malformed_json(tmp_path: Path):
         ("name\tpositive\tnegative\nup-down\tup\t\n", r"scale 'up-down' has no negative words"),
         ("name\tpositive\tnegative\nup-down\tup|\tdown\n", r"scale 'up-down' has the word ''"),
         ("# only a comment\n", r"has no header row"),
+        ("name\tpositive\tnegative\treadout_positive\nup-down\tup\tdown\thigh|raised\n",
+         r"scale 'up-down' has readout_positive words but no readout_negative words"),
+        ("name\tpositive\tnegative\treadout_positive\treadout_negative\nup-down\tup\tdown\tup|high\tlow\n",
+         r"scale 'up-down' has the readout word 'up' among its direction words"),
     ],
 )
 def test_malformed_tsv(tmp_path: Path, text: str, pattern: str):
