@@ -1,11 +1,19 @@
 """Human alignment: do projections on antonym directions track human word ratings?
 
 For every scale x norm column: Pearson and Spearman r over the rated words the
-model covers, bootstrap 95% CIs, two nulls (random directions in the same space, and
-directions from random WordNet antonym pairs) with the null's 95th percentile of |r|
-and an empirical two-sided p, and a supervised ceiling (a cross-validated ridge probe
-from the same word vectors to the column), so each direction's r reads as a share of
-what is linearly decodable.
+model covers; 95% percentile bootstrap CIs; two nulls (random directions in the same
+space, and directions from random WordNet antonym pairs) with the null's 95th
+percentile of |r| and an empirical two-sided p; and a supervised ceiling (a
+cross-validated ridge probe from the same word vectors to the column), so each
+direction's r reads as a share of what is linearly decodable.
+
+A direction's r depends on the rated words and on the pole words chosen for the scale.
+``pearson_ci`` / ``spearman_ci`` therefore come from a hierarchical bootstrap that
+resamples both, jointly in each draw (words with replacement, each pole's words with
+replacement within the pole; ``kernels.hierarchical``). The words-only interval, which
+treats the direction as fixed and is too narrow, stays as ``pearson_ci_words`` /
+``spearman_ci_words``, on the same word draws. ``leave_one_pole_out`` is the range of
+Pearson r with each pole word dropped in turn.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxsem.analyses import lexicon
@@ -22,6 +31,7 @@ from jaxsem.analyses import scale_directions
 from jaxsem.analyses import spaces as spaces_lib
 from jaxsem.io import assets
 from jaxsem.kernels import directions as dir_k
+from jaxsem.kernels import hierarchical
 from jaxsem.kernels import probe as probe_k
 from jaxsem.kernels import projection
 from jaxsem.kernels import stats
@@ -76,11 +86,63 @@ def random_pair_directions(model, space, pairs: Sequence[Any], n: int, key: jax.
   dirs = scale_directions.build(model, space, draw, policy=policy, missing="drop", what="wordnet null")
   keep = min(n, len(dirs.names))
   return dataclasses.replace(dirs, names=dirs.names[:keep], vectors=dirs.vectors[:keep],
-                             factors=dirs.factors[:keep], norms=dirs.norms[:keep])
+                             factors=dirs.factors[:keep], norms=dirs.norms[:keep],
+                             pole_vectors={k: dirs.pole_vectors[k] for k in dirs.names[:keep]
+                                           if k in dirs.pole_vectors})
 
 
-def _ci(x, y, key, stat, n_boot):
-  return np.asarray(stats.bootstrap_ci(x, y, key, stat=stat, n_boot=n_boot))
+BOOTSTRAP_UNIT = "words and pole words (within pole)"
+
+
+def _pole_projections(dirs, vectors, metric: str) -> dict[str, hierarchical.PoleProjections]:
+  """The table's words on every pole word of each scale that carries its pole vectors.
+
+  Raises:
+    ValueError: a scale's pole vectors do not average to its direction.
+  """
+  out = {}
+  for s, name in enumerate(dirs.names):
+    if name not in dirs.pole_vectors:
+      continue
+    pos, neg = dirs.pole_vectors[name]
+    d = np.asarray(dirs.vectors[s], np.float64)
+    mean = np.mean(pos, axis=0, dtype=np.float64) - np.mean(neg, axis=0, dtype=np.float64)
+    if np.linalg.norm(mean - d) > 1e-4 * max(np.linalg.norm(d), 1e-12):
+      raise ValueError(f"The pole vectors of scale {name!r} do not average to its direction.")
+    out[name] = hierarchical.pole_projections(vectors, pos, neg, metric)
+  return out
+
+
+def _ci(dist) -> list[float]:
+  return [float(v) for v in np.asarray(stats.percentile_ci(dist))]
+
+
+def _intervals(proj, y, draws, words, key) -> dict[str, Any]:
+  """Hierarchical and words-only intervals of one scale x column, and its leave-one-pole-word-out range.
+
+  Args:
+    proj: ``PoleProjections`` of the rated words, or None when the scale's pole words are unknown
+      (then both intervals are the words-only one).
+    y: ``[N]`` ratings.
+    draws: ``hierarchical.RatingDraws`` of this column (shared by every scale).
+    words: ``([B] pearson, [B] spearman)`` words-only draws, used when ``proj`` is None.
+    key: PRNG key of the pole-word draws.
+  """
+  if proj is None:
+    return {"pearson_ci": _ci(words[0]), "spearman_ci": _ci(words[1]), "pearson_ci_words": _ci(words[0]),
+            "spearman_ci_words": _ci(words[1]), "leave_one_pole_out": None, "ci_resampling": "words"}
+  k = proj.scores.shape[1]
+  n_pos, n_neg = proj.n_positive, k - proj.n_positive
+  n_boot = draws.word_indices.shape[0]
+  # The words-only draws on the kernel's own scores: the same word draws, ratings prepared once.
+  fixed = jnp.broadcast_to(hierarchical.pole_mean_weights(n_pos, n_neg), (n_boot, k))
+  wp, ws = hierarchical.distribution(proj, draws, fixed)
+  resampled = hierarchical.resample_pole_weights(key, n_pos, n_neg, n_boot)
+  hp, hs = hierarchical.distribution(proj, draws, resampled)
+  return {"pearson_ci": _ci(hp), "spearman_ci": _ci(hs), "pearson_ci_words": _ci(wp),
+          "spearman_ci_words": _ci(ws), "leave_one_pole_out": hierarchical.leave_one_out_range(proj, y),
+          # Poles of one word each cannot be resampled: the interval is then the words-only one.
+          "ci_resampling": "words+pole_words" if max(n_pos, n_neg) > 1 else "words"}
 
 
 def align(dirs: scale_directions.Directions, norms: Sequence[NormWords], *,
@@ -90,22 +152,29 @@ def align(dirs: scale_directions.Directions, norms: Sequence[NormWords], *,
   """Correlates every direction with every norm column.
 
   Args:
-    dirs: directions of the scales under test (in the same space as the norm vectors).
+    dirs: directions of the scales under test (in the same space as the norm vectors);
+      scales with ``pole_vectors`` get the hierarchical interval, others the words-only one.
     norms: resolved human norm tables.
-    key: PRNG key; bootstrap, null and probe folds derive from it.
+    key: PRNG key; bootstrap, pole-word draws, null and probe folds derive from it.
     n_boot: bootstrap resamples.
     n_null: random directions in the null.
     null_pairs: optional directions of random WordNet antonym pairs (second null).
     metric: "cosine" or "dot" projection.
-    probe_folds: outer folds of the probe's cross-validation.
+    probe_folds: outer (and inner) folds of the probe's cross-validation.
 
   Returns:
-    ``{"results": [...], "probe": {...}, "nulls": {...}}``; each result has scale,
-    norm, column, pearson, pearson_ci, spearman, spearman_ci, n, coverage, null_p95,
-    p_value, pairs_null_p95, pairs_p_value, probe_r, share_of_probe.
+    ``{"results": [...], "probe": {...}, "nulls": {...}, "settings": {...}}``. Each result
+    has scale, factor, scale_norm_tag (the norm column the scale is tagged with, e.g.
+    "warriner:valence", or None), norm and column (the table and column correlated),
+    matches_tag (column is the scale's tagged one), pearson, pearson_ci, spearman,
+    spearman_ci (hierarchical: words and pole words), pearson_ci_words,
+    spearman_ci_words (words only), leave_one_pole_out ([min, max] Pearson r with one
+    pole word dropped, or None), ci_resampling ("words+pole_words" or "words"), n,
+    coverage, null_p95, p_value, pairs_null_p95, pairs_p_value, probe_r, share_of_probe.
   """
   d = int(dirs.vectors.shape[1])
   k_null, k_boot, k_probe = jax.random.split(key, 3)
+  k_poles = jax.random.fold_in(key, 3)
   null_dirs = dir_k.random_directions(k_null, n_null, d)
   results, probes, nulls = [], {}, {}
   for nw in norms:
@@ -113,6 +182,7 @@ def align(dirs: scale_directions.Directions, norms: Sequence[NormWords], *,
     null_scores = np.asarray(projection.project(nw.vectors, null_dirs, metric))
     pair_scores = (np.asarray(projection.project(nw.vectors, null_pairs.vectors, metric))
                    if null_pairs is not None else None)
+    poles = _pole_projections(dirs, nw.vectors, metric)
     x_all = np.asarray(nw.vectors)
     for ci_idx, (column, ratings) in enumerate(sorted(nw.columns.items())):
       ok = np.isfinite(ratings)
@@ -121,8 +191,15 @@ def align(dirs: scale_directions.Directions, norms: Sequence[NormWords], *,
       kb = jax.random.fold_in(k_boot, ci_idx)
       pear = np.asarray(stats.pearson_columns(x, y))
       spear = np.asarray(stats.spearman_columns(x, y))
-      pear_ci = _ci(x, y, kb, "pearson", n_boot)
-      spear_ci = _ci(x, y, kb, "spearman", n_boot)
+      # Word draws as stats.bootstrap_ci(x, y, kb) would draw them; shared by every scale.
+      idx = stats.bootstrap_indices(kb, int(ok.sum()), n_boot)
+      draws = hierarchical.rating_draws(y, idx)
+      need_words = [s for s, name in enumerate(dirs.names) if name not in poles]
+      words = {}
+      if need_words:
+        wp = np.asarray(stats.bootstrap_distribution(x[:, need_words], y, idx, "pearson"))
+        ws = np.asarray(stats.bootstrap_distribution(x[:, need_words], y, idx, "spearman"))
+        words = {s: (wp[:, j], ws[:, j]) for j, s in enumerate(need_words)}
       null_r = np.asarray(stats.null_distribution(null_scores[ok], y))
       rand = stats.null_summary(pear, null_r)
       pairs = None
@@ -141,11 +218,16 @@ def align(dirs: scale_directions.Directions, norms: Sequence[NormWords], *,
       probes[f"{nw.name}:{column}"] = {"r": probe_r, "r_per_fold": np.asarray(pr.r_per_fold).tolist(),
                                         "best_l2": np.asarray(pr.best_l2).tolist(), "n": int(pr.n)}
       for s, name in enumerate(dirs.names):
+        proj = poles.get(name)
+        if proj is not None:
+          proj = proj._replace(scores=proj.scores[ok])
+        ci = _intervals(proj, y, draws, words.get(s),
+                        jax.random.fold_in(jax.random.fold_in(k_poles, ci_idx), s))
+        tag = dirs.norms[s]
         results.append({
-            "scale": name, "factor": dirs.factors[s], "target": dirs.norms[s],
-            "norm": nw.name, "column": column,
-            "pearson": float(pear[s]), "pearson_ci": pear_ci[s].tolist(),
-            "spearman": float(spear[s]), "spearman_ci": spear_ci[s].tolist(),
+            "scale": name, "factor": dirs.factors[s], "scale_norm_tag": tag,
+            "norm": nw.name, "column": column, "matches_tag": tag == f"{nw.name}:{column}",
+            "pearson": float(pear[s]), "spearman": float(spear[s]), **ci,
             "n": int(ok.sum()), "coverage": nw.report["coverage"],
             "null_p95": float(np.asarray(rand["p95"])), "p_value": float(np.asarray(rand["p_value"])[s]),
             "pairs_null_p95": None if pairs is None else float(np.asarray(pairs["p95"])),
@@ -153,4 +235,12 @@ def align(dirs: scale_directions.Directions, norms: Sequence[NormWords], *,
             "probe_r": probe_r,
             "share_of_probe": float(abs(pear[s]) / probe_r) if probe_r > 0 else None,
         })
-  return {"results": results, "probe": probes, "nulls": nulls}
+  settings = {
+      "probe": {"folds": probe_folds, "inner_folds": probe_folds, "l2_grid": list(probe_k.DEFAULT_L2_GRID),
+                "solver": "closed", "standardised": True},
+      "bootstrap": {"n_boot": n_boot, "unit": BOOTSTRAP_UNIT, "interval": "95% percentile",
+                    "words_only_unit": "words"},
+      "nulls": {"n_random": n_null, "n_pairs": 0 if null_pairs is None else len(null_pairs.names)},
+      "metric": metric,
+  }
+  return {"results": results, "probe": probes, "nulls": nulls, "settings": settings}

@@ -43,6 +43,9 @@ class Directions:
     asked: number of scales asked for (``len(names)`` may be smaller when missing
       scales were dropped).
     dropped: scale name -> reason, for scales that could not be built.
+    pole_vectors: scale name -> (``[P, D]`` positive, ``[M, D]`` negative) float32 vectors
+      of the pole words averaged into its direction, in the space (for semaxis the
+      expanded poles), so the pole words can be resampled; empty when not known.
   """
 
   names: tuple[str, ...]
@@ -54,6 +57,7 @@ class Directions:
   poles: dict[str, dict[str, Any]]
   asked: int
   dropped: dict[str, str]
+  pole_vectors: dict[str, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
 
   @property
   def coverage(self) -> float:
@@ -61,7 +65,11 @@ class Directions:
     return len(self.names) / self.asked if self.asked else 0.0
 
   def report(self) -> dict[str, Any]:
-    """JSON-friendly summary: method, sign convention, coverage, dropped examples."""
+    """JSON-friendly summary: method, sign convention, coverage, dropped scales and pole words.
+
+    ``dropped_pole_words`` maps every built scale that lost a pole word to
+    ``{word: reason}``; scales dropped whole are in ``dropped_scales``.
+    """
     words_asked = sum(p["asked"] for p in self.poles.values())
     words_used = sum(len(p["positive"]) + len(p["negative"]) for p in self.poles.values())
     return {
@@ -75,6 +83,8 @@ class Directions:
         "pole_words_used": words_used,
         "dropped_scales": dict(list(self.dropped.items())[:20]),
         "n_dropped_scales": len(self.dropped),
+        "dropped_pole_words": {name: dict(p["dropped"]) for name, p in self.poles.items()
+                               if p.get("dropped")},
     }
 
 
@@ -125,7 +135,7 @@ def build(model, space, scales: Sequence[Any], *, policy: str = "single", method
     vocab = spaces_lib.vocab_matrix(model, space.name)
     if space.transform is not None:
       vocab = spaces_lib.apply(space.transform, vocab)
-  names, vecs, factors, norms, poles, dropped = [], [], [], [], {}, {}
+  names, vecs, factors, norms, poles, dropped, pole_vectors = [], [], [], [], {}, {}, {}
   seen = set()
   rows, vectors, wt = _all_word_vectors(model, scales, policy, space, case_variants)
   # Pole means are computed on the host: thousands of scales (WordNet) would otherwise cost
@@ -165,6 +175,7 @@ def build(model, space, scales: Sequence[Any], *, policy: str = "single", method
       info["positive_neighbours"] = [model.tokenizer.id_to_token(int(i)) for i in np.asarray(pos_x.indices)]
       info["negative_neighbours"] = [model.tokenizer.id_to_token(int(i)) for i in np.asarray(neg_x.indices)]
       d = np.asarray(dir_k.pole_mean_difference(pos_x.vectors, neg_x.vectors))
+      pos, neg = np.asarray(pos_x.vectors, np.float32), np.asarray(neg_x.vectors, np.float32)
     else:
       # pole_mean, and pair_mean without pair normalisation, are both mean(pos) - mean(neg).
       d = pos.mean(axis=0) - neg.mean(axis=0)
@@ -173,6 +184,7 @@ def build(model, space, scales: Sequence[Any], *, policy: str = "single", method
     factors.append(getattr(scale, "factor", None))
     norms.append(getattr(scale, "norm", None))
     poles[scale.name] = info
+    pole_vectors[scale.name] = (pos, neg)
   asked = len(seen)
   if not names:
     raise InputError(f"{what}: none of the {asked} scales has usable words on both poles under "
@@ -183,4 +195,4 @@ def build(model, space, scales: Sequence[Any], *, policy: str = "single", method
                      "use --policy=mean or lower --min_coverage.")
   return Directions(names=tuple(names), vectors=jnp.asarray(np.stack(vecs), jnp.float32),
                     factors=tuple(factors), norms=tuple(norms), method=method, policy=policy,
-                    poles=poles, asked=asked, dropped=dropped)
+                    poles=poles, asked=asked, dropped=dropped, pole_vectors=pole_vectors)

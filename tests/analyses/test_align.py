@@ -4,10 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 from jaxsem.analyses import align, scale_directions, spaces
 from jaxsem.errors import InputError
 from jaxsem.io.scales import Scale
+from jaxsem.kernels import hierarchical, stats
 from jaxsem.models.model import Model
 from tests import toy
 from tests.analyses import toy_tokenizer
@@ -15,17 +17,18 @@ from tests.analyses import toy_tokenizer
 N, D = 400, 32
 N_NULL = 99
 N_BOOT = 100
-ROW_KEYS = {"scale", "factor", "target", "norm", "column", "pearson", "pearson_ci", "spearman", "spearman_ci",
-            "n", "coverage", "null_p95", "p_value", "pairs_null_p95", "pairs_p_value", "probe_r",
-            "share_of_probe"}
+ROW_KEYS = {"scale", "factor", "scale_norm_tag", "norm", "column", "matches_tag", "pearson", "pearson_ci",
+            "spearman", "spearman_ci", "pearson_ci_words", "spearman_ci_words", "leave_one_pole_out",
+            "ci_resampling", "n", "coverage", "null_p95", "p_value", "pairs_null_p95", "pairs_p_value",
+            "probe_r", "share_of_probe"}
 
 
-def _directions(vectors, names, factors=None, norms=None):
+def _directions(vectors, names, factors=None, norms=None, pole_vectors=None):
   s = len(names)
   return scale_directions.Directions(
       names=tuple(names), vectors=jnp.asarray(vectors, jnp.float32),
       factors=tuple(factors or [None] * s), norms=tuple(norms or [None] * s), method="pole_mean",
-      policy="single", poles={}, asked=s, dropped={})
+      policy="single", poles={}, asked=s, dropped={}, pole_vectors=pole_vectors or {})
 
 
 def _ranks(a):
@@ -95,8 +98,27 @@ def test_rows_have_every_field(case):
   for r in rows:
     assert set(r) == ROW_KEYS
     assert r["norm"] == "toy" and r["coverage"] == 0.8
+    # Without pole vectors only the words can be resampled, and the row says so.
+    assert r["ci_resampling"] == "words" and r["leave_one_pole_out"] is None
+    assert r["pearson_ci"] == r["pearson_ci_words"] and r["spearman_ci"] == r["spearman_ci_words"]
   planted = _row(case["out"], "planted", "planted")
-  assert planted["factor"] == "E" and planted["target"] == "toy:planted"
+  assert planted["factor"] == "E" and planted["scale_norm_tag"] == "toy:planted" and planted["matches_tag"]
+  # The scale's tag stays on every row; the column correlated is named apart from it.
+  unrelated = _row(case["out"], "planted", "unrelated")
+  assert unrelated["scale_norm_tag"] == "toy:planted" and unrelated["column"] == "unrelated"
+  assert not unrelated["matches_tag"]
+  assert not _row(case["out"], "orthogonal", "planted")["matches_tag"]
+
+
+def test_settings_record_probe_bootstrap_and_nulls(case):
+  """The output records how the probe, the bootstrap and the nulls were run."""
+  st = case["out"]["settings"]
+  assert st["probe"]["folds"] == 5 and st["probe"]["solver"] == "closed" and st["probe"]["standardised"]
+  assert st["probe"]["l2_grid"] == [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0]
+  assert st["bootstrap"] == {"n_boot": N_BOOT, "unit": "words and pole words (within pole)",
+                             "interval": "95% percentile", "words_only_unit": "words"}
+  assert st["nulls"] == {"n_random": N_NULL, "n_pairs": 12}
+  assert st["metric"] == "cosine"
 
 
 def test_correlations_match_numpy_and_skip_unrated_words(case):
@@ -127,6 +149,21 @@ def test_cis_contain_the_estimate(case):
       assert hi - lo < 0.5
   lo, hi = _row(case["out"], "planted", "planted")["pearson_ci"]
   assert lo > 0.85 and hi - lo < 0.1  # 363 words with r ~ 0.95 leave a narrow interval
+
+
+def test_words_only_interval_is_the_word_bootstrap(case):
+  """pearson_ci_words / spearman_ci_words are stats.bootstrap_ci on the scores, with the documented key."""
+  x, u, other = case["x"], case["u"], case["other"]
+  k_boot = jax.random.split(jax.random.key(0), 3)[1]
+  columns = (("planted", case["ratings"]), ("unrelated", case["unrelated"]))
+  for ci_idx, (column, ratings) in enumerate(columns):
+    ok = np.isfinite(ratings)
+    scores = np.stack([_cosines(x, 2.0 * u), _cosines(x, other)], axis=1)[ok].astype(np.float32)
+    for stat in ("pearson", "spearman"):
+      want = np.asarray(stats.bootstrap_ci(scores, ratings[ok].astype(np.float32),
+                                           jax.random.fold_in(k_boot, ci_idx), stat=stat, n_boot=N_BOOT))
+      for s, name in enumerate(("planted", "orthogonal")):
+        np.testing.assert_allclose(_row(case["out"], name, column)[f"{stat}_ci_words"], want[s], atol=1e-5)
 
 
 def test_nulls_p_values_and_probe(case):
@@ -193,6 +230,7 @@ def test_random_pair_directions_skip_uncovered_pairs(toy_model):
   assert len(got.names) == 3 and set(got.names) <= covered
   assert got.vectors.shape == (3, toy_model.config.d_model)
   assert len(got.factors) == len(got.norms) == 3
+  assert set(got.pole_vectors) == set(got.names)  # the pole vectors follow the kept pairs
   again = align.random_pair_directions(toy_model, space, pairs, 3, jax.random.key(0))
   assert again.names == got.names
   np.testing.assert_array_equal(np.asarray(again.vectors), np.asarray(got.vectors))
@@ -210,3 +248,90 @@ def test_norm_words_coverage_error_names_the_table(toy_model):
     align.norm_words(toy_model, space, "warriner", max_words=200)
   with pytest.raises(InputError, match="Unknown word norms 'nosuchnorm'"):
     align.norm_words(toy_model, space, "nosuchnorm")
+
+
+@pytest.fixture(scope="module")
+def pole_case():
+  """Scales with known pole vectors: noisy poles of 4 and 3 words, poles of one word, and a mix.
+
+  Words are noise + z*u with ratings 5 + 2z + noise (some unrated); pole words scatter around
+  base +/- u, so the chosen pole words move the direction and with it r.
+  """
+  rng = np.random.default_rng(5)
+  d, n = 16, 300
+  u = rng.normal(size=d)
+  u /= np.linalg.norm(u)
+  z = rng.normal(size=n)
+  x = rng.normal(size=(n, d)) * 0.5 + z[:, None] * u
+  ratings = 5.0 + 2.0 * z + rng.normal(size=n) * 1.5
+  ratings[rng.choice(n, size=20, replace=False)] = np.nan
+  base = rng.normal(size=d) * 0.3
+
+  def pole(sign, k):
+    return (base + sign * u + rng.normal(size=(k, d)) * 0.6).astype(np.float32)
+
+  poles = {"noisy": (pole(1, 4), pole(-1, 3)), "single": (pole(1, 1), pole(-1, 1)),
+           "mixed": (pole(1, 1), pole(-1, 3))}
+  names = tuple(poles)
+  vectors = np.stack([poles[k][0].mean(0) - poles[k][1].mean(0) for k in names])
+  dirs = _directions(vectors, names, norms=["toy:planted", None, None], pole_vectors=poles)
+  nw = align.NormWords(name="toy", words=tuple(f"w{i}" for i in range(n)),
+                       vectors=jnp.asarray(x, jnp.float32), columns={"planted": ratings},
+                       report={"coverage": 1.0})
+  key = jax.random.key(3)
+  out = align.align(dirs, [nw], key=key, n_boot=N_BOOT, n_null=20)
+  return dict(x=x, ratings=ratings, poles=poles, names=names, out=out, key=key)
+
+
+def _np_r(scores, y, stat):
+  if stat == "spearman":
+    scores, y = scipy_stats.rankdata(scores), scipy_stats.rankdata(y)
+  return np.corrcoef(scores, y)[0, 1]
+
+
+def test_hierarchical_interval_matches_numpy_on_the_same_draws(pole_case):
+  """pearson_ci / spearman_ci: numpy percentiles of r over the documented word and pole-word draws."""
+  x, y_all, key = pole_case["x"], pole_case["ratings"], pole_case["key"]
+  ok = np.isfinite(y_all)
+  x, y = x[ok], y_all[ok]
+  k_boot = jax.random.split(key, 3)[1]
+  idx = np.asarray(stats.bootstrap_indices(jax.random.fold_in(k_boot, 0), int(ok.sum()), N_BOOT))
+  for s, name in enumerate(pole_case["names"]):
+    pos, neg = pole_case["poles"][name]
+    k_pole = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, 3), 0), s)
+    weights = np.asarray(hierarchical.resample_pole_weights(k_pole, len(pos), len(neg), N_BOOT), np.float64)
+    poles = np.concatenate([pos, neg]).astype(np.float64)
+    row = _row(pole_case["out"], name, "planted")
+    for stat in ("pearson", "spearman"):
+      draws = [_np_r(_cosines(x, w @ poles)[i], y[i], stat) for w, i in zip(weights, idx)]
+      np.testing.assert_allclose(row[f"{stat}_ci"], np.nanpercentile(draws, [2.5, 97.5]), atol=2e-5)
+  assert _row(pole_case["out"], "noisy", "planted")["matches_tag"]
+
+
+def test_pole_resampling_widens_the_interval_and_leave_one_out(pole_case):
+  """Noisy poles widen the interval; one-word poles cannot; leave-one-out drops 2+-word poles only."""
+  x, y_all = pole_case["x"], pole_case["ratings"]
+  ok = np.isfinite(y_all)
+  rows = {name: _row(pole_case["out"], name, "planted") for name in pole_case["names"]}
+  noisy = rows["noisy"]
+  assert noisy["ci_resampling"] == "words+pole_words"
+  width = noisy["pearson_ci"][1] - noisy["pearson_ci"][0]
+  width_words = noisy["pearson_ci_words"][1] - noisy["pearson_ci_words"][0]
+  assert width > 1.5 * width_words
+  single = rows["single"]
+  assert single["ci_resampling"] == "words" and single["leave_one_pole_out"] is None
+  np.testing.assert_allclose(single["pearson_ci"], single["pearson_ci_words"], atol=1e-6)
+  assert rows["mixed"]["ci_resampling"] == "words+pole_words"
+  for name, row in rows.items():
+    if name == "single":
+      continue
+    pos, neg = (p.astype(np.float64) for p in pole_case["poles"][name])
+    rs = []
+    for side, pole in (("pos", pos), ("neg", neg)):
+      for i in range(len(pole) if len(pole) > 1 else 0):
+        rest = np.delete(pole, i, axis=0)
+        d = (rest.mean(0) - neg.mean(0)) if side == "pos" else (pos.mean(0) - rest.mean(0))
+        rs.append(np.corrcoef(_cosines(x[ok], d), y_all[ok])[0, 1])
+    assert len(rs) == len(pos) * (len(pos) > 1) + len(neg) * (len(neg) > 1)
+    np.testing.assert_allclose(row["leave_one_pole_out"], [min(rs), max(rs)], atol=1e-5)
+    assert row["leave_one_pole_out"][0] <= row["pearson"] + 0.05

@@ -67,7 +67,13 @@ def test_pole_mean_recovers_the_planted_axis_with_its_sign(planted):
   flipped = Scale("cruel-kind", NEGATIVE, POSITIVE[:2])
   back = np.asarray(scale_directions.build(model, space, [flipped]).vectors[0])
   np.testing.assert_allclose(back, -d, rtol=1e-5, atol=1e-5)
+  # The averaged pole vectors are kept, in the space, so the pole words can be resampled.
+  pos, neg = dirs.pole_vectors["kind-cruel"]
+  assert pos.dtype == neg.dtype == np.float32 and pos.shape == (2, D) and neg.shape == (3, D)
+  np.testing.assert_allclose(pos, _rows(model, embed, POSITIVE[:2]), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(neg, _rows(model, embed, NEGATIVE), rtol=1e-5, atol=1e-5)
   rep = dirs.report()
+  assert rep["dropped_pole_words"] == {}
   assert rep["sign"] == "positive pole minus negative pole" and rep["method"] == "pole_mean"
   assert rep["scales_asked"] == rep["scales_used"] == 1 and rep["scale_coverage"] == 1.0
   assert rep["pole_words_asked"] == rep["pole_words_used"] == 5
@@ -113,6 +119,9 @@ def test_pole_without_usable_words_errors_or_is_dropped(planted):
   rep = dirs.report()
   assert rep["n_dropped_scales"] == 1 and rep["scales_used"] == 1 and rep["pole_words_used"] == 2
   assert "warm-nothing" in rep["dropped_scales"]
+  # Every built scale that lost a pole word names it and the reason.
+  assert rep["dropped_pole_words"] == {"good-bad": {"kindness": "splits into 2 tokens: \u2581kind, ness"}}
+  assert set(dirs.pole_vectors) == {"good-bad"} and dirs.pole_vectors["good-bad"][0].shape == (1, D)
 
 
 def test_min_coverage_and_no_scale_left(planted):
@@ -174,6 +183,12 @@ def test_semaxis_adds_nearest_neighbours_but_never_the_seeds(planted):
           - np.concatenate([embed[[row(w) for w in NEGATIVE]], embed[[row("SAD")]]]).mean(0)) * scale_k
   np.testing.assert_allclose(np.asarray(dirs.vectors[0]), want, rtol=1e-4, atol=1e-4)
   assert _cos(np.asarray(dirs.vectors[0]), u) > 0.99
+  # The pole vectors are the expanded poles: seeds then neighbours, averaging to the direction.
+  pos, neg = dirs.pole_vectors["kind-cruel"]
+  assert pos.shape == neg.shape == (len(POSITIVE) + 1, D)
+  np.testing.assert_allclose(pos[-1], embed[row("Happy")] * scale_k, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(neg[-1], embed[row("SAD")] * scale_k, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(pos.mean(0) - neg.mean(0), np.asarray(dirs.vectors[0]), rtol=1e-4, atol=1e-4)
   # Without exclusion the seeds themselves would be nearest: with k=4 none of them appears.
   wide = scale_directions.build(model, space, [scale], method="semaxis", semaxis_k=4).poles["kind-cruel"]
   seeds = {"\u2581" + w for w in (*POSITIVE, *NEGATIVE)}
