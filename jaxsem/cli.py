@@ -68,6 +68,10 @@ def define_analysis_flags(scales: str, out_dir: str) -> None:
   flags.DEFINE_integer("n_null", 1000, "Random directions in the null.", lower_bound=1)
   flags.DEFINE_integer("n_null_pairs", 300, "Random WordNet antonym pairs in the second null (0: skip).",
                        lower_bound=0)
+  flags.DEFINE_integer("n_pair_sets", 200, "Structure: random sets of WordNet pairs in the pair null (0: skip).",
+                       lower_bound=0)
+  flags.DEFINE_integer("n_tag_perms", 1000, "Structure: E/P/A tag permutations in the shuffled-tag null.",
+                       lower_bound=1)
   flags.DEFINE_string("out_dir", out_dir, "Where summary.json and the figures are written.")
 
 
@@ -79,7 +83,7 @@ def analysis_options():
   return Options(scales=f.scales, norms=tuple(f.norms), space=f.space, layer=f.layer, centre=f.centre,
                  whiten=f.whiten, policy=f.policy, method=f.method, metric=f.metric,
                  min_coverage=f.min_coverage, seed=f.seed, n_boot=f.n_boot, n_null=f.n_null,
-                 n_null_pairs=f.n_null_pairs)
+                 n_null_pairs=f.n_null_pairs, n_pair_sets=f.n_pair_sets, n_tag_perms=f.n_tag_perms)
 
 
 def run_analysis(run: Callable, write: Callable, digest: Callable) -> None:

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 
 from jaxsem.analyses import align as align_lib
 from jaxsem.analyses import scale_directions
@@ -39,6 +40,9 @@ class Options:
     n_boot: bootstrap resamples.
     n_null: random directions in the null.
     n_null_pairs: random WordNet antonym pairs in the second null (0 = skip).
+    n_pair_sets: structure only: random sets of as many covered WordNet pairs as there
+      are scales in the pair null (0 = skip).
+    n_tag_perms: structure only: E/P/A tag permutations in the shuffled-tag null (0 = skip).
     template: hidden-space template with one ``{word}`` slot.
   """
 
@@ -56,6 +60,8 @@ class Options:
   n_boot: int = 1000
   n_null: int = 1000
   n_null_pairs: int = 300
+  n_pair_sets: int = 200
+  n_tag_perms: int = 1000
   template: str = spaces_lib.DEFAULT_TEMPLATE
 
   def provenance(self) -> dict[str, Any]:
@@ -74,6 +80,27 @@ def _pairs(model, space, opts: Options, key):
   wordnet = scales_io.load_scales("wordnet")
   return align_lib.random_pair_directions(model, space, list(wordnet), opts.n_null_pairs, key,
                                           policy=opts.policy)
+
+
+def _pair_pool(model, space, opts: Options):
+  """Directions of every WordNet pair whose poles the policy covers (the structure pair null's pool).
+
+  Built as the scales are, except that semaxis (a vocabulary search per pole, thousands of
+  poles) falls back to pole_mean; ``settings.pair_null.method`` records which was used.
+  """
+  method = "pole_mean" if opts.method == "semaxis" else opts.method
+  return scale_directions.build(model, space, list(scales_io.load_scales("wordnet")), policy=opts.policy,
+                                method=method, missing="drop", what="wordnet pair null")
+
+
+def _take(dirs: scale_directions.Directions, n: int, key) -> scale_directions.Directions:
+  """``n`` of ``dirs`` drawn at random (seeded), in the drawn order."""
+  idx = [int(i) for i in np.asarray(jax.random.permutation(key, len(dirs.names)))[:n]]
+  names = tuple(dirs.names[i] for i in idx)
+  return dataclasses.replace(dirs, names=names, vectors=dirs.vectors[np.asarray(idx, np.int64)],
+                             factors=tuple(dirs.factors[i] for i in idx),
+                             norms=tuple(dirs.norms[i] for i in idx),
+                             poles={n_: dirs.poles[n_] for n_ in names if n_ in dirs.poles})
 
 
 def _inputs(model, opts: Options, space):
@@ -104,7 +131,11 @@ def run_align(model, opts: Options) -> dict[str, Any]:
 
 
 def run_structure(model, opts: Options, whitening_control: bool = True) -> dict[str, Any]:
-  """Structure of the scales in the chosen space and, as a control, whitened."""
+  """Structure of the scales in the chosen space and, as a control, whitened.
+
+  Each run draws its pair null from the WordNet pairs covered in its own space (the
+  control's ``pair_null``, ``epa_null`` and ``conclusion`` sit in ``control``).
+  """
   start = time.perf_counter()
   key = jax.random.key(opts.seed)
   variants = [opts.whiten] + ([not opts.whiten] if whitening_control else [])
@@ -113,9 +144,14 @@ def run_structure(model, opts: Options, whitening_control: bool = True) -> dict[
   for whiten in variants:
     space = _space(model, opts, whiten)
     scale_set, dirs, norms = _inputs(model, opts, space)
-    pairs = _pairs(model, space, opts, jax.random.fold_in(key, 1))
+    pool = _pair_pool(model, space, opts) if opts.n_pair_sets > 0 else None
+    if pool is None:
+      pairs = _pairs(model, space, opts, jax.random.fold_in(key, 1))
+    else:  # the cosine baseline's random pairs come from the same covered pool
+      pairs = _take(pool, opts.n_null_pairs, jax.random.fold_in(key, 1)) if opts.n_null_pairs > 0 else None
     res = structure_lib.structure(dirs, norms[0], key=jax.random.fold_in(key, 3), pair_dirs=pairs,
-                                  metric=opts.metric)
+                                  metric=opts.metric, pair_pool=pool, n_pair_sets=opts.n_pair_sets,
+                                  n_tag_perms=opts.n_tag_perms, seed=opts.seed, scale_set=scale_set.name)
     res["directions"] = dirs.report()
     res["coverage"] = {nw.name: nw.report for nw in norms}
     res["space"] = space.provenance()
@@ -125,7 +161,8 @@ def run_structure(model, opts: Options, whitening_control: bool = True) -> dict[
   out["control"] = {k: {"pca": {f: v["pca"][f] for f in ("explained_variance_ratio", "cumulative_1_2_3",
                                                            "participation_ratio", "component_vs_norms",
                                                            "epa_congruence", "varimax_loadings")},
-                        "cosine_mean_abs_offdiag": v["cosine"]["mean_abs_offdiag"], "space": v["space"]}
+                        "cosine_mean_abs_offdiag": v["cosine"]["mean_abs_offdiag"], "space": v["space"],
+                        "pair_null": v["pair_null"], "epa_null": v["epa_null"], "conclusion": v["conclusion"]}
                     for k, v in runs.items() if k != primary}
   out["scales_file"] = str(scale_set.source)
   out["seconds"] = round(time.perf_counter() - start, 2)

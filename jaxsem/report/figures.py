@@ -90,9 +90,16 @@ def heatmap(path, matrix: np.ndarray, labels: Sequence[str], title: str = "",
   return _save(fig, path)
 
 
-def scree(path, curves: dict[str, np.ndarray], title: str = "", max_components: int = 15) -> Path:
+def scree(path, curves: dict[str, np.ndarray], title: str = "", max_components: int = 15,
+          band: dict | None = None) -> Path:
   """Explained-variance ratio per component (bars for the first curve, lines for all)
-  with the cumulative share on a second axis."""
+  with the cumulative share on a second axis.
+
+  Args:
+    band: optional null band on the cumulative axis for the first components:
+      ``{"lo": [k], "hi": [k], "mean": [k], "label": str}`` (e.g. the 5-95% percentiles
+      and mean of random antonym-pair sets), drawn as a shaded band and a dotted mean.
+  """
   fig, ax = plt.subplots(figsize=(6.5, 4))
   ax2 = ax.twinx()
   for i, (name, evr) in enumerate(curves.items()):
@@ -102,11 +109,21 @@ def scree(path, curves: dict[str, np.ndarray], title: str = "", max_components: 
       ax.bar(k, evr, color="#bbbbbb", label=f"{name} (per component)")
     (line,) = ax.plot(k, evr, marker="o", markersize=3, label=name)
     ax2.plot(k, np.cumsum(evr), linestyle="--", linewidth=1, color=line.get_color())
+  if band is not None:
+    lo, hi, mean = (np.asarray(band[f], float)[:max_components] for f in ("lo", "hi", "mean"))
+    k = np.arange(1, len(mean) + 1)
+    label = band.get("label", "null")
+    ax2.fill_between(k, lo, hi, color="#c2a5cf", alpha=0.5, linewidth=0, label=f"{label}, 5-95% (cumulative)")
+    ax2.plot(k, mean, linestyle=":", color="#762a83", linewidth=1.5, label=f"{label}, mean (cumulative)")
   ax.set_xlabel("component")
   ax.set_ylabel("explained variance ratio")
   ax2.set_ylabel("cumulative (dashed)")
   ax2.set_ylim(0, 1.02)
-  ax.legend(fontsize=8, loc="center right")
+  handles, labels = ax.get_legend_handles_labels()
+  handles2, labels2 = ax2.get_legend_handles_labels()
+  # Below the axes, so that it hides neither the curves nor the band.
+  ax.legend(handles + handles2, labels + labels2, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14),
+            ncol=2)
   ax.set_title(title, fontsize=9)
   return _save(fig, path)
 
