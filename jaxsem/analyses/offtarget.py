@@ -16,8 +16,11 @@ The functions:
 * ``regress``: OLS of ``D`` on the cosine over the off-target pairs. If the readout is linear
   in the hidden state and the on-target cosine is 1, ``D[s, j] ~ cosines[s, j]``: slope 1,
   intercept 0.
-* ``analyse``: the above, a bootstrap over words, the shuffled-label null (below) and the
-  dose-response summary (``dose_response``).
+* ``analyse``: the above, bootstrap CIs, the shuffled-label null (below), the dose-response
+  summary (``dose_response``) and, given the direct-path prediction, the direct-path control.
+* ``partial_correlation``: Pearson r of ``y`` and ``x`` after both are residualised on ``[1, z]``.
+* ``random_control``: the random-direction control, the same statistic as the antonym figure it
+  is printed beside, with a paired bootstrap CI of their ratio.
 * ``compare_methods``: off-target change per unit on-target change for several steering
   methods at one strength, and each method's paired-bootstrap reduction against ``"plain"``.
 * ``summarise_control``: the mean on-target and |off-target| slopes of control directions
@@ -34,6 +37,20 @@ scale ``s'`` with ``steered_index[s'] == pi(steered_index[s])``, and
 on-target pairs map onto on-target pairs (and stay excluded), each null keeps exactly the
 observed off-target cosines, only their pairing with ``D`` changes, and a symmetric block of
 ``cosines`` stays symmetric.
+
+Uncertainty. ``ci`` resamples the words and the steered scales jointly: each draw resamples the
+words with replacement (and recomputes the slopes' means and ``D`` from them) and the steered
+scales with replacement (a scale drawn twice contributes its off-target pairs twice). The
+steered scales are a sample of the scales one could have steered, so an interval over words
+alone is too narrow when the scales' rows of ``D`` differ systematically. ``ci_words`` is the
+interval over words alone, from the same word draws.
+
+Direct-path control. When the readout of scale ``j`` is a logit difference along (nearly) the
+direction of ``j``, part of ``D[s, j] ~ cos(d_s, d_j)`` is built in: the steering vector moves
+the readout through the tied embedding alone, without the transformer blocks. ``direct [S, J]``
+is that prediction in the units of ``D`` (on-target entries 1). ``partial_r`` is the correlation
+of ``D`` with the cosine once both are residualised on ``direct``: near 0 when the direct path
+explains the cosine law, clearly non-zero when the model adds cosine-shaped structure of its own.
 """
 
 from __future__ import annotations
@@ -50,6 +67,8 @@ from jaxsem.kernels import stats
 PLAIN = "plain"
 # A mean on-target change below this is treated as none: nothing to divide by.
 _TINY = 1e-12
+# A residual sum of squares below this fraction of the total is rounding: the fit is exact.
+_EXACT = 1e-20
 
 
 def _as_key(key_or_seed) -> jax.Array:
@@ -170,6 +189,114 @@ def _pairs(d: np.ndarray, c: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, 
   return x, d[mask]
 
 
+def _boot_draws(key_or_seed, n_words: int, n_steered: int, n_boot: int) -> tuple[np.ndarray, np.ndarray]:
+  """``[B, W]`` word and ``[B, S]`` steered-scale indices, each drawn with replacement.
+
+  The word draws are ``stats.bootstrap_indices(key, W, n_boot)``, so the words-only interval and
+  the joint one share them.
+  """
+  key = _as_key(key_or_seed)
+  words = np.asarray(stats.bootstrap_indices(key, n_words, n_boot))
+  scales = np.asarray(stats.bootstrap_indices(jax.random.fold_in(key, 1), n_steered, n_boot))
+  return words, scales
+
+
+def _fits(y: np.ndarray, x: np.ndarray, weights: np.ndarray, z: np.ndarray | None = None
+          ) -> dict[str, np.ndarray]:
+  """Weighted regression statistics of ``y`` on ``x`` (and given ``z``) over the pairs.
+
+  A pair of weight ``k`` counts ``k`` times; weight 0 leaves it out (the on-target pairs).
+
+  Args:
+    y: ``[..., S, J]`` values of ``D`` (one matrix per bootstrap draw, or one).
+    x: ``[S, J]`` cosines.
+    weights: ``[..., S, J]`` (or broadcastable) non-negative pair weights.
+    z: optional ``[S, J]`` covariate (the direct-path prediction).
+
+  Returns:
+    ``{"slope", "r"}`` of ``y ~ x`` and, with ``z``, ``"r_z"`` (r of ``y`` and ``z``),
+    ``"partial_r"`` (r of ``y`` and ``x`` after both are residualised on ``[1, z]``) and
+    ``"slope_given_z"`` (the coefficient of ``x`` in ``y ~ x + z``); each ``[...]``, NaN where
+    undefined or where a used pair of ``y`` is not finite.
+  """
+  w = np.broadcast_to(np.asarray(weights, np.float64), np.broadcast_shapes(np.shape(weights), y.shape))
+  used = w > 0
+  bad = np.any(used & ~np.isfinite(y), axis=(-2, -1))
+  y = np.where(used, y, 0.0)
+  total = w.sum(axis=(-2, -1))
+
+  def dot(a, b):
+    return np.sum(w * a * b, axis=(-2, -1))
+
+  def centre(v):
+    return v - (dot(v, 1.0) / total)[..., None, None]
+
+  def corr(a, b):
+    return np.clip(dot(a, b) / np.sqrt(dot(a, a) * dot(b, b)), -1.0, 1.0)
+
+  with np.errstate(invalid="ignore", divide="ignore"):
+    yc, xc = centre(y), centre(x)
+    out = {"slope": dot(xc, yc) / dot(xc, xc), "r": corr(xc, yc)}
+    if z is not None:
+      zc = centre(z)
+      szz = dot(zc, zc)[..., None, None]
+      ry = yc - dot(yc, zc)[..., None, None] / szz * zc
+      rx = xc - dot(xc, zc)[..., None, None] / szz * zc
+      # A residual at rounding level means z explains y (or x) exactly: no partial correlation.
+      exact = (dot(ry, ry) <= _EXACT * dot(yc, yc)) | (dot(rx, rx) <= _EXACT * dot(xc, xc))
+      out.update(r_z=corr(yc, zc), partial_r=np.where(exact, np.nan, corr(rx, ry)),
+                 slope_given_z=dot(rx, ry) / dot(rx, rx))
+  return {k: np.where(bad, np.nan, v) for k, v in out.items()}
+
+
+def _direct(direct, shape: tuple[int, int], mask: np.ndarray) -> np.ndarray:
+  z = np.asarray(direct, np.float64)
+  if z.shape != shape:
+    raise InputError(f"direct must have shape [S, J] = [{shape[0]}, {shape[1]}] like D, got {z.shape}.")
+  if not np.isfinite(z[mask]).all():
+    s, j = (int(i) for i in np.argwhere(mask & ~np.isfinite(z))[0])
+    raise InputError(f"direct is NaN or inf at steered scale {s}, readout scale {j}; every off-target pair"
+                     " needs a direct-path prediction.")
+  return z
+
+
+def partial_correlation(y, x, z) -> float:
+  """Pearson r of ``y`` and ``x`` after both are residualised on ``[1, z]`` by least squares.
+
+  Args:
+    y: ``[n]`` values.
+    x: ``[n]`` values.
+    z: ``[n]`` or ``[n, k]`` covariates to control for.
+
+  Returns:
+    The partial correlation; NaN when a residual is constant (``y`` or ``x`` is explained by
+    ``z`` exactly).
+
+  Raises:
+    InputError: for mismatched lengths, NaN/inf, or fewer than ``k + 3`` values.
+  """
+  y, x, z = (np.asarray(v, np.float64) for v in (y, x, z))
+  z = z[:, None] if z.ndim == 1 else z
+  if y.ndim != 1 or x.shape != y.shape or z.ndim != 2 or z.shape[0] != y.shape[0]:
+    raise InputError(f"partial_correlation needs y [n], x [n] and z [n] or [n, k], got {y.shape}, {x.shape}"
+                     f" and {z.shape}.")
+  if y.shape[0] < z.shape[1] + 3:
+    raise InputError(f"A partial correlation needs at least {z.shape[1] + 3} values (the covariates' count"
+                     f" plus 3), got {y.shape[0]}.")
+  if not all(np.isfinite(v).all() for v in (y, x, z)):
+    raise InputError("partial_correlation got NaN or inf; drop those values first.")
+  q, _ = np.linalg.qr(z - z.mean(axis=0))  # an orthonormal basis of the centred covariates
+  yc, xc = y - y.mean(), x - x.mean()
+  ry, rx = yc - q @ (q.T @ yc), xc - q @ (q.T @ xc)
+  if ry @ ry <= _EXACT * (yc @ yc) or rx @ rx <= _EXACT * (xc @ xc):
+    return float("nan")
+  return float(np.clip(rx @ ry / np.sqrt((rx @ rx) * (ry @ ry)), -1.0, 1.0))
+
+
+def _dose(e: np.ndarray, a: np.ndarray) -> np.ndarray:
+  return np.einsum("wsaj,a->wsj", e, a) / np.sum(a * a)
+
+
 def dose_slopes(effects, alphas) -> np.ndarray:
   """Per-word slope of the rating change against the steering strength, through the origin.
 
@@ -184,8 +311,7 @@ def dose_slopes(effects, alphas) -> np.ndarray:
     InputError: for a wrong shape, NaN/inf, or alphas that are all zero.
   """
   e = _effects(effects)
-  a = _alphas(alphas, e.shape[2])
-  return np.einsum("wsaj,a->wsj", e, a) / np.sum(a * a)
+  return _dose(e, _alphas(alphas, e.shape[2]))
 
 
 def offtarget_matrix(slopes, steered_index, names: Sequence[str] | None = None) -> np.ndarray:
@@ -308,7 +434,7 @@ def dose_response(effects, alphas, steered_index) -> dict[str, Any]:
 
 def analyse(effects, alphas, cosines, steered_index, *, key_or_seed, n_boot: int = 1000,
             n_perm: int = 1000, names: Sequence[str] | None = None,
-            readout_names: Sequence[str] | None = None) -> dict[str, Any]:
+            readout_names: Sequence[str] | None = None, direct=None) -> dict[str, Any]:
   """Off-target matrix, its regression on the cosines, bootstrap CIs and shuffled-label null.
 
   Args:
@@ -317,19 +443,27 @@ def analyse(effects, alphas, cosines, steered_index, *, key_or_seed, n_boot: int
     cosines: ``[S, J]`` cosine of each steering direction with each readout direction.
     steered_index: ``[S]`` on-target readout column of each steered scale.
     key_or_seed: ``jax.random`` key or int seed for the bootstrap and the permutations.
-    n_boot: bootstrap resamples of the words; each recomputes slopes -> D -> regression.
-      Resamples whose mean on-target slope is zero for some scale are left out.
+    n_boot: bootstrap draws; each resamples the words (slopes -> D -> regression) and, for
+      ``ci``, the steered scales too (see the module docstring). Draws whose mean on-target
+      slope is zero for some scale are left out.
     n_perm: relabellings in the shuffled-label null.
     names: optional ``[S]`` steered-scale names; by default ``readout_names[steered_index]``.
     readout_names: optional ``[J]`` readout-scale names.
+    direct: optional ``[S, J]`` direct-path prediction of ``D`` (same units, on-target entries
+      1; only the off-target entries are used). Adds ``direct_path``.
 
   Returns:
     JSON-friendly ``{"slope", "intercept", "r", "r2", "ci": {"slope": [lo, hi], "r": [lo, hi]},
-    "n_pairs", "n_words", "n_boot", "D": [S][J], "per_pair": [{"from", "to", "cos", "D"}],
-    "shuffled_labels": {"null_r_p95", "p_value", "n"}, "dose_response": {...}}``. ``from`` and
-    ``to`` are names when given, else indices. ``p_value`` is two-sided,
-    ``(1 + #{|r_null| >= |r|}) / (1 + n_perm)``; ``null_r_p95`` is the 95th percentile of
-    ``|r_null|``. CIs are 95% percentile intervals.
+    "ci_resampling": "words+steered_scales", "ci_words": {"slope", "r"}, "n_pairs", "n_words",
+    "n_boot", "D": [S][J], "per_pair": [{"from", "to", "cos", "D"}], "shuffled_labels":
+    {"null_r_p95", "p_value", "n"}, "dose_response": {...}}``. ``from`` and ``to`` are names
+    when given, else indices. ``p_value`` is two-sided, ``(1 + #{|r_null| >= |r|}) / (1 +
+    n_perm)``; ``null_r_p95`` is the 95th percentile of ``|r_null|``. CIs are 95% percentile
+    intervals. With ``direct``, ``"direct_path": {"r_direct"`` (r of D and direct),
+    ``"partial_r"`` (of D and the cosine, controlling for direct), ``"partial_ci"`` (words and
+    steered scales), ``"partial_ci_words"``, ``"share_direct"`` (R² of D on direct), ``"r_cos"``
+    (r of D and the cosine), ``"slope_cos_given_direct"`` (coefficient of the cosine in OLS
+    ``D ~ cos + direct``), ``"n_pairs"}``, all over the off-target pairs.
 
   Raises:
     InputError: for bad shapes or values (see ``dose_slopes``, ``offtarget_matrix``, ``regress``).
@@ -350,15 +484,19 @@ def analyse(effects, alphas, cosines, steered_index, *, key_or_seed, n_boot: int
   d = offtarget_matrix(slopes, idx, names)
   fit = regress(d, c, idx)
   mask = _offtarget_mask(idx, n_readout)
-  x, y = _pairs(d, c, mask)
+  z = None if direct is None else _direct(direct, (n_steered, n_readout), mask)
+  _, y = _pairs(d, c, mask)
   key_boot, key_perm = jax.random.split(_as_key(key_or_seed))
 
-  # Bootstrap over words: a resample's mean slopes are count-weighted means of the words'.
-  counts = _counts(np.asarray(stats.bootstrap_indices(key_boot, n_words, n_boot)), n_words)
+  # A draw's mean slopes are count-weighted means of the words'; its steered scales weight the pairs.
+  word_idx, scale_idx = _boot_draws(key_boot, n_words, n_steered, n_boot)
+  counts = _counts(word_idx, n_words)
   means = (counts @ slopes.reshape(n_words, -1) / n_words).reshape(n_boot, n_steered, n_readout)
   on = means[:, np.arange(n_steered), idx]  # [B, S]
   on = np.where(np.isfinite(on) & (np.abs(on) >= _TINY), on, np.nan)
-  slope_b, _, r_b = _ols(x, (means / on[..., None])[:, mask])
+  d_boot = means / on[..., None]  # [B, S, J]
+  words_only = _fits(d_boot, c, mask, z)
+  joint = _fits(d_boot, c, _counts(scale_idx, n_steered)[:, :, None] * mask, z)
 
   null = shuffled_label_cosines(c, idx, key_perm, n_perm)[:, mask]  # [P, n_pairs]
   shuffled = {"null_r_p95": None, "p_value": None, "n": int(n_perm)}
@@ -371,11 +509,21 @@ def analyse(effects, alphas, cosines, steered_index, *, key_or_seed, n_boot: int
   label_to = readout_names or list(range(n_readout))
   per_pair = [{"from": label_from[s], "to": label_to[j], "cos": float(c[s, j]), "D": float(d[s, j])}
               for s, j in zip(*np.nonzero(mask))]
-  return {**{k: fit[k] for k in ("slope", "intercept", "r", "r2")},
-          "ci": {"slope": _ci(slope_b), "r": _ci(r_b)},
-          "n_pairs": fit["n_pairs"], "n_words": int(n_words), "n_boot": int(n_boot),
-          "D": d.tolist(), "per_pair": per_pair, "shuffled_labels": shuffled,
-          "dose_response": dose_response(effects, alphas, idx)}
+  out = {**{k: fit[k] for k in ("slope", "intercept", "r", "r2")},
+         "ci": {"slope": _ci(joint["slope"]), "r": _ci(joint["r"])},
+         "ci_resampling": "words+steered_scales",
+         "ci_words": {"slope": _ci(words_only["slope"]), "r": _ci(words_only["r"])},
+         "n_pairs": fit["n_pairs"], "n_words": int(n_words), "n_boot": int(n_boot),
+         "D": d.tolist(), "per_pair": per_pair, "shuffled_labels": shuffled,
+         "dose_response": dose_response(effects, alphas, idx)}
+  if z is not None:
+    point = _fits(d, c, mask, z)
+    out["direct_path"] = {
+        "r_direct": _num(point["r_z"]), "partial_r": _num(point["partial_r"]),
+        "partial_ci": _ci(joint["partial_r"]), "partial_ci_words": _ci(words_only["partial_r"]),
+        "share_direct": _num(point["r_z"] ** 2), "r_cos": _num(point["r"]),
+        "slope_cos_given_direct": _num(point["slope_given_z"]), "n_pairs": fit["n_pairs"]}
+  return out
 
 
 def compare_methods(effects_by_method: Mapping[str, Any], steered_index, *, seed,
@@ -448,7 +596,9 @@ def summarise_control(effects, alphas, steered_index) -> dict[str, Any]:
   """Mean on-target and |off-target| slopes, for control (e.g. random) steering directions.
 
   The same summary applied to antonym directions makes the two comparable: a random direction of
-  matched norm sets how much off-target movement any push of that size causes.
+  matched norm sets how much off-target movement any push of that size causes. ``random_control``
+  computes the random-direction figure itself (random directions have no on-target readout) with
+  CIs.
 
   Args:
     effects: ``[W, S, A, J]`` rating changes; ``S`` indexes the control directions, each paired
@@ -468,3 +618,63 @@ def summarise_control(effects, alphas, steered_index) -> dict[str, Any]:
   off = float(np.abs(slopes[:, _offtarget_mask(idx, n_readout)]).mean())
   return {"mean_ontarget_slope": on, "mean_abs_offtarget_slope": off,
           "off_per_on": off / abs(on) if abs(on) >= _TINY else None, "n_words": int(n_words)}
+
+
+def random_control(effects, alphas, antonym_effects, antonym_steered_index, *, key_or_seed,
+                   n_boot: int = 1000) -> dict[str, Any]:
+  """Random-direction control, computed exactly like the antonym figure it is printed beside.
+
+  The statistic, for both: per word, the dose slope of every (direction, readout) pair
+  (``dose_slopes``); then the mean over words, directions and readouts of ``|slope|``. For the
+  antonym directions only the off-target readouts (``j != steered_index[s]``) count; a random
+  direction has no target, so all its readouts count. The mean of a signed slope over words is
+  never taken first, so the two numbers differ only in the directions. CIs are 95% percentile
+  intervals from one bootstrap over words (``stats.bootstrap_indices(key, W, n_boot)``) shared by
+  both, so the ratio's CI is paired.
+
+  Args:
+    effects: ``[W, R, A, J]`` rating changes of ``R`` random unit directions, at the strengths
+      of the antonym directions and on the same words and readout scales.
+    alphas: ``[A]`` strengths.
+    antonym_effects: ``[W, S, A, J]`` rating changes of the antonym directions.
+    antonym_steered_index: ``[S]`` on-target readout column of each antonym direction.
+    key_or_seed: ``jax.random`` key or int seed for the bootstrap.
+    n_boot: bootstrap resamples of the words.
+
+  Returns:
+    ``{"n_directions": R, "random_mean_abs_slope", "random_ci", "antonym_mean_abs_offtarget_slope",
+    "antonym_ci", "ratio", "ratio_ci", "antonym_mean_ontarget_slope", "n_words", "n_boot",
+    "statistic"}``: ``ratio`` is antonym / random (``None`` when the random statistic is 0),
+    ``antonym_mean_ontarget_slope`` the mean signed on-target slope, ``statistic`` a one-line
+    description of the statistic for the report.
+
+  Raises:
+    InputError: for bad shapes or values, or random and antonym effects on different words,
+      strengths or readout scales.
+  """
+  _check_count("n_boot", n_boot)
+  rnd = _effects(effects, what="random-direction effects")
+  ant = _effects(antonym_effects, what="antonym effects")
+  for axis, what in ((0, "words"), (2, "strengths"), (3, "readout scales")):
+    if rnd.shape[axis] != ant.shape[axis]:
+      raise InputError(f"The random-direction effects have {rnd.shape[axis]} {what} but the antonym effects"
+                       f" have {ant.shape[axis]}; run both on the same words, strengths and readouts.")
+  a = _alphas(alphas, rnd.shape[2])
+  n_words, n_steered, _, n_readout = ant.shape
+  idx = _on_target(antonym_steered_index, n_steered, n_readout)
+  rnd_slopes, ant_slopes = _dose(rnd, a), _dose(ant, a)  # [W, R, J], [W, S, J]
+  rnd_w = np.abs(rnd_slopes).mean(axis=(1, 2))  # [W]
+  ant_w = np.abs(ant_slopes[:, _offtarget_mask(idx, n_readout)]).mean(axis=1)  # [W]
+  rnd_mean, ant_mean = rnd_w.mean(), ant_w.mean()
+
+  counts = _counts(np.asarray(stats.bootstrap_indices(_as_key(key_or_seed), n_words, n_boot)), n_words)
+  rnd_b, ant_b = counts @ rnd_w / n_words, counts @ ant_w / n_words
+  with np.errstate(invalid="ignore", divide="ignore"):
+    ratio_b = ant_b / np.where(rnd_b >= _TINY, rnd_b, np.nan)
+  return {"n_directions": int(rnd.shape[1]),
+          "random_mean_abs_slope": float(rnd_mean), "random_ci": _ci(rnd_b),
+          "antonym_mean_abs_offtarget_slope": float(ant_mean), "antonym_ci": _ci(ant_b),
+          "ratio": float(ant_mean / rnd_mean) if rnd_mean >= _TINY else None, "ratio_ci": _ci(ratio_b),
+          "antonym_mean_ontarget_slope": float(ant_slopes[:, np.arange(n_steered), idx].mean()),
+          "n_words": int(n_words), "n_boot": int(n_boot),
+          "statistic": "mean over words of |dose slope|, off-target readouts only (random: all readouts)"}

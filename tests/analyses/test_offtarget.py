@@ -1,10 +1,12 @@
 """Off-target analysis on planted grids, checked against numpy."""
 
+import jax
 import numpy as np
 import pytest
 
 from jaxsem.analyses import offtarget
 from jaxsem.errors import InputError
+from jaxsem.kernels import stats
 from jaxsem.report import figures
 
 W, J, DIM = 60, 12, 6
@@ -182,3 +184,223 @@ def test_figures_write_pngs(tmp_path, planted):
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
   assert not [p for p in tmp_path.rglob("*") if "tmp" in p.name]
+
+
+# --- direct-path control, joint bootstrap, random-direction control --------------------------------
+
+
+def _table_grid(rng, table, n_words, noise):
+  """effects[w, s, a, j] = alpha_a * (table[s, j] + noise * N(0, 1)) per word, plus a little jitter."""
+  per_word = table[None] + noise * rng.normal(size=(n_words, *table.shape))
+  jitter = 0.001 * rng.normal(size=(n_words, table.shape[0], len(ALPHAS), table.shape[1]))
+  return ALPHAS[None, None, :, None] * per_word[:, :, None, :] + jitter
+
+
+def _numpy_slopes(effects, alphas):
+  """Per-word dose slopes through the origin by least squares, one column per (w, s, j)."""
+  w, s, a, j = effects.shape
+  cols = np.moveaxis(effects, 2, 0).reshape(a, -1)
+  return np.linalg.lstsq(alphas[:, None], cols, rcond=None)[0].reshape(w, s, j)
+
+
+def _numpy_partial(y, x, z):
+  design = np.column_stack([np.ones_like(z), z])
+  ry = y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
+  rx = x - design @ np.linalg.lstsq(design, x, rcond=None)[0]
+  return np.corrcoef(ry, rx)[0, 1]
+
+
+def _geometry(rng, n):
+  """Cosines of ``n`` unit directions and a direct-path prediction correlated with them (r ~ 0.8)."""
+  cos = _cosines_n(rng, n)
+  direct = 0.8 * cos + 0.15 * rng.normal(size=(n, n))
+  np.fill_diagonal(direct, 1.0)
+  return cos, direct
+
+
+def _cosines_n(rng, n, dim=8):
+  u = rng.normal(size=(n, dim))
+  u /= np.linalg.norm(u, axis=1, keepdims=True)
+  return u @ u.T
+
+
+def test_partial_correlation_matches_numpy():
+  rng = np.random.default_rng(10)
+  z = rng.normal(size=50)
+  x = 0.7 * z + rng.normal(size=50)
+  y = 0.5 * x - 0.8 * z + rng.normal(size=50)
+  got = offtarget.partial_correlation(y, x, z)
+  assert got == pytest.approx(_numpy_partial(y, x, z), abs=1e-12)
+  assert abs(got - np.corrcoef(y, x)[0, 1]) > 0.1  # controlling for z changes the answer
+  z2 = np.column_stack([z, rng.normal(size=50)])
+  design = np.column_stack([np.ones(50), z2])
+  ry = y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
+  rx = x - design @ np.linalg.lstsq(design, x, rcond=None)[0]
+  assert offtarget.partial_correlation(y, x, z2) == pytest.approx(np.corrcoef(ry, rx)[0, 1], abs=1e-12)
+  assert np.isnan(offtarget.partial_correlation(2.0 * z + 1.0, x, z))  # y is explained by z exactly
+  with pytest.raises(InputError, match="needs y"):
+    offtarget.partial_correlation(y, x[:-1], z)
+  with pytest.raises(InputError, match="at least 4 values"):
+    offtarget.partial_correlation(y[:2], x[:2], z[:2])
+
+
+def test_pure_geometry_gives_partial_r_near_zero():
+  rng = np.random.default_rng(11)
+  n = 24
+  cos, direct = _geometry(rng, n)
+  effects = _table_grid(rng, direct, n_words=40, noise=0.02)  # D = direct, plus a little noise
+  res = offtarget.analyse(effects, ALPHAS, cos, np.arange(n), key_or_seed=3, n_boot=300, n_perm=20,
+                          direct=direct)
+  dp = res["direct_path"]
+  off = ~np.eye(n, dtype=bool)
+  d = np.array(res["D"])
+  assert dp["r_cos"] > 0.7 and dp["r_cos"] == pytest.approx(res["r"], abs=1e-12)
+  assert dp["share_direct"] > 0.98
+  assert abs(dp["partial_r"]) < 0.1
+  assert dp["partial_ci"][0] < 0 < dp["partial_ci"][1]
+  assert dp["n_pairs"] == n * (n - 1)
+  # against numpy
+  assert dp["r_direct"] == pytest.approx(np.corrcoef(d[off], direct[off])[0, 1], abs=1e-12)
+  assert dp["share_direct"] == pytest.approx(dp["r_direct"] ** 2, abs=1e-12)
+  assert dp["partial_r"] == pytest.approx(_numpy_partial(d[off], cos[off], direct[off]), abs=1e-10)
+  helper = offtarget.partial_correlation(d[off], cos[off], direct[off])
+  assert dp["partial_r"] == pytest.approx(helper, abs=1e-10)
+  design = np.column_stack([np.ones(off.sum()), cos[off], direct[off]])
+  assert dp["slope_cos_given_direct"] == pytest.approx(np.linalg.lstsq(design, d[off], rcond=None)[0][1],
+                                                       abs=1e-10)
+
+
+def test_planted_transformer_effect_survives_the_direct_path():
+  rng = np.random.default_rng(12)
+  n = 12
+  cos, direct = _geometry(rng, n)
+  off = ~np.eye(n, dtype=bool)
+  design = np.column_stack([np.ones(off.sum()), direct[off]])
+  cos_perp = cos[off] - design @ np.linalg.lstsq(design, cos[off], rcond=None)[0]  # independent of direct
+  table = direct.copy()
+  table[off] += 0.5 * cos_perp
+  res = offtarget.analyse(_table_grid(rng, table, n_words=40, noise=0.1), ALPHAS, cos, np.arange(n),
+                          key_or_seed=4, n_boot=300, n_perm=20, direct=direct)
+  dp = res["direct_path"]
+  assert dp["partial_r"] > 0.8
+  assert dp["partial_ci"][0] > 0.5 and dp["partial_ci_words"][0] > 0.5
+  assert dp["partial_ci"][1] > 0.9 and dp["partial_ci"][1] - dp["partial_ci"][0] < 0.1
+  assert dp["slope_cos_given_direct"] == pytest.approx(0.5, abs=0.1)
+  assert dp["share_direct"] < dp["r_cos"] ** 2  # the cosine explains more than the direct path
+
+
+def test_joint_ci_reproduces_a_numpy_resampling_of_words_and_scales():
+  rng = np.random.default_rng(13)
+  n_w, n_s, n_j, n_boot, seed = 15, 5, 7, 40, 21
+  steered = np.array([3, 0, 6, 1, 4])
+  u = rng.normal(size=(n_j, 4))
+  u /= np.linalg.norm(u, axis=1, keepdims=True)
+  cos = (u @ u.T)[steered]
+  direct = 0.7 * cos + 0.2 * rng.normal(size=cos.shape)
+  table = cos + 0.3 * rng.normal(size=cos.shape)
+  table[np.arange(n_s), steered] = 1.0
+  effects = _table_grid(rng, table, n_w, noise=0.3)
+  res = offtarget.analyse(effects, ALPHAS, cos, steered, key_or_seed=seed, n_boot=n_boot, n_perm=10,
+                          direct=direct)
+  key_boot, _ = jax.random.split(jax.random.key(seed))
+  words, scales = offtarget._boot_draws(key_boot, n_w, n_s, n_boot)
+  slopes = _numpy_slopes(effects, ALPHAS)
+  dist = {k: [] for k in ("slope", "r", "partial", "slope_w", "r_w", "partial_w")}
+  for b in range(n_boot):
+    mean = slopes[words[b]].mean(axis=0)
+    d = mean / mean[np.arange(n_s), steered][:, None]
+    for rows, tag in ((scales[b], ""), (np.arange(n_s), "_w")):
+      pairs = np.array([(cos[s, j], d[s, j], direct[s, j])
+                        for s in rows for j in range(n_j) if j != steered[s]])
+      dist["slope" + tag].append(np.polyfit(pairs[:, 0], pairs[:, 1], 1)[0])
+      dist["r" + tag].append(np.corrcoef(pairs[:, 0], pairs[:, 1])[0, 1])
+      dist["partial" + tag].append(_numpy_partial(pairs[:, 1], pairs[:, 0], pairs[:, 2]))
+  ci = {k: np.percentile(v, [2.5, 97.5]) for k, v in dist.items()}
+  assert res["ci_resampling"] == "words+steered_scales"
+  np.testing.assert_allclose(res["ci"]["slope"], ci["slope"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(res["ci"]["r"], ci["r"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(res["ci_words"]["slope"], ci["slope_w"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(res["ci_words"]["r"], ci["r_w"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(res["direct_path"]["partial_ci"], ci["partial"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(res["direct_path"]["partial_ci_words"], ci["partial_w"], rtol=1e-5, atol=1e-6)
+  assert not np.allclose(ci["slope"], ci["slope_w"])  # the scale draws matter
+
+
+def test_joint_ci_is_wider_when_steered_scales_differ(planted):
+  cos, steered, effects = planted  # homogeneous: D = cos for every steered scale
+  res = offtarget.analyse(effects, ALPHAS, cos, steered, key_or_seed=5, n_boot=400, n_perm=20)
+  for ci in (res["ci"]["slope"], res["ci_words"]["slope"]):
+    assert ci[0] < 1.0 < ci[1]
+
+  rng = np.random.default_rng(14)
+  n = 16
+  cos = _cosines_n(rng, n)
+  gain = rng.normal(scale=0.4, size=n)
+  gain -= gain.mean()
+  table = (1.0 + gain)[:, None] * cos  # each steered scale has its own slope; their mean is 1
+  np.fill_diagonal(table, 1.0)
+  res = offtarget.analyse(_table_grid(rng, table, n_words=80, noise=0.05), ALPHAS, cos, np.arange(n),
+                          key_or_seed=6, n_boot=400, n_perm=20)
+  joint, words = np.diff(res["ci"]["slope"])[0], np.diff(res["ci_words"]["slope"])[0]
+  assert joint > 3 * words
+  assert res["ci"]["slope"][0] < 1.0 < res["ci"]["slope"][1]
+
+
+def test_direct_must_match_d():
+  rng = np.random.default_rng(15)
+  cos, direct = _geometry(rng, 4)
+  effects = _table_grid(rng, direct, n_words=10, noise=0.1)
+  with pytest.raises(InputError, match=r"direct must have shape \[S, J\] = \[4, 4\]"):
+    offtarget.analyse(effects, ALPHAS, cos, np.arange(4), key_or_seed=0, n_boot=5, n_perm=5,
+                      direct=direct[:3])
+  direct[0, 2] = np.nan
+  with pytest.raises(InputError, match="steered scale 0, readout scale 2"):
+    offtarget.analyse(effects, ALPHAS, cos, np.arange(4), key_or_seed=0, n_boot=5, n_perm=5, direct=direct)
+  direct[0, 2] = 0.1
+  direct[1, 1] = np.nan  # on-target entries are not used
+  assert "direct_path" in offtarget.analyse(effects, ALPHAS, cos, np.arange(4), key_or_seed=0, n_boot=5,
+                                            n_perm=5, direct=direct)
+  assert "direct_path" not in offtarget.analyse(effects, ALPHAS, cos, np.arange(4), key_or_seed=0, n_boot=5,
+                                                n_perm=5)
+
+
+def test_random_control_matches_numpy_and_counts_signs_per_word():
+  rng = np.random.default_rng(16)
+  n_w, n_r, n_s, n_j, n_boot, seed = 30, 6, 4, 9, 200, 8
+  steered = np.array([2, 5, 0, 7])
+  # Random directions: per-word slopes of +-0.25 with a random sign per word, so the mean over
+  # words of the signed slope is near 0 while the mean |slope| is 0.25.
+  rnd_table = 0.25 * rng.choice([-1.0, 1.0], size=(n_w, n_r, n_j))
+  ant_table = 0.5 * rng.choice([-1.0, 1.0], size=(n_w, n_s, n_j))
+  ant_table[:, np.arange(n_s), steered] = 2.0
+  rnd = ALPHAS[None, None, :, None] * rnd_table[:, :, None, :] + 0.01 * rng.normal(size=(n_w, n_r, 5, n_j))
+  ant = ALPHAS[None, None, :, None] * ant_table[:, :, None, :] + 0.01 * rng.normal(size=(n_w, n_s, 5, n_j))
+  res = offtarget.random_control(rnd, ALPHAS, ant, steered, key_or_seed=seed, n_boot=n_boot)
+
+  rnd_s, ant_s = _numpy_slopes(rnd, ALPHAS), _numpy_slopes(ant, ALPHAS)
+  rnd_w = np.array([np.mean(np.abs(rnd_s[w])) for w in range(n_w)])
+  ant_w = np.array([np.mean([abs(ant_s[w, s, j]) for s in range(n_s) for j in range(n_j) if j != steered[s]])
+                    for w in range(n_w)])
+  assert res["random_mean_abs_slope"] == pytest.approx(rnd_w.mean(), abs=1e-12)
+  assert res["antonym_mean_abs_offtarget_slope"] == pytest.approx(ant_w.mean(), abs=1e-12)
+  assert res["ratio"] == pytest.approx(ant_w.mean() / rnd_w.mean(), abs=1e-12)
+  on = ant_s[:, np.arange(n_s), steered].mean()
+  assert res["antonym_mean_ontarget_slope"] == pytest.approx(on, abs=1e-12)
+  idx = np.asarray(stats.bootstrap_indices(jax.random.key(seed), n_w, n_boot))
+  rnd_b, ant_b = rnd_w[idx].mean(axis=1), ant_w[idx].mean(axis=1)
+  np.testing.assert_allclose(res["random_ci"], np.percentile(rnd_b, [2.5, 97.5]), rtol=1e-5)
+  np.testing.assert_allclose(res["antonym_ci"], np.percentile(ant_b, [2.5, 97.5]), rtol=1e-5)
+  np.testing.assert_allclose(res["ratio_ci"], np.percentile(ant_b / rnd_b, [2.5, 97.5]), rtol=1e-5)
+  # planted values
+  assert res["random_mean_abs_slope"] == pytest.approx(0.25, abs=0.01)
+  assert res["antonym_mean_abs_offtarget_slope"] == pytest.approx(0.5, abs=0.01)
+  assert res["ratio"] == pytest.approx(2.0, abs=0.1) and res["ratio_ci"][0] < 2.0 < res["ratio_ci"][1] + 1e-3
+  assert np.mean(np.abs(rnd_s.mean(axis=0))) < 0.15  # what averaging signed slopes first would report
+  assert (res["n_directions"], res["n_words"], res["n_boot"]) == (n_r, n_w, n_boot)
+  assert res["statistic"].startswith("mean over words of |dose slope|")
+  with pytest.raises(InputError, match="12 words but the antonym effects have 30"):
+    offtarget.random_control(rnd[:12], ALPHAS, ant, steered, key_or_seed=0, n_boot=5)
+  with pytest.raises(InputError, match="random-direction effects contain NaN"):
+    bad = rnd.copy()
+    bad[3, 1, 0, 0] = np.nan
+    offtarget.random_control(bad, ALPHAS, ant, steered, key_or_seed=0, n_boot=5)
