@@ -3,10 +3,13 @@
     .venv/bin/python -m launch.steer --model=gemma3-270m --scales=osgood28 --site=embed \
         --alphas=-1,-0.5,0.5,1 --readout=logodds --method=plain,orthogonal,fitted --out_dir=out/steer
 
-Writes ``out_dir/summary.json`` (``offtarget``, ``controls``, ``readout_validation``,
-``methods``, provenance) and ``offtarget.png``, ``offtarget_matrix.png``,
-``dose_response.png``. Finished batches of every evaluation are kept in
-``out_dir/checkpoint/``: after ``kill -9`` the same command resumes from them.
+Writes ``out_dir/summary.json`` (``offtarget`` on the direction words' log-odds and
+``offtarget_disjoint`` on the scales' readout words, disjoint from them, each with its
+``direct_path`` control; ``disjoint_readout``; ``controls`` with 64 random directions by
+default; ``readout_validation``; ``methods`` on the shared and disjoint readouts and on
+``--heldout_template``; ``scales_file``, provenance) and ``offtarget.png``,
+``offtarget_matrix.png``, ``dose_response.png``. Finished batches of every evaluation are
+kept in ``out_dir/checkpoint/``: after ``kill -9`` the same command resumes from them.
 """
 
 from absl import flags
@@ -34,7 +37,9 @@ flags.DEFINE_enum("orth_basis", "others", list(steer.ORTH_BASES),
                   "What orthogonal steering projects out: the other scales' directions or their top-3 axes.")
 flags.DEFINE_float("compare_alpha", 0.5, "Strength of the methods comparison (site-norm units).")
 flags.DEFINE_string("template", readouts.DEFAULT_TEMPLATE, "Completion template with one {word} slot.")
-flags.DEFINE_integer("n_random", 8, "Random directions in the control.", lower_bound=0)
+flags.DEFINE_string("heldout_template", readouts.HELDOUT_TEMPLATE, "A second template, used in no fit, the"
+                    " steering methods are also compared on (empty: skip).")
+flags.DEFINE_integer("n_random", 64, "Random directions in the control.", lower_bound=0)
 flags.DEFINE_float("fit_share", 0.75, "Share of words the fitted vector is trained on.", lower_bound=0.05,
                    upper_bound=0.95)
 flags.DEFINE_integer("fit_steps", 500, "optax steps of the fitted vector.", lower_bound=1)
@@ -64,8 +69,8 @@ def main(argv):
       layer=f.layer, grid_words=f.grid_words, alphas=_alphas(f.alphas), readout=f.readout,
       read_layer=f.read_layer,
       methods=tuple(f.method), compare_alpha=f.compare_alpha, orth_basis=f.orth_basis, template=f.template,
-      n_random=f.n_random, fit_share=f.fit_share, fit_steps=f.fit_steps, refine=f.refine,
-      off_weight=f.off_weight, fit_ridge=f.fit_ridge, n_boot=f.n_boot,
+      heldout_template=f.heldout_template, n_random=f.n_random, fit_share=f.fit_share, fit_steps=f.fit_steps,
+      refine=f.refine, off_weight=f.off_weight, fit_ridge=f.fit_ridge, n_boot=f.n_boot,
       n_perm=f.n_perm, seed=f.seed, batch_size=f.batch_size)
   with out_dir.claim(f.out_dir) as out:
     model = cli.load_model()

@@ -37,28 +37,25 @@ class Grid:
   Attributes:
     model: the ``jaxsem.Model``.
     prompts: the filled template (prefix + per-word suffixes).
-    poles: pole tokens of the readout scales.
+    readout: the ``readouts.Readout`` read at every row (bare ``PoleTokens`` are read as
+      their pole log-odds).
     site: intervention site.
-    read_site: capture site of the representation readout (None: log-odds only).
-    read_dirs: ``[J, D]`` unit readout directions at ``read_site``.
     batch_size: rows per call (rounded up to the mesh's data axis).
-    raw_logits: ``evaluate`` returns the logits of ``poles.rows`` instead of log-odds.
   """
 
   model: object
   prompts: readouts.Prompts
-  poles: readouts.PoleTokens
+  readout: readouts.Readout | readouts.PoleTokens
   site: str
-  read_site: str | None = None
-  read_dirs: np.ndarray | None = None
   batch_size: int = 256
-  raw_logits: bool = False
   cache: PrefixCache = dataclasses.field(init=False, repr=False)
   # Rows taken from checkpoints by ``evaluate`` and rows computed, over this grid's life.
   rows_resumed: int = dataclasses.field(init=False, default=0)
   rows_computed: int = dataclasses.field(init=False, default=0)
 
   def __post_init__(self):
+    if isinstance(self.readout, readouts.PoleTokens):
+      self.readout = readouts.Readout(kind="logodds", names=self.readout.names, poles=self.readout)
     iv_lib.parse_site(self.site)
     m = self.model
     self.cache = _prefix_cache_jit(m.params, m.config, jnp.asarray(self.prompts.prefix, jnp.int32))
@@ -78,6 +75,22 @@ class Grid:
     self._static = (jnp.asarray(self.poles.rows), jnp.asarray(self.poles.positive),
                     jnp.asarray(self.poles.negative),
                     None if self.read_dirs is None else jnp.asarray(self.read_dirs, jnp.float32))
+
+  @property
+  def poles(self) -> readouts.PoleTokens:
+    return self.readout.poles
+
+  @property
+  def read_site(self) -> str | None:
+    return self.readout.read_site
+
+  @property
+  def read_dirs(self) -> np.ndarray | None:
+    return self.readout.read_dirs
+
+  @property
+  def raw_logits(self) -> bool:
+    return self.readout.raw_logits
 
   @property
   def n_words(self) -> int:
@@ -107,14 +120,15 @@ class Grid:
       name: the evaluation's name in ``checkpoint_dir``.
 
     Returns:
-      ``(logodds [N, J], representation [N, J] or None)`` float32 numpy.
+      ``(logodds [N, J] (logits [N, R] with a raw-logits readout), representation [N, J]
+      or None)`` float32 numpy; ``rate`` turns them into the readout's ratings.
     """
     word_index = np.asarray(word_index, np.int64)
     vectors = np.asarray(vectors, np.float32)
     n, b = len(word_index), self.batch_size
     m = self.model
-    j = len(self.poles.rows) if self.raw_logits else len(self.poles.names)
-    width = j * (1 if self.read_site is None else 2)
+    j = self.readout.n_columns
+    width = j + (0 if self.read_site is None else len(self.readout.names))
     ckpt = None
     if checkpoint_dir is not None and n:
       ckpt = row_checkpoint.RowCheckpoint(checkpoint_dir, name, self.fingerprint(word_index, vectors), n, width, b)
@@ -148,6 +162,10 @@ class Grid:
         progress(done, n)
     out = np.concatenate(blocks) if blocks else np.zeros((0, width), np.float32)
     return out[:, :j], (out[:, j:] if self.read_site is not None else None)
+
+  def rate(self, word_index: Sequence[int] | np.ndarray, vectors: np.ndarray, **kwargs) -> np.ndarray:
+    """The readout's ratings ``[N, J]`` of rows (``evaluate``'s arguments)."""
+    return self.readout.ratings(self.evaluate(word_index, vectors, **kwargs))
 
   def fingerprint(self, word_index: np.ndarray, vectors: np.ndarray) -> str:
     """Digest of everything that determines ``evaluate``'s outputs for these rows."""
@@ -191,23 +209,33 @@ def check_finite(ratings: np.ndarray, strengths: Sequence[float], what: str = "-
 
 
 def jacobian(grid: Grid, word_index: Sequence[int] | np.ndarray, batch_size: int = 32,
-             checkpoint_dir: str | os.PathLike | None = None, name: str = "jacobian") -> np.ndarray:
+             checkpoint_dir: str | os.PathLike | None = None, name: str = "jacobian",
+             columns: int | None = None) -> np.ndarray:
   """``[N, J, D]``: d rating_j / d steering vector of each (unsteered) word's row.
 
   The rows are independent, so the gradient of the batch sum of rating ``j`` with
   respect to all rows' vectors holds every row's own gradient; one forward pass, then
   the ``J`` backward passes, per batch of words. With ``checkpoint_dir`` every finished
   batch is kept (as ``Grid.evaluate`` keeps its batches) and taken from there next time.
+
+  Args:
+    columns: differentiate only the first ``columns`` pole log-odds (default: all), so
+      readout columns the caller will not fit on cost no backward passes.
   """
   m = grid.model
   word_index = np.asarray(word_index, np.int64)
   b = grid.batch_size
   d = m.config.d_model
-  j = len(grid.poles.names)
+  j = len(grid.poles.names) if columns is None else int(columns)
+  if not 0 < j <= len(grid.poles.names):
+    raise InputError(f"The Jacobian's columns must be 1..{len(grid.poles.names)}, got {j}.")
+  rows_, positive, negative = grid._static[:3]  # noqa: SLF001 - the grid's own kernel inputs
+  positive, negative = positive[:j], negative[:j]
   n = len(word_index)
   ckpt = None
   if checkpoint_dir is not None and n:
-    key = row_checkpoint.digest("jacobian", grid.fingerprint(word_index, np.zeros((0, d), np.float32)))
+    key = row_checkpoint.digest("jacobian", grid.fingerprint(word_index, np.zeros((0, d), np.float32)),
+                                *(() if columns is None else ("columns", j)))
     ckpt = row_checkpoint.RowCheckpoint(checkpoint_dir, name, key, n, j * d, b)
     grid.rows_resumed += ckpt.committed_rows
   out = []
@@ -221,8 +249,8 @@ def jacobian(grid: Grid, word_index: Sequence[int] | np.ndarray, batch_size: int
     if k < b:
       rows = np.concatenate([rows, np.zeros(b - k, np.int64)])
     zeros = grid._put(np.zeros((b, d), np.float32))  # noqa: SLF001 - same placement as the rows
-    jac = _jacobian_batch(m.params, m.config, grid.cache, *grid.batch_inputs(rows), zeros,
-                          *grid._static[:3], site=grid.site)  # noqa: SLF001
+    jac = _jacobian_batch(m.params, m.config, grid.cache, *grid.batch_inputs(rows), zeros, rows_, positive,
+                          negative, site=grid.site)
     block = distributed.to_host(jac)[:k]
     if ckpt is not None:
       ckpt.commit(start, block.reshape(k, j * d))

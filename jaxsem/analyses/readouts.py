@@ -1,5 +1,16 @@
 """How a steered model's judgement of a word is read: prompts, pole tokens, ratings.
 
+A ``Readout`` is one object: what it needs prepared (its template, the tokens whose
+logits are computed, a read site and directions) and how the steered forward pass's raw
+outputs become ratings ``[N, J]``. Factories build the three kinds:
+
+* ``logodds_readout``: pole log-odds over the first tokens of each scale's direction words
+  (``words="direction"``) or of its readout words, disjoint from them
+  (``words="disjoint"``); ``concat`` reads several in one pass.
+* ``rating_readout``: a 1-7 rating asked in the model's chat format, read as the expected
+  answer under the softmax over the answers' tokens.
+* ``representation_readout``: the word's state at a read site projected on unit directions.
+
 Pole log-odds (the default readout): the word sits in a completion template whose next
 token is a describing word, e.g. ``"... {word} is"``; the rating of the word on scale
 ``j`` is
@@ -20,9 +31,11 @@ before it (the word-initial marker), as in the embedding spaces.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import types
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 from jaxsem.analyses import spaces as spaces_lib
@@ -33,7 +46,11 @@ from jaxsem.kernels.steering import pole_logodds  # noqa: F401 - the readout's r
 # at r = 0.70 on both embedded models with this template; its tail after the word is
 # three tokens, so the cached prefix carries most of each prompt.
 DEFAULT_TEMPLATE = "Describe each thing in one word.\nThing: {word}\nDescription:"
+# A second completion template that plays no part in fitting steering vectors: the methods
+# are compared on it too. Fixed before any result was seen; not to be tuned.
+HELDOUT_TEMPLATE = "Here is a word and a word that describes it.\nWord: {word}\nDescribed as:"
 READOUTS = ("logodds", "representation")
+POLE_WORDS = ("direction", "disjoint")
 # The Warriner column each hypothesised factor is validated against (osgood28 has no
 # per-scale norm tags; the norms set tags its own).
 FACTOR_NORMS = {"E": "warriner:valence", "P": "warriner:dominance", "A": "warriner:arousal"}
@@ -135,6 +152,211 @@ def pole_tokens(tokenizer, scales: Sequence[Any]) -> PoleTokens:
     negative[j, :len(n)] = [where[t] for t in n]
   return PoleTokens(names=tuple(s.name for s in scales), rows=rows, positive=positive, negative=negative,
                     report=report)
+
+
+def disjoint_scales(tokenizer, scales: Sequence[Any]) -> tuple[list[Any], dict[str, str], dict[str, dict]]:
+  """The scales' readout words (``readout_positive`` / ``readout_negative``) that can be read.
+
+  A readout word counts only when its first token is none of the first tokens of the
+  scale's own direction words (else the readout would again read along the direction). A
+  scale is left out when it has no readout words, or a pole has none left.
+
+  Returns:
+    ``(kept, left_out, dropped)``: ``kept`` are stand-in scales (``name``, ``positive``,
+    ``negative`` = the usable readout words) in the given order; ``left_out`` maps a scale
+    name to the reason; ``dropped`` maps a kept scale's name to its words dropped, with why.
+  """
+  kept, left_out, dropped = [], {}, {}
+  for s in scales:
+    pos = tuple(getattr(s, "readout_positive", ()) or ())
+    neg = tuple(getattr(s, "readout_negative", ()) or ())
+    if not pos and not neg:
+      left_out[s.name] = "the scale file gives it no readout words"
+      continue
+    direction = {_first_token(tokenizer, w) for w in (*s.positive, *s.negative)}
+    why = {w: "its first token is a first token of the scale's direction words" for w in (*pos, *neg)
+           if _first_token(tokenizer, w) in direction}
+    why.update({w: "it has no token" for w in (*pos, *neg) if _first_token(tokenizer, w) is None})
+    first = {w: _first_token(tokenizer, w) for w in (*pos, *neg) if w not in why}
+    shared = {first[w] for w in pos if w in first} & {first[w] for w in neg if w in first}
+    why.update({w: "its first token is shared with the other pole" for w in first if first[w] in shared})
+    p = tuple(w for w in pos if w not in why)
+    n = tuple(w for w in neg if w not in why)
+    if not p or not n:
+      side = "positive" if not p else "negative"
+      detail = "; ".join(f"{w!r}: {r}" for w, r in why.items()) or "none given"
+      left_out[s.name] = f"no usable readout word on its {side} pole ({detail})"
+      continue
+    kept.append(types.SimpleNamespace(name=s.name, positive=p, negative=n))
+    dropped[s.name] = why
+  return kept, left_out, dropped
+
+
+def merge_poles(*parts: PoleTokens) -> PoleTokens:
+  """Pole tokens of several readouts side by side: the columns of ``parts[0]``, then of ``parts[1]``...
+
+  Each token's logit is computed once however many columns read it.
+  """
+  rows = np.array(sorted({int(t) for p in parts for t in p.rows}), np.int32)
+  where = {int(t): i for i, t in enumerate(rows)}
+  k = max(p.positive.shape[1] for p in parts)
+
+  def remap(p: PoleTokens, index: np.ndarray) -> np.ndarray:
+    out = np.full((index.shape[0], k), -1, np.int32)
+    ok = index >= 0
+    out[:, :index.shape[1]][ok] = [where[int(t)] for t in p.rows[index[ok]]]
+    return out
+
+  return PoleTokens(names=tuple(n for p in parts for n in p.names), rows=rows,
+                    positive=np.concatenate([remap(p, p.positive) for p in parts]),
+                    negative=np.concatenate([remap(p, p.negative) for p in parts]),
+                    report={"parts": [p.report for p in parts]})
+
+
+def unembedding_directions(model, poles: PoleTokens) -> np.ndarray:
+  """``[J, D]`` float64: per readout column, the mean unembedding row of its positive pole
+  tokens minus the mean of its negative pole tokens (the output embedding, tied or not).
+
+  A logit change along this vector is what steering moves in the log-odds through the
+  output embedding alone, with no transformer block in between.
+  """
+  matrix, scale = spaces_lib._embedding_source(model, "unembedding")  # noqa: SLF001 - one definition
+  rows = np.asarray(jnp.take(matrix, jnp.asarray(poles.rows), axis=0).astype(jnp.float32), np.float64) * scale
+
+  def pole_mean(index: np.ndarray) -> np.ndarray:
+    ok = (index >= 0).astype(np.float64)
+    return np.einsum("jk,jkd->jd", ok, rows[np.maximum(index, 0)]) / ok.sum(1, keepdims=True)
+
+  return pole_mean(poles.positive) - pole_mean(poles.negative)
+
+
+# ----------------------------------------------------------------------------- the Readout object
+
+
+def _logodds_ratings(logodds: np.ndarray, representation: np.ndarray | None) -> np.ndarray:
+  del representation
+  return logodds
+
+
+def _representation_ratings(logodds: np.ndarray, representation: np.ndarray | None) -> np.ndarray:
+  del logodds
+  return representation
+
+
+def _rating_ratings(logits: np.ndarray, representation: np.ndarray | None) -> np.ndarray:
+  del representation
+  return expected_rating(logits)[:, None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Readout:
+  """How a steered model's judgement is read: what to prepare, and how outputs become ratings.
+
+  The steered kernel (``kernels.steering.steered_readout``) computes, at the prompt's last
+  position, the logits of ``poles.rows`` (as pole log-odds ``[N, J]``, or raw ``[N, R]``
+  with ``raw_logits``) and, with a ``read_site``, the word's state projected on
+  ``read_dirs`` ``[N, J]``; ``ratings`` turns those into the readout's ratings.
+
+  Attributes:
+    kind: ``"logodds"``, ``"rating"`` or ``"representation"``.
+    names: ``[J]`` the rating columns (scale names).
+    poles: the tokens whose next-token logits are computed and each column's poles.
+    template: the template the readout asks its question in, or None (the run's template).
+    read_site: capture site of the representation, or None.
+    read_dirs: ``[J, D]`` unit directions at ``read_site``, or None.
+    raw_logits: the kernel returns the logits of ``poles.rows``, not log-odds.
+    to_ratings: ``(kernel output, representation or None) -> [N, J]`` ratings.
+    report: what was chosen (pole tokens, dropped words, the question).
+  """
+
+  kind: str
+  names: tuple[str, ...]
+  poles: PoleTokens
+  template: str | None = None
+  read_site: str | None = None
+  read_dirs: np.ndarray | None = None
+  raw_logits: bool = False
+  to_ratings: Callable[[np.ndarray, np.ndarray | None], np.ndarray] = _logodds_ratings
+  report: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  @property
+  def n_columns(self) -> int:
+    """Width of the kernel's first output: ``R`` logits with ``raw_logits``, else ``J`` log-odds."""
+    return len(self.poles.rows) if self.raw_logits else len(self.poles.names)
+
+  def ratings(self, outputs: tuple[np.ndarray, np.ndarray | None]) -> np.ndarray:
+    """``Grid.evaluate``'s ``(first, representation)`` -> ratings ``[N, J]``."""
+    return self.to_ratings(*outputs)
+
+
+def logodds_readout(tokenizer, scales: Sequence[Any], words: str = "direction") -> Readout:
+  """Pole log-odds of each scale, over the first tokens of its direction words or readout words.
+
+  Args:
+    tokenizer: the model's tokenizer.
+    scales: objects with ``name``, ``positive``, ``negative`` (and, for ``"disjoint"``,
+      ``readout_positive`` / ``readout_negative``).
+    words: ``"direction"`` (the pole words that define the directions) or ``"disjoint"``
+      (the readout words, disjoint from them; scales without usable ones are left out,
+      named in ``report["left_out"]``).
+
+  Raises:
+    InputError: for an unknown ``words``, a direction pole with no usable token, or no
+      scale with usable readout words.
+  """
+  if words not in POLE_WORDS:
+    raise InputError(f"Readout words {words!r} are not known; use one of {', '.join(POLE_WORDS)}.")
+  if words == "direction":
+    poles = pole_tokens(tokenizer, scales)
+    return Readout(kind="logodds", names=poles.names, poles=poles,
+                   report={"words": "direction", "tokens": poles.report})
+  kept, left_out, dropped = disjoint_scales(tokenizer, scales)
+  if not kept:
+    raise InputError("No scale has readout words (readout_positive, readout_negative) disjoint from its"
+                     " direction words; add them to the scale file or read the direction words.")
+  poles = pole_tokens(tokenizer, kept)
+  for name, why in dropped.items():
+    poles.report[name]["dropped"].update(why)
+  return Readout(kind="logodds", names=poles.names, poles=poles,
+                 report={"words": "disjoint", "tokens": poles.report, "left_out": left_out})
+
+
+def concat(*parts: Readout) -> Readout:
+  """Several log-odds readouts read in one pass: their columns side by side, in order."""
+  if not parts or any(p.kind != "logodds" or p.template is not None for p in parts):
+    raise InputError("Only log-odds readouts on the run's template can be read together.")
+  poles = merge_poles(*(p.poles for p in parts))
+  return Readout(kind="logodds", names=poles.names, poles=poles, report={"parts": [p.report for p in parts]})
+
+
+def representation_readout(tokenizer, scales: Sequence[Any], read_site: str,
+                           read_dirs: np.ndarray) -> Readout:
+  """The word's last-token state at ``read_site`` projected on ``read_dirs [J, D]`` (unit rows).
+
+  The pole log-odds of the direction words are computed in the same pass (the kernel's
+  first output), for validating the unsteered ratings against human norms.
+  """
+  poles = pole_tokens(tokenizer, scales)
+  dirs = np.asarray(read_dirs, np.float32)
+  if dirs.shape[0] != len(poles.names):
+    raise InputError(f"The representation readout has {dirs.shape[0]} directions for {len(poles.names)}"
+                     " scales; give one per scale.")
+  return Readout(kind="representation", names=poles.names, poles=poles, read_site=read_site, read_dirs=dirs,
+                 to_ratings=_representation_ratings, report={"read_site": read_site, "tokens": poles.report})
+
+
+def rating_readout(tokenizer, scale: Any, n: int = 7) -> Readout:
+  """A 1-``n`` rating of ``scale`` asked in the model's chat format, read as the expected answer.
+
+  Raises:
+    InputError: when the model has no known chat format or an answer is not one token.
+  """
+  digits = digit_tokens(tokenizer, n)
+  question = RATING_QUESTION.format(positive=scale.positive[0], negative=scale.negative[0], word="{word}")
+  poles = PoleTokens(names=(scale.name,), rows=digits, positive=np.zeros((1, 1), np.int32),
+                     negative=np.zeros((1, 1), np.int32), report={})
+  return Readout(kind="rating", names=(scale.name,), poles=poles, template=chat_template(tokenizer, question),
+                 raw_logits=True, to_ratings=_rating_ratings, report={"question": question, "answers": n})
 
 
 def validation_targets(scales: Sequence[Any]) -> dict[str, str]:

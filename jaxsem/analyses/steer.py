@@ -7,24 +7,30 @@ along each scale's unit direction at the site and rated on every readout scale. 
 
 * ``readout_validation``: the unsteered ratings against the human norms;
 * ``offtarget``: ``D[i -> j]`` (rating change on j per unit strength, over the on-target
-  change) regressed on ``cos(d_i, d_j)``, with bootstrap CIs over words and a
-  shuffled-label null (``analyses.offtarget``);
+  change) regressed on ``cos(d_i, d_j)``, with bootstrap CIs and a shuffled-label null
+  (``analyses.offtarget``), and the direct-path control (``direct_path``: what the
+  vector moves through the output embedding alone);
+* ``offtarget_disjoint``: the same on the readout words disjoint from the direction words
+  (read in the same forward passes); ``disjoint_readout`` says which scales have them;
 * ``controls``: random unit directions at the same strengths;
 * ``methods``: on held-out words, at equal predicted on-target effect, the off-target
   effect of plain antonym steering vs orthogonalised directions (the other scales'
   directions projected out) vs a vector fitted with optax on training words to reach
-  the on-target change while keeping the others still.
+  the on-target change while keeping the others still; also read on the disjoint
+  readout and on a second template, neither of which the fit saw.
 
 The fitted vector uses the model's linear response at the unsteered point: the
-Jacobian ``G[w, j] = d rating_j / d v`` of each training word (one batched backward
-pass). With ``E_wj(v) = G[w, j] . v`` it minimises the mean squared off-target change
-subject to the mean on-target change (a penalty), plus a small pull towards the plain
-vector's norm; held-out words are then run through the real, nonlinear model.
+Jacobian ``G[w, j] = d rating_j / d v`` of each training word over the shared readout's
+columns only (one batched backward pass per column). With ``E_wj(v) = G[w, j] . v`` it
+minimises the mean squared off-target change subject to the mean on-target change (a
+penalty), plus a small pull towards the plain vector's norm; held-out words are then run
+through the real, nonlinear model.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import time
 from collections.abc import Sequence
@@ -77,7 +83,9 @@ class SteerOptions:
     orth_basis: what ``orthogonal`` projects out: ``others`` (the other scales'
       directions) or ``top3`` (the top-3 principal axes of all scales' directions).
     template: completion template with one ``{word}`` slot.
-    n_random: random directions in the control.
+    heldout_template: a second template, used in no fit: the methods are compared on it
+      too (empty: skip that comparison).
+    n_random: random directions in the control (at least 64 for a CI worth printing).
     fit_share: share of the words the fitted vector is trained on (the rest are held out).
     fit_steps: optax steps of the fit.
     off_weight: weight of the off-target term in the fit (on-target term has weight 1).
@@ -105,7 +113,8 @@ class SteerOptions:
   compare_alpha: float = 0.5
   orth_basis: str = "others"
   template: str = readouts.DEFAULT_TEMPLATE
-  n_random: int = 8
+  heldout_template: str = readouts.HELDOUT_TEMPLATE
+  n_random: int = 64
   fit_share: float = 0.75
   fit_steps: int = 500
   off_weight: float = 3.0
@@ -211,40 +220,115 @@ def rating_validation(model, scales, ids, cols, targets: dict[str, str], batch_s
                       max_scales: int = 3) -> dict[str, Any]:
   """The rating-prompt readout on unsteered words: one scale per hypothesised factor.
 
-  Each word is asked for a 1-7 rating in the model's chat format; the rating is the
-  expected answer under the softmax over the answer tokens "1".."7". Reports its
-  correlation with the scale's human norm and how often the most likely answer is the
-  same digit (a model that always answers "1" carries no signal).
+  Each word is asked for a 1-7 rating in the model's chat format (``readouts.rating_readout``);
+  the rating is the expected answer under the softmax over the answer tokens "1".."7".
+  Reports its correlation with the scale's human norm and how often the most likely answer
+  is the same digit (a model that always answers "1" carries no signal).
   """
-  try:
-    digits = readouts.digit_tokens(model.tokenizer)
-    readouts.chat_template(model.tokenizer, "{word}")
-  except InputError as e:
-    return {"skipped": str(e)}
   chosen, seen = [], set()
   for s in scales:
     f = getattr(s, "factor", None) or s.name
     if s.name in targets and targets[s.name].startswith("warriner:") and f not in seen:
       chosen.append(s)
       seen.add(f)
-  poles = readouts.PoleTokens(names=("rating",), rows=digits, positive=np.zeros((1, 1), np.int32),
-                              negative=np.zeros((1, 1), np.int32), report={})
   out = []
   for s in chosen[:max_scales]:
-    question = readouts.RATING_QUESTION.format(positive=s.positive[0], negative=s.negative[0], word="{word}")
-    prompts = readouts.build_prompts(model.tokenizer, readouts.chat_template(model.tokenizer, question), ids)
-    g = grid_lib.Grid(model, prompts, poles, "embed", batch_size=batch_size, raw_logits=True)
-    logits, _ = g.evaluate(np.arange(len(ids)), np.zeros((len(ids), model.config.d_model), np.float32))
-    rating = readouts.expected_rating(logits)
+    try:
+      readout = readouts.rating_readout(model.tokenizer, s)
+    except InputError as e:
+      return {"skipped": str(e)}
+    prompts = readouts.build_prompts(model.tokenizer, readout.template, ids)
+    g = grid_lib.Grid(model, prompts, readout, "embed", batch_size=batch_size)
+    raw = g.evaluate(np.arange(len(ids)), np.zeros((len(ids), model.config.d_model), np.float32))
+    rating = readout.ratings(raw)[:, 0]
     y = cols[targets[s.name].split(":", 1)[1]]
     ok = np.isfinite(y)
-    top = np.bincount(np.argmax(logits, axis=1), minlength=len(digits))
+    top = np.bincount(np.argmax(raw[0], axis=1), minlength=len(readout.poles.rows))
     out.append({"scale": s.name, "norm": targets[s.name], "n": int(ok.sum()),
                 "pearson": float(stats.pearson(rating[ok], y[ok])) if np.ptp(rating[ok]) > 0 else None,
-                "question": question,
+                "question": readout.report["question"],
                 "most_likely_answer_counts": {str(k + 1): int(c) for k, c in enumerate(top)},
                 "mean_rating": float(rating.mean())})
   return {"scales": out}
+
+
+def _readout(model, opts: SteerOptions, scales, site: str, units: np.ndarray) -> readouts.Readout:
+  """The run's readout, from ``opts.readout`` (the one place that names the kinds)."""
+  if opts.readout == "logodds":
+    return readouts.logodds_readout(model.tokenizer, scales, "direction")
+  if opts.read_layer is None:
+    read_site, read_dirs = ("embed", units) if site == "embed" else (site, units)
+  else:
+    layer, read_site = spaces_lib.capture_site(model, opts.read_layer)
+    space = spaces_lib.make_space(model, "hidden", layer=layer)
+    read_dirs = _unit(np.asarray(scale_directions.build(model, space, scales, policy="single").vectors))
+  if read_site.startswith("resid_pre"):
+    raise InputError("--read_layer: read the representation at embed, a block output or -1 (final).")
+  return readouts.representation_readout(model.tokenizer, scales, read_site, read_dirs)
+
+
+def direct_path(steer_units: np.ndarray, readout_dirs: np.ndarray, on_index) -> np.ndarray:
+  """``[S, J]`` the readout change steering causes through the output embedding alone, in D's units.
+
+  ``direct[s, j] = (u_s . r_j) / (u_s . r_on(s))``: a vector ``a u_s`` added to the final
+  residual moves the log-odds of readout ``j`` by ``a u_s . r_j`` (``r_j`` its pole tokens'
+  mean unembedding difference, ``readouts.unembedding_directions``), with no transformer
+  block in between; per unit of the same path's on-target change, as ``D`` is.
+
+  Args:
+    steer_units: ``[S, D]`` unit steering directions.
+    readout_dirs: ``[J, D]`` unembedding differences of the readout columns.
+    on_index: ``[S]`` each steered scale's on-target column.
+  """
+  raw = np.asarray(steer_units, np.float64) @ np.asarray(readout_dirs, np.float64).T  # [S, J]
+  on = raw[np.arange(raw.shape[0]), np.asarray(on_index)]
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return raw / on[:, None]
+
+
+def _analyse(effects, alphas, cos, on, direct, key, opts, names, readout_names) -> dict[str, Any]:
+  """``offtarget.analyse`` with the direct-path prediction where it takes one; the raw matrix
+  is kept as ``direct`` for plotting."""
+  extra = {}
+  if direct is not None and "direct" in inspect.signature(offtarget.analyse).parameters:
+    extra["direct"] = direct
+  out = offtarget.analyse(effects, alphas, cos, on, key_or_seed=key, n_boot=opts.n_boot, n_perm=opts.n_perm,
+                          names=names, readout_names=readout_names, **extra)
+  if direct is not None:
+    out["direct"] = [[None if not np.isfinite(x) else float(x) for x in row] for row in direct]
+  return out
+
+
+def _random_control(r_eff, alphas, effects, steered_index, key, opts) -> dict[str, Any]:
+  """``offtarget.random_control`` (the antonym figure's own summary, with CIs) where it exists."""
+  plain = offtarget.summarise_control(effects, alphas, steered_index)
+  out = {"n": opts.n_random, "norm": "same strengths (site-norm units), unit directions"}
+  if hasattr(offtarget, "random_control"):
+    out.update(offtarget.random_control(r_eff, alphas, effects, steered_index, key_or_seed=key,
+                                        n_boot=opts.n_boot))
+    out.setdefault("mean_abs_slope", out.get("random_mean_abs_slope"))
+  else:
+    out.update(mean_abs_slope=float(np.mean(np.abs(offtarget.dose_slopes(r_eff, alphas).mean(0)))),
+               antonym_mean_abs_offtarget_slope=plain["mean_abs_offtarget_slope"])
+  out.setdefault("antonym_mean_ontarget_slope", plain["mean_ontarget_slope"])
+  return out
+
+
+def _disjoint_columns(steer: Sequence[str], n_shared: int, disjoint: readouts.Readout | None):
+  """The disjoint readout's view of the grid (``Columns`` over the pole log-odds), or a reason why not."""
+  if disjoint is None:
+    return None, None
+  rows = np.array([k for k, name in enumerate(steer) if name in disjoint.names], np.int64)
+  if not len(rows):
+    return None, "no steered scale has readout words of its own"
+  if len(disjoint.names) < 2:
+    return None, "fewer than 2 scales have readout words, so there is no off-target readout"
+  on = np.array([disjoint.names.index(steer[k]) for k in rows], np.int64)
+  return steering_methods.Columns(rows=rows, cols=n_shared + np.arange(len(disjoint.names)), on=on), None
+
+
+SHARED_NOTE = ("the scale file gives no readout words disjoint from the direction words, so the readout is"
+               " shared with the direction words (each scale is read along its own direction)")
 
 
 def run_steer(model, opts: SteerOptions, checkpoint_dir: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -264,6 +348,9 @@ def run_steer(model, opts: SteerOptions, checkpoint_dir: str | os.PathLike | Non
   if alphas.size == 0 or np.any(alphas == 0) or not np.all(np.isfinite(alphas)):
     raise InputError(f"--alphas={list(opts.alphas)}: give nonzero finite strengths (0 is the unsteered"
                      " baseline, always included).")
+  if opts.heldout_template and opts.heldout_template == opts.template:
+    raise InputError("--heldout_template is the same as --template, so it is not held out; give another"
+                     " template (or an empty one to skip it).")
   site = site_name(opts.site, opts.layer, model.config.n_layers)
   scale_set = scales_io.load_scales(opts.scales)
   scales = list(scale_set)
@@ -274,78 +361,108 @@ def run_steer(model, opts: SteerOptions, checkpoint_dir: str | os.PathLike | Non
     raise InputError(f"--steer: {missing[0]!r} is not a scale of {scale_set.name}; use one of its names.")
   steered_index = np.array([names.index(s) for s in steer])
   words, ids, cols = _words(model, opts)
-  prompts = readouts.build_prompts(model.tokenizer, opts.template, ids)
-  poles = readouts.pole_tokens(model.tokenizer, scales)
+  tok = model.tokenizer
+  prompts = readouts.build_prompts(tok, opts.template, ids)
+  heldout_prompts = readouts.build_prompts(tok, opts.heldout_template, ids) if opts.heldout_template else None
   dirs = _directions(model, scales, site, opts.template)  # [J, D]
   units = _unit(dirs)
   cos = units[steered_index] @ units.T  # [S, J]
-  read_site, read_dirs = None, None
-  if opts.readout == "representation":
-    read_layer = opts.read_layer
-    if read_layer is None:
-      read_site, read_dirs = ("embed", units) if site == "embed" else (site, units)
-    else:
-      layer, read_site = spaces_lib.capture_site(model, read_layer)
-      space = spaces_lib.make_space(model, "hidden", layer=layer)
-      read_dirs = _unit(np.asarray(scale_directions.build(model, space, scales, policy="single").vectors))
-    if read_site.startswith("resid_pre"):
-      raise InputError("--read_layer: read the representation at embed, a block output or -1 (final).")
-  grid = grid_lib.Grid(model, prompts, poles, site, read_site=read_site,
-                       read_dirs=None if read_dirs is None else read_dirs.astype(np.float32),
-                       batch_size=opts.batch_size)
+  shared = _readout(model, opts, scales, site, units)
+  # The disjoint readout words are read in the same pass as the shared ones (more logit rows only).
+  _, left_out, _ = readouts.disjoint_scales(tok, scales)
+  disjoint = None
+  if opts.readout == "logodds" and len(left_out) < len(scales):
+    disjoint = readouts.logodds_readout(tok, scales, "disjoint")
+  readout = shared if disjoint is None else readouts.concat(shared, disjoint)
+  grid = grid_lib.Grid(model, prompts, readout, site, batch_size=opts.batch_size)
   unit = _site_unit(model, prompts, site)
   w, s, a, j = len(words), len(steer), len(alphas), len(names)
-  pick = 1 if opts.readout == "representation" else 0
 
-  def rate(word_index, vectors, what):
+  def rate(word_index, vectors, what):  # (ratings [N, J], pole log-odds [N, J + J'])
     progress = Progress(f"steer {what}", len(word_index), unit="prompts")
     out = grid.evaluate(word_index, vectors, progress=progress, checkpoint_dir=checkpoint_dir, name=what)
     progress.close()
-    return out[pick]
+    return readout.ratings(out)[:, :j], out[0]
 
-  base = rate(np.arange(w), np.zeros((w, model.config.d_model)), "baseline")
+  base, base_lo = rate(np.arange(w), np.zeros((w, model.config.d_model)), "baseline")
   wg = w if opts.grid_words <= 0 else min(w, opts.grid_words)  # the sample is in random order
   wi, vec = grid_lib.grid_rows(wg, units[steered_index] * unit, alphas)
-  ratings = rate(wi, vec, "grid").reshape(wg, s, a, j)
+  ratings, lo = rate(wi, vec, "grid")
+  ratings, lo = ratings.reshape(wg, s, a, j), lo.reshape(wg, s, a, -1)
   grid_lib.check_finite(ratings, alphas)
+  grid_lib.check_finite(lo, alphas)
   effects = ratings - base[:wg, None, None, :]
   key = jax.random.key(opts.seed)
   result: dict[str, Any] = {
       "words": words, "grid_words": wg, "scales": names, "steered": steer, "alphas": alphas.tolist(),
-      "site": site, "site_norm": unit, "readout": opts.readout, "read_site": read_site,
-      "template": opts.template, "prefix_tokens": len(prompts.prefix), "poles": poles.report,
+      "site": site, "site_norm": unit, "readout": opts.readout, "read_site": shared.read_site,
+      "template": opts.template, "prefix_tokens": len(prompts.prefix), "poles": shared.poles.report,
+      "scales_file": str(scale_set.source),
       "cosine": {"matrix": cos.tolist(), "mean_abs_offtarget": float(np.mean(np.abs(
           cos[np.arange(j)[None, :] != steered_index[:, None]])) if j > 1 else 0.0)},
   }
-  baseline_logodds = base if pick == 0 else rate(np.arange(w), np.zeros((w, model.config.d_model)), "logodds")
   targets = readouts.validation_targets(scales)
-  result["readout_validation"] = _validation(baseline_logodds, names, targets, cols)
+  result["readout_validation"] = _validation(base_lo[:, :j], names, targets, cols)
   if opts.rating_check:
     result["rating_readout_validation"] = rating_validation(model, scales, ids, cols, targets)
-  result["offtarget"] = offtarget.analyse(effects, alphas, cos, steered_index, key_or_seed=key,
-                                          n_boot=opts.n_boot, n_perm=opts.n_perm, names=steer,
-                                          readout_names=names)
+  direct = None
+  if shared.kind == "logodds":
+    direct = direct_path(units[steered_index], readouts.unembedding_directions(model, shared.poles),
+                         steered_index)
+  result["offtarget"] = _analyse(effects, alphas, cos, steered_index, direct, key, opts, steer, names)
   result["dose_response"] = offtarget.dose_response(effects, alphas, steered_index)
+
+  # The same analysis on the readout words that define no direction.
+  dis_cols, why_not = _disjoint_columns(steer, j, disjoint)
+  info: dict[str, Any] = {"scales": [] if disjoint is None else list(disjoint.names), "left_out": left_out,
+                          "words": {} if disjoint is None else disjoint.poles.report}
+  if disjoint is None:
+    info["note"] = (SHARED_NOTE if opts.readout == "logodds" else
+                    "the disjoint readout words are a log-odds readout; this run reads the representation")
+  else:
+    info["validation"] = _validation(base_lo[:, j:], disjoint.names, targets, cols)
+    if why_not:
+      info["note"] = f"no off-target analysis on the disjoint readout: {why_not}"
+  result["offtarget_disjoint"] = None
+  if dis_cols is not None:
+    d_names = list(disjoint.names)
+    d_idx = [names.index(n) for n in d_names]
+    e_dis = dis_cols.view(lo - base_lo[:wg, None, None, :])
+    d_direct = direct_path(units[steered_index[dis_cols.rows]],
+                           readouts.unembedding_directions(model, disjoint.poles), dis_cols.on)
+    try:
+      result["offtarget_disjoint"] = _analyse(e_dis, alphas, cos[dis_cols.rows][:, d_idx], dis_cols.on,
+                                              d_direct, key, opts, [steer[k] for k in dis_cols.rows], d_names)
+    except InputError as e:  # e.g. too few pairs; the shared analysis above stands
+      info["note"] = f"no off-target analysis on the disjoint readout: {e}"
+  result["disjoint_readout"] = info
 
   # Controls: random unit directions at the same strengths.
   controls: dict[str, Any] = {"shuffled_labels": result["offtarget"].get("shuffled_labels")}
   if opts.n_random > 0:
     rnd = _unit(np.asarray(jax.random.normal(jax.random.fold_in(key, 1), (opts.n_random, dirs.shape[1]))))
     wi, vec = grid_lib.grid_rows(wg, rnd * unit, alphas)
-    r_eff = rate(wi, vec, "random").reshape(wg, opts.n_random, a, j) - base[:wg, None, None, :]
-    slopes = offtarget.dose_slopes(r_eff, alphas)  # [W, R, J]
-    plain = offtarget.summarise_control(effects, alphas, steered_index)
-    controls["random_directions"] = {
-        "n": opts.n_random, "norm": "same strengths (site-norm units), unit directions",
-        "mean_abs_slope": float(np.mean(np.abs(slopes.mean(0)))),
-        "antonym_mean_abs_offtarget_slope": plain["mean_abs_offtarget_slope"],
-        "antonym_mean_ontarget_slope": plain["mean_ontarget_slope"]}
+    r_eff = rate(wi, vec, "random")[0].reshape(wg, opts.n_random, a, j) - base[:wg, None, None, :]
+    controls["random_directions"] = _random_control(r_eff, alphas, effects, steered_index,
+                                                    jax.random.fold_in(key, 2), opts)
   result["controls"] = controls
 
+  grids = [grid]
   if len(opts.methods) > 1 or opts.methods != ("plain",):
-    result["methods"] = steering_methods.compare(grid, opts, units, steered_index, unit, base, w,
-                                                 checkpoint_dir=checkpoint_dir)
+    heldout = None
+    if heldout_prompts is not None:
+      h_read = disjoint if dis_cols is not None else readouts.logodds_readout(tok, scales, "direction")
+      h_grid = grid_lib.Grid(model, heldout_prompts, h_read, site, batch_size=opts.batch_size)
+      grids.append(h_grid)
+      h_cols = (steering_methods.Columns(rows=dis_cols.rows, cols=dis_cols.cols - j, on=dis_cols.on)
+                if dis_cols is not None else
+                steering_methods.Columns(rows=np.arange(s), cols=np.arange(j), on=steered_index))
+      heldout = steering_methods.HeldOut(h_grid, h_cols, "disjoint" if dis_cols is not None else "shared")
+    result["methods"] = steering_methods.compare(grid, opts, units, steered_index, unit, (base, base_lo), w,
+                                                 checkpoint_dir=checkpoint_dir, n_shared=j, disjoint=dis_cols,
+                                                 heldout=heldout)
   result["resumed"] = {"checkpoint_dir": None if checkpoint_dir is None else str(checkpoint_dir),
-                       "rows_from_checkpoint": grid.rows_resumed, "rows_computed": grid.rows_computed}
+                       "rows_from_checkpoint": sum(g.rows_resumed for g in grids),
+                       "rows_computed": sum(g.rows_computed for g in grids)}
   result["seconds"] = round(time.perf_counter() - start, 2)
   return result

@@ -6,11 +6,13 @@
   Jacobians to reach the plain vector's on-target change while keeping the other scales
   still, then refined against the real model (a chord method).
 * ``compare``: all methods on held-out words at equal on-target effect, with paired
-  bootstrap CIs (``offtarget.compare_methods``).
+  bootstrap CIs (``offtarget.compare_methods``), on the run's readout and on readouts
+  the fit never saw: other rating columns (``Columns``) and another template (``HeldOut``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Sequence
@@ -181,9 +183,56 @@ def fitted_vectors(jac: np.ndarray, plain: np.ndarray, steered_index, measure, o
   return v, fit
 
 
-def compare(grid, opts, units: np.ndarray, steered_index, unit: float, base: np.ndarray, w: int,
-            checkpoint_dir=None) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class Columns:
+  """Which ratings an analysis reads: some of the steered scales, on some rating columns.
+
+  Attributes:
+    rows: ``[S']`` indices into the steered scales.
+    cols: ``[J']`` columns of the ratings read.
+    on: ``[S']`` index into ``cols`` of each row's on-target column.
+  """
+
+  rows: np.ndarray
+  cols: np.ndarray
+  on: np.ndarray
+
+  def view(self, effects: np.ndarray) -> np.ndarray:
+    """``[W, S, ..., J]`` -> ``[W, S', ..., J']``."""
+    return np.asarray(effects)[:, self.rows][..., self.cols]
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldOut:
+  """A readout that played no part in fitting: another template, read on its own grid.
+
+  Attributes:
+    grid: the ``Grid`` of the other template (same model, words and site).
+    columns: what its ratings are read on.
+    words: ``"disjoint"`` or ``"shared"``: which pole words its readout reads.
+  """
+
+  grid: Any
+  columns: Columns
+  words: str
+
+
+def _evaluate(grid, words: np.ndarray, vectors: np.ndarray, what: str, checkpoint_dir):
+  progress = Progress(f"steer {what}", len(words), unit="prompts")
+  out = grid.evaluate(words, vectors, progress=progress, checkpoint_dir=checkpoint_dir, name=what)
+  progress.close()
+  return out
+
+
+def compare(grid, opts, units: np.ndarray, steered_index, unit: float, base, w: int,
+            checkpoint_dir=None, *, n_shared: int | None = None, disjoint: Columns | None = None,
+            heldout: HeldOut | None = None) -> dict[str, Any]:
   """Plain vs orthogonalised vs fitted steering on held-out words at equal on-target effect.
+
+  The fitted vectors see only the first ``n_shared`` pole log-odds (the shared readout):
+  its Jacobian and its refinements read those columns alone. The held-out words are then
+  read on the run's readout, and (free: the same pass) on the ``disjoint`` columns, and on
+  the ``heldout`` template's readout (its unsteered baseline plus one pass per method).
 
   Args:
     grid: the ``Grid`` of the run.
@@ -191,10 +240,20 @@ def compare(grid, opts, units: np.ndarray, steered_index, unit: float, base: np.
     units: ``[J, D]`` unit directions of the readout scales.
     steered_index: ``[S]`` readout index of each steered scale.
     unit: the site norm (strength unit).
-    base: ``[W, J]`` unsteered ratings.
+    base: ``[W, J]`` unsteered ratings, or ``(ratings [W, J], logodds [W, J + J'])`` when the
+      readout's ratings are not the grid's pole log-odds.
     w: number of words.
     checkpoint_dir: where the held-out evaluations keep their finished batches.
+    n_shared: the fitted-on pole log-odds columns (default: all).
+    disjoint: columns of the pole log-odds compared as ``disjoint_readout``.
+    heldout: the other template, compared as ``heldout_readout``.
+
+  Returns:
+    ``offtarget.compare_methods``'s output on the run's readout plus the fit's report, and
+    ``disjoint_readout`` / ``heldout_readout`` (``{"template", "words", ...}``) when asked.
   """
+  base, base_logodds = base if isinstance(base, tuple) else (base, base)
+  n_shared = base_logodds.shape[1] if n_shared is None else int(n_shared)
   rng = np.random.default_rng(opts.seed + 1)
   order = rng.permutation(w)
   n_fit = max(2, int(round(opts.fit_share * w)))
@@ -203,10 +262,11 @@ def compare(grid, opts, units: np.ndarray, steered_index, unit: float, base: np.
     raise InputError(f"--fit_share={opts.fit_share} leaves {len(test)} held-out words; use more words.")
   plain = units[steered_index] * unit * opts.compare_alpha  # [S, D]
   t0 = time.perf_counter()
-  jac = grid_lib.jacobian(grid, train, checkpoint_dir=checkpoint_dir)  # [Wtr, J, D]
+  jac = grid_lib.jacobian(grid, train, checkpoint_dir=checkpoint_dir, columns=n_shared)  # [Wtr, J, D]
   vectors = {"plain": plain}
   report: dict[str, Any] = {"train_words": len(train), "test_words": len(test),
-                            "strength": opts.compare_alpha,
+                            "strength": opts.compare_alpha, "fitted_on": f"the first {n_shared} pole log-odds"
+                            " (the shared readout)",
                             "jacobian_seconds": round(time.perf_counter() - t0, 2)}
   if "orthogonal" in opts.methods:
     orth = orthogonal_directions(units, steered_index, opts.orth_basis)
@@ -219,21 +279,37 @@ def compare(grid, opts, units: np.ndarray, steered_index, unit: float, base: np.
   def measure(words, v):  # real (nonlinear) effects [len(words), S, J] of vectors v [S, D]
     r, _ = grid.evaluate(np.repeat(words, s), np.tile(v, (len(words), 1)), checkpoint_dir=checkpoint_dir,
                          name=f"fit_measure_{next(calls)}")
-    return r.reshape(len(words), s, -1) - base[words][:, None, :]
+    return r.reshape(len(words), s, -1)[..., :n_shared] - base_logodds[words][:, None, :n_shared]
 
   if "fitted" in opts.methods:
     vectors["fitted"], report["fit"] = fitted_vectors(jac, plain, steered_index, lambda v: measure(train, v),
                                                       opts)
-  effects = {}
+  effects, effects_disjoint, effects_heldout = {}, {}, {}
+  wi = np.repeat(test, s)
+  if heldout is not None:
+    h_base = heldout.grid.readout.ratings(_evaluate(heldout.grid, test, np.zeros((len(test), plain.shape[1]),
+                                                                                   np.float32),
+                                                    "heldout_baseline", checkpoint_dir))
   for name, v in vectors.items():
-    wi = np.repeat(test, s)
     vec = np.tile(v, (len(test), 1))
-    progress = Progress(f"steer method {name}", len(wi), unit="prompts")
-    r, rep = grid.evaluate(wi, vec, progress=progress, checkpoint_dir=checkpoint_dir, name=f"method_{name}")
-    progress.close()
-    r = rep if opts.readout == "representation" else r
-    effects[name] = r.reshape(len(test), s, -1) - base[test][:, None, :]
+    out = _evaluate(grid, wi, vec, f"method_{name}", checkpoint_dir)
+    ratings = grid.readout.ratings(out)[:, :base.shape[1]]  # the run's readout; disjoint columns below
+    effects[name] = ratings.reshape(len(test), s, -1) - base[test][:, None, :]
+    if disjoint is not None:
+      e = out[0].reshape(len(test), s, -1) - base_logodds[test][:, None, :]
+      effects_disjoint[name] = disjoint.view(e)
+    if heldout is not None:
+      out = _evaluate(heldout.grid, wi, vec, f"heldout_method_{name}", checkpoint_dir)
+      r = heldout.grid.readout.ratings(out)
+      effects_heldout[name] = heldout.columns.view(r.reshape(len(test), s, -1) - h_base[:, None, :])
     report.setdefault("vector_norms", {})[name] = np.linalg.norm(v, axis=1).tolist()
     report.setdefault("cos_with_plain", {})[name] = np.sum(_unit(v) * _unit(plain), axis=1).tolist()
   report.update(offtarget.compare_methods(effects, steered_index, seed=opts.seed, n_boot=opts.n_boot))
+  if disjoint is not None:
+    report["disjoint_readout"] = offtarget.compare_methods(effects_disjoint, disjoint.on, seed=opts.seed,
+                                                           n_boot=opts.n_boot)
+  if heldout is not None:
+    report["heldout_readout"] = {
+        "template": heldout.grid.prompts.template, "words": heldout.words,
+        **offtarget.compare_methods(effects_heldout, heldout.columns.on, seed=opts.seed, n_boot=opts.n_boot)}
   return report

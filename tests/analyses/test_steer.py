@@ -1,5 +1,7 @@
 """Steering grid and analysis: batching, sharding, layout, Jacobian, off-target, methods, errors."""
 
+import dataclasses
+import inspect
 import json
 import types
 
@@ -11,6 +13,7 @@ from jaxsem import sharding
 from jaxsem.analyses import grid as grid_lib
 from jaxsem.analyses import offtarget, readouts, steer, steering_methods
 from jaxsem.errors import InputError
+from jaxsem.io import scales as scales_io
 from jaxsem.models.model import Model
 from jaxsem.report import writers
 from tests import toy
@@ -68,10 +71,11 @@ def _scales():
 def _grid(model, batch_size=256, read_dirs=None, site="embed"):
   ids = _word_ids(model.tokenizer, WORDS)
   prompts = readouts.build_prompts(model.tokenizer, readouts.DEFAULT_TEMPLATE, ids)
-  poles = readouts.pole_tokens(model.tokenizer, _scales())
-  read_site = None if read_dirs is None else "embed"
-  return grid_lib.Grid(model, prompts, poles, site, read_site=read_site, read_dirs=read_dirs,
-                       batch_size=batch_size)
+  if read_dirs is None:
+    readout = readouts.logodds_readout(model.tokenizer, _scales())
+  else:
+    readout = readouts.representation_readout(model.tokenizer, _scales(), "embed", read_dirs)
+  return grid_lib.Grid(model, prompts, readout, site, batch_size=batch_size)
 
 
 def _random_rows(d, n_rows=23, seed=0, scale=8.0):
@@ -526,3 +530,185 @@ def test_jacobian_batches_come_back_from_the_checkpoint(model, tmp_path):
   other = _grid(model, 2)  # other rows: another fingerprint, computed afresh
   np.testing.assert_array_equal(grid_lib.jacobian(other, rows[::-1], checkpoint_dir=tmp_path), jac[::-1])
   assert other.rows_computed == 5
+
+
+# ----------------------------------------------------------------------------- disjoint readout words
+
+
+# Readout words of the toy scales: disjoint from each scale's own direction words. happy-sad has
+# none; ice-cream's only positive one ("icecream") starts with ▁ice, its own direction token.
+READOUT_WORDS = {"kind-cruel": (("good", "Happy"), ("bad", "SAD")),
+                 "good-bad": (("kind", "x"), ("cruel", "y")), "hot-cold": (("z", "the"), ("cream", "m")), "ice-cream": (("icecream",), ("v",))}
+DISJOINT = ("kind-cruel", "good-bad", "hot-cold")
+
+
+def _readout_scales():
+  out = []
+  for s in TOY_SCALES["scales"]:
+    pos, neg = READOUT_WORDS.get(s["name"], ((), ()))
+    out.append(types.SimpleNamespace(**s, readout_positive=pos, readout_negative=neg))
+  return out
+
+
+class _ScaleSet:
+  def __init__(self, scales, source):
+    self.name, self.scales, self.source = "toy-readout", scales, source
+
+  def __iter__(self):
+    return iter(self.scales)
+
+
+@pytest.fixture(scope="module")
+def readout_scales_file(tmp_path_factory):
+  """A scale file with readout words (read by a stand-in loader where the loader predates them)."""
+  doc = {"name": "toy-readout", "scales": [
+      {**s, **({"readout_positive": list(READOUT_WORDS[s["name"]][0]),
+                "readout_negative": list(READOUT_WORDS[s["name"]][1])} if s["name"] in READOUT_WORDS else {})}
+      for s in TOY_SCALES["scales"]]}
+  path = tmp_path_factory.mktemp("scales") / "toy_readout.json"
+  path.write_text(json.dumps(doc))
+  if "readout_positive" in {f.name for f in dataclasses.fields(scales_io.Scale)}:
+    yield str(path)
+    return
+  load = scales_io.load_scales
+  mp = pytest.MonkeyPatch()
+  mp.setattr(scales_io, "load_scales",
+             lambda name: _ScaleSet(_readout_scales(), str(path)) if name == str(path) else load(name))
+  yield str(path)
+  mp.undo()
+
+
+@pytest.fixture(scope="module")
+def disjoint_run(model, readout_scales_file):
+  opts = _opts(readout_scales_file, n_random=3)
+  return opts, steer.run_steer(model, opts)
+
+
+def _readout_grid(model, readout, template=readouts.DEFAULT_TEMPLATE, batch_size=16):
+  prompts = readouts.build_prompts(model.tokenizer, template, _word_ids(model.tokenizer, WORDS))
+  return grid_lib.Grid(model, prompts, readout, "embed", batch_size=batch_size)
+
+
+def test_one_pass_reads_the_shared_and_the_disjoint_readout_as_each_alone(model):
+  tok = model.tokenizer
+  shared = readouts.logodds_readout(tok, _readout_scales())
+  disjoint = readouts.logodds_readout(tok, _readout_scales(), "disjoint")
+  assert disjoint.names == DISJOINT and set(disjoint.report["left_out"]) == {"happy-sad", "ice-cream"}
+  both = _readout_grid(model, readouts.concat(shared, disjoint))
+  wi, vec = _random_rows(model.config.d_model, n_rows=21, seed=8)
+  got = both.rate(wi, vec)
+  assert got.shape == (21, 8)
+  np.testing.assert_allclose(got[:, :5], _readout_grid(model, shared).rate(wi, vec), atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(got[:, 5:], _readout_grid(model, disjoint).rate(wi, vec), atol=1e-5, rtol=1e-5)
+  assert np.abs(got[:, :3] - got[:, 5:]).max() > 1e-2  # other words, other ratings
+  # The Jacobian of the first 5 columns is the shared-only grid's: no backward pass for the rest.
+  rows = np.array([0, 5, 9])
+  np.testing.assert_allclose(grid_lib.jacobian(both, rows, columns=5),
+                             grid_lib.jacobian(_readout_grid(model, shared), rows), atol=1e-5, rtol=1e-4)
+
+
+def test_run_steer_reports_the_disjoint_readout(disjoint_run):
+  _, res = disjoint_run
+  info = res["disjoint_readout"]
+  assert info["scales"] == list(DISJOINT) and set(info["left_out"]) == {"happy-sad", "ice-cream"}
+  assert "no readout words" in info["left_out"]["happy-sad"] and "icecream" in info["left_out"]["ice-cream"]
+  assert set(info["words"]) == set(DISJOINT) and info["words"]["kind-cruel"]["positive"]
+  assert "note" not in info and res["scales_file"].endswith("toy_readout.json")
+  od, ot = res["offtarget_disjoint"], res["offtarget"]
+  assert set(ot) <= set(od) | {"direct"}
+  assert od["n_pairs"] == 6 and np.asarray(od["D"]).shape == (3, 3) and _finite(od["D"])
+  np.testing.assert_allclose(np.diag(od["D"]), 1.0)
+  assert all(_finite(od[k]) for k in ("slope", "intercept", "r"))
+  cos = np.asarray(res["cosine"]["matrix"])
+  for p in od["per_pair"]:
+    assert p["cos"] == pytest.approx(cos[NAMES.index(p["from"]), NAMES.index(p["to"])])
+  assert ot["n_pairs"] == 20
+  if "direct" in inspect.signature(offtarget.analyse).parameters:  # the direct-path control, both readouts
+    for part in (ot, od):
+      assert _finite([part["direct_path"]["r_direct"], part["direct_path"]["share_direct"]])
+  rnd = res["controls"]["random_directions"]
+  assert rnd["n"] == 3 and _finite(rnd["mean_abs_slope"]) and _finite(rnd["antonym_mean_abs_offtarget_slope"])
+  if hasattr(offtarget, "random_control"):
+    assert _finite(rnd["random_ci"]) and _finite(rnd["ratio"])
+
+
+def test_disjoint_ratings_equal_a_disjoint_only_grid(model, disjoint_run):
+  """D of the disjoint analysis, recomputed from a grid that reads the disjoint words alone."""
+  opts, res = disjoint_run
+  disjoint = readouts.logodds_readout(model.tokenizer, _readout_scales(), "disjoint")
+  g = _readout_grid(model, disjoint, batch_size=64)
+  dirs = steer._unit(steer._directions(model, _readout_scales(), "embed", opts.template))
+  rows = [NAMES.index(n) for n in DISJOINT]
+  w = len(WORDS)
+  base = g.rate(np.arange(w), np.zeros((w, model.config.d_model), np.float32))
+  wi, vec = grid_lib.grid_rows(w, dirs[rows] * res["site_norm"], opts.alphas)
+  eff = g.rate(wi, vec).reshape(w, 3, len(opts.alphas), 3) - base[:, None, None, :]
+  d = offtarget.offtarget_matrix(offtarget.dose_slopes(eff, opts.alphas), np.arange(3))
+  np.testing.assert_allclose(res["offtarget_disjoint"]["D"], d, atol=1e-4, rtol=1e-3)
+
+
+def _numpy_direct(model, units, pairs):
+  """direct[s, j] from the params: u_s . (mean W_U[pos_j] - mean W_U[neg_j]) over u_s . r_on(s)."""
+  tok = model.tokenizer
+  cfg = model.config
+  w_u = np.asarray(model.params["embed" if cfg.tie_embeddings else "unembed"], np.float64)
+
+  def first(word):  # a lone word-initial marker says nothing about the word: its next token does
+    ids = tok.encode(" " + word, add_special_tokens=False)
+    return ids[1] if tok.id_to_token(ids[0]) == tok.word_initial_marker else ids[0]
+
+  r = np.stack([w_u[[first(x) for x in pos]].mean(0) - w_u[[first(x) for x in neg]].mean(0)
+                for pos, neg in pairs])
+  raw = units @ r.T
+  return raw / np.diag(raw)[:, None]
+
+
+def test_direct_path_matrix_equals_a_numpy_recomputation(model, disjoint_run):
+  _, res = disjoint_run
+  units = _numpy_directions(model)
+  shared = [(s["positive"], s["negative"]) for s in TOY_SCALES["scales"]]
+  np.testing.assert_allclose(res["offtarget"]["direct"], _numpy_direct(model, units, shared), atol=1e-4)
+  rows = [NAMES.index(n) for n in DISJOINT]
+  dis = [READOUT_WORDS[n] for n in DISJOINT]
+  want = _numpy_direct(model, units[rows], dis)
+  np.testing.assert_allclose(res["offtarget_disjoint"]["direct"], want, atol=1e-4)
+  assert np.ptp(want[~np.eye(3, dtype=bool)]) > 1e-2  # not a constant that any formula would hit
+
+
+def test_a_scale_file_without_readout_words_reads_the_direction_words(logodds_run):
+  _, res = logodds_run
+  assert res["offtarget_disjoint"] is None
+  info = res["disjoint_readout"]
+  assert info["scales"] == [] and "shared with the direction words" in info["note"]
+  assert set(info["left_out"]) == set(NAMES)
+  assert res["methods"]["heldout_readout"]["words"] == "shared"
+  assert "disjoint_readout" not in res["methods"]
+
+
+def test_methods_on_the_disjoint_readout_and_the_heldout_template(disjoint_run):
+  opts, res = disjoint_run
+  m = res["methods"]
+  assert m["fitted_on"].startswith("the first 5 pole log-odds")
+  dis = m["disjoint_readout"]
+  assert set(dis["methods"]) == set(steer.METHODS) and dis["n_words"] == m["test_words"]
+  held = m["heldout_readout"]
+  assert held["template"] == readouts.HELDOUT_TEMPLATE != opts.template and held["words"] == "disjoint"
+  assert set(held["methods"]) == set(steer.METHODS)
+  assert set(held["reduction_vs_plain"]) == {"orthogonal", "fitted"}
+  for part in (dis, held):
+    for name in steer.METHODS:
+      assert all(_finite(part["methods"][name][k]) for k in ("on_target", "off_target_abs", "off_per_on",
+                                                             "off_per_on_ci"))
+    assert all(_finite(r["value"]) and _finite(r["ci"]) for r in part["reduction_vs_plain"].values())
+  # Another template reads other numbers.
+  assert held["methods"]["plain"]["on_target"] != pytest.approx(dis["methods"]["plain"]["on_target"])
+
+
+def test_heldout_template_must_differ_from_the_template(model, scales_file):
+  with pytest.raises(InputError, match="--heldout_template"):
+    steer.run_steer(model, _opts(scales_file, heldout_template=readouts.DEFAULT_TEMPLATE))
+
+
+def test_random_control_defaults_to_64_directions():
+  assert steer.SteerOptions().n_random == 64
+  assert steer.SteerOptions().heldout_template == readouts.HELDOUT_TEMPLATE
