@@ -67,7 +67,8 @@ def test_align_end_to_end_on_gemma(gemma, tmp_path):
   rows = doc["results"]
   assert len(rows) == 6 * 3  # scales x warriner columns
   row = next(r for r in rows if r["scale"] == "valence" and r["column"] == "valence")
-  assert row["target"] == "warriner:valence" and row["factor"] == "E"
+  assert row["scale_norm_tag"] == "warriner:valence" and row["matches_tag"] and row["factor"] == "E"
+  assert row["ci_resampling"] == "words+pole_words" and row["leave_one_pole_out"] is not None
   assert row["pearson"] > row["null_p95"] and row["pearson"] > 0.4
   assert row["p_value"] == pytest.approx(1 / 51)
   assert row["pairs_null_p95"] is not None and row["pearson"] > row["pairs_null_p95"]
@@ -106,7 +107,8 @@ def test_align_end_to_end_on_gemma(gemma, tmp_path):
 @pytest.mark.slow
 def test_structure_end_to_end_on_gemma(gemma, tmp_path):
   """Structure writes summary.json (with the whitening control and provenance) and three valid PNGs."""
-  opts = experiments.Options(scales="osgood28", norms=("warriner",), n_null_pairs=10)
+  opts = experiments.Options(scales="osgood28", norms=("warriner",), n_null_pairs=10, n_pair_sets=50,
+                             n_tag_perms=200)
   result = experiments.run_structure(gemma, opts)
   path = writers.write_structure(tmp_path, result, gemma, opts)
   for name in ("cosine.png", "scree.png", "loadings.png"):
@@ -128,6 +130,27 @@ def test_structure_end_to_end_on_gemma(gemma, tmp_path):
   assert len(control["pca"]["cumulative_1_2_3"]) == 3
   lines = writers.structure_digest(result)
   assert lines[0].startswith("PC1-3 cumulative variance") and any("control (whitened)" in ln for ln in lines)
+  # The nulls that match the claims, for the run and its whitened control.
+  for block in (doc, control):
+    pair = block["pair_null"]
+    assert pair["n_sets"] == 50 and pair["n_pairs_per_set"] == s and pair["pool"] == "wordnet"
+    assert s <= pair["pool_size"] <= len(scales_io.load_scales("wordnet"))
+    assert "good-bad" in pair["excluded_scale_pairs"]  # WordNet lists good/bad too
+    for f in ("cumulative_mean", "cumulative_p95", "cumulative_p05"):
+      assert len(pair[f]) == 3 and all(0 < v <= 1 for v in pair[f])
+    assert 0 <= pair["percentile"] <= 100 and 1 / 51 <= pair["p_value"] <= 1
+    assert pair["p_at_floor"] == (pair["p_value"] == pytest.approx(1 / 51))
+    epa = block["epa_null"]
+    assert epa["n_perms"] == 200 and epa["factors"] == ["E", "P", "A"] and 0 < epa["observed"] <= 1
+    assert epa["uniform_baseline"]["per_factor"]["E"] == pytest.approx(np.sqrt(10 / 28), abs=1e-5)
+    assert "WordNet pairs" in block["conclusion"] and "shuffled tags" in block["conclusion"]
+  assert doc["pair_null"]["observed"] == pytest.approx(cum[2])
+  matched = [abs(m["congruence"]) for m in doc["pca"]["epa_congruence"]["matched"].values()]
+  assert doc["epa_null"]["observed"] == pytest.approx(np.mean(matched), abs=1e-5)
+  st = doc["settings"]
+  assert st["pca"]["standardised"] is True and st["pca"]["k"] == 3
+  assert st["varimax"]["normalisation"] == "kaiser" and st["pair_null"]["n_sets"] == 50
+  assert st["pair_null"]["policy"] == opts.policy and st["epa_null"]["n_perms"] == 200
 
 
 @pytest.mark.slow
@@ -141,6 +164,11 @@ def test_structure_launcher_writes_summary_and_figures(tmp_path):
   assert doc["job"] == "structure"
   assert doc["provenance"]["model"]["name"] == "smollm2-135m-instruct"
   assert doc["provenance"]["options"]["n_null_pairs"] == 20
+  # The launcher's defaults: 200 random WordNet-pair sets, 1000 tag permutations, for the run and its control.
+  for block in (doc, doc["control"]["whitened"]):
+    assert block["pair_null"]["n_sets"] == 200 and block["epa_null"]["n_perms"] == 1000
+    assert block["conclusion"].startswith("3 components keep")
+  assert doc["settings"]["pair_null"]["n_sets"] == 200 and doc["settings"]["varimax"]["normalisation"] == "kaiser"
   for name in ("cosine.png", "scree.png", "loadings.png"):
     _assert_png(out / name)
 

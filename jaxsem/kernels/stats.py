@@ -14,17 +14,21 @@ A semantic direction's scores ``x [N]`` (one per word) are compared with a human
 * ``null_distribution`` / ``null_summary``: the same correlation for ``M`` null
   directions (random directions or random word pairs, projected by the caller) and
   the observed value's place in that distribution.
+* ``empirical_p``: the same permutation-style p from a count of extreme null draws.
+* ``holm``: Holm step-down adjusted p-values across one family of tests.
 * ``fisher_z_ci``: the analytic CI, a quick cross-check of the bootstrap.
 
-Every function is jit-able. Called with concrete arrays, the public functions first
-check their input and raise ``InputError`` for NaN/inf, fewer than 3 words,
-mismatched lengths or a constant vector; under ``jit`` the checks are skipped and a
-constant vector gives NaN. Words without a rating must be dropped by the caller.
+Every function except ``empirical_p`` and ``holm`` (host-side numpy) is jit-able.
+Called with concrete arrays, the public functions first check their input and raise
+``InputError`` for NaN/inf, fewer than 3 words, mismatched lengths or a constant vector;
+under ``jit`` the checks are skipped and a constant vector gives NaN. Words without a
+rating must be dropped by the caller.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -346,8 +350,9 @@ def _null_summary(observed: Array, null: Array, alternative: str) -> dict[str, A
   else:
     hits = null <= obs
   m = null.shape[-1]
+  n_hits = jnp.sum(hits, axis=-1)
   return {"p95": jnp.percentile(jnp.abs(null), 95.0, axis=-1),
-          "p_value": (1.0 + jnp.sum(hits, axis=-1)) / (1.0 + m)}
+          "p_value": (1.0 + n_hits) / (1.0 + m), "p_at_floor": n_hits == 0}
 
 
 def null_summary(observed: Array, null: Array, alternative: str = "two-sided") -> dict[str, Array]:
@@ -367,6 +372,10 @@ def null_summary(observed: Array, null: Array, alternative: str = "two-sided") -
   a correlation must exceed to beat 95% of null directions regardless of sign, for any
   ``alternative``.
 
+  ``p_at_floor`` is true where no null value was as extreme as the observed one: the
+  p-value is then its floor ``1 / (M + 1)`` and only says that the true p is at most
+  about that (report it as ``p <= 1 / (M + 1)``, not as an estimate). ``n_null`` is ``M``.
+
   Args:
     observed: scalar, or ``[...]`` one per direction.
     null: ``[M]`` shared by all observed values, or ``[..., M]`` one row per observed
@@ -374,8 +383,8 @@ def null_summary(observed: Array, null: Array, alternative: str = "two-sided") -
     alternative: ``"two-sided"``, ``"greater"`` or ``"less"``.
 
   Returns:
-    ``{"p95": [...], "p_value": [...]}``; ``p95`` has the shape of ``null`` without its
-    last axis.
+    ``{"p95": [...], "p_value": [...], "p_at_floor": [...] bool, "n_null": M}``; ``p95``
+    has the shape of ``null`` without its last axis, ``n_null`` is a Python int.
 
   Raises:
     InputError: for an unknown ``alternative``, an empty or non-finite null.
@@ -388,7 +397,75 @@ def null_summary(observed: Array, null: Array, alternative: str = "two-sided") -
   if _is_concrete(observed, null) and not (np.isfinite(np.asarray(null)).all()
                                            and np.isfinite(np.asarray(observed)).all()):
     raise InputError("The observed or null correlations contain NaN or inf; check for constant scores.")
-  return _null_summary(observed, null, alternative)
+  return {**_null_summary(observed, null, alternative), "n_null": int(np.shape(null)[-1])}
+
+
+def empirical_p(n_as_extreme, n_null: int) -> dict[str, Any]:
+  """Permutation-style p-value from a count, with its floor flagged.
+
+  For nulls counted by the caller (e.g. a shuffled-label or random-set null):
+  ``p = (1 + n_as_extreme) / (1 + n_null)``, the observed value counted once among the
+  nulls, as in ``null_summary``.
+
+  Args:
+    n_as_extreme: scalar or ``[...]`` number of null draws at least as extreme as the
+      observed value.
+    n_null: number of null draws ``M``.
+
+  Returns:
+    ``{"p_value", "p_at_floor", "n_null"}``: Python float/bool for a scalar count,
+    float64/bool arrays otherwise; ``p_at_floor`` is true where the count is 0.
+
+  Raises:
+    InputError: for ``n_null < 1`` or a count outside ``[0, n_null]``.
+  """
+  if int(n_null) < 1:
+    raise InputError(f"A permutation p-value needs at least one null draw, got n_null={n_null}.")
+  k = np.asarray(n_as_extreme)
+  if k.size and (np.any(k < 0) or np.any(k > n_null) or np.any(k != np.round(k))):
+    raise InputError(f"The count of null draws as extreme as the observed value must be a whole number in"
+                     f" [0, {n_null}], got {n_as_extreme}.")
+  p = (1.0 + k.astype(np.float64)) / (1.0 + int(n_null))
+  floor = k == 0
+  if k.ndim == 0:
+    return {"p_value": float(p), "p_at_floor": bool(floor), "n_null": int(n_null)}
+  return {"p_value": p, "p_at_floor": floor, "n_null": int(n_null)}
+
+
+def holm(pvalues) -> np.ndarray:
+  """Holm (1979) step-down adjusted p-values for one family of tests.
+
+  With the ``m`` finite p-values sorted ascending, ``p_(1) <= ... <= p_(m)``, the
+  adjusted value of the i-th is ``max_{j <= i} min(1, (m - j + 1) p_(j))``: monotone in
+  the raw p-values, never below them, capped at 1. Rejecting where the adjusted value
+  is at most ``alpha`` controls the family-wise error rate at ``alpha`` under any
+  dependence between the tests. Missing tests (None or NaN) stay NaN and do not count
+  towards ``m``. A host-side numpy function (not jit-able).
+
+  Args:
+    pvalues: ``[...]`` p-values in ``[0, 1]``; None or NaN for a test not run.
+
+  Returns:
+    ``[...]`` float64 adjusted p-values, NaN where the input was missing.
+
+  Raises:
+    InputError: for a p-value outside ``[0, 1]`` or infinite.
+  """
+  raw = np.asarray(pvalues, dtype=object)
+  p = np.array([np.nan if v is None else v for v in raw.reshape(-1)], dtype=np.float64).reshape(raw.shape)
+  ok = ~np.isnan(p)
+  q = p[ok]
+  bad = ~((q >= 0) & (q <= 1))
+  if bad.any():
+    raise InputError(f"Holm's adjustment needs p-values in [0, 1], got {q[bad][0]}.")
+  m = q.size
+  order = np.argsort(q, kind="stable")
+  steps = np.minimum(1.0, (m - np.arange(m)) * q[order])
+  adjusted = np.empty(m)
+  adjusted[order] = np.maximum.accumulate(steps)
+  out = np.full(p.shape, np.nan)
+  out[ok] = adjusted
+  return out
 
 
 def fisher_z_ci(r: Array, n: int, level: float = 0.95, stat: str = "pearson") -> Array:

@@ -7,13 +7,31 @@ from typing import Any
 
 import numpy as np
 
+from jaxsem.io import assets
+from jaxsem.io import scales as scales_io
 from jaxsem.report import figures
+from jaxsem.report import pvalues
 from jaxsem.report import summary
+
+
+def _sha256(path: str | Path | None) -> str | None:
+  """sha256 of a file's bytes, or None when ``path`` is not a file."""
+  return assets.sha256_file(Path(path)) if path and Path(path).is_file() else None
+
+
+def _norms_files(tables) -> list[dict[str, Any]]:
+  """``assets.norms_provenance`` of every embedded norm table among ``tables``."""
+  return [assets.norms_provenance(t) for t in tables if t in assets.NORMS]
+
+
+def _scales_path(name_or_path: str) -> str:
+  """The file ``scales_io.load_scales`` reads for a scale-set name or path."""
+  return str(scales_io.scale_set_path(name_or_path) if name_or_path in scales_io.SCALE_SETS else name_or_path)
 
 
 def _provenance(result: dict[str, Any], opts) -> dict[str, Any]:
   space = result["space"]
-  return {
+  prov = {
       "space": space,
       "layer": space.get("layer"),
       "centred": space.get("centred"),
@@ -22,9 +40,15 @@ def _provenance(result: dict[str, Any], opts) -> dict[str, Any]:
       "coverage": result["coverage"],
       "directions": result["directions"],
       "scales_file": result["scales_file"],
+      "scales_sha256": _sha256(result["scales_file"]),
+      "norms_files": _norms_files(result["coverage"]),
       "seed": opts.seed,
       "options": opts.provenance(),
   }
+  if getattr(opts, "n_null_pairs", 0) > 0 or "pair_null" in result:
+    pool = _scales_path("wordnet")  # the pool of random antonym pairs in the pair nulls
+    prov["pair_pool_file"] = {"file": pool, "sha256": _sha256(pool)}
+  return prov
 
 
 def _title(model, result) -> str:
@@ -50,7 +74,28 @@ def write_align(out_dir, result: dict[str, Any], model, opts) -> Path:
         null_p95=np.array([r["null_p95"] for r in sel]), probe_r=np.array([r["probe_r"] for r in sel]),
         title=f"{_title(model, result)} · {norm} norms")
   doc = {k: v for k, v in result.items() if k not in ("space", "coverage", "directions", "scales_file")}
-  return summary.write(out, {"job": "align", **doc}, model=model, **_provenance(result, opts))
+  return summary.write(out, align_tests({"job": "align", **doc}), model=model, **_provenance(result, opts))
+
+
+def align_tests(doc: dict[str, Any]) -> dict[str, Any]:
+  """A copy of an alignment result whose rows state their p-values' floors and Holm adjustments.
+
+  Each row gains ``n_null``/``p_at_floor`` (random directions) and ``pairs_n_null``/
+  ``pairs_p_at_floor`` (WordNet pairs) where it lacks them, read from ``doc["nulls"]``;
+  then ``pvalues.ALIGN_FAMILIES`` are Holm-adjusted (``p_adjusted``, ``pairs_p_adjusted``).
+  """
+  nulls = doc.get("nulls", {})
+  rows = []
+  for row in doc["results"]:
+    row = dict(row)
+    for prefix, null in (("", "random"), ("pairs_", "wordnet_pairs")):
+      if f"{prefix}n_null" not in row:
+        row[f"{prefix}n_null"] = nulls.get(f"{row.get('norm')}:{row.get('column')}:{null}", {}).get("n")
+      if f"{prefix}p_at_floor" not in row:
+        p = row.get(f"{prefix}p_value")
+        row[f"{prefix}p_at_floor"] = None if p is None else pvalues.is_at_floor(p, row[f"{prefix}n_null"])
+    rows.append(row)
+  return pvalues.add_families({**doc, "results": rows}, pvalues.ALIGN_FAMILIES)
 
 
 def write_structure(out_dir, result: dict[str, Any], model, opts) -> Path:
@@ -67,22 +112,29 @@ def write_structure(out_dir, result: dict[str, Any], model, opts) -> Path:
     curves[f"scales ({name})"] = ctrl["pca"]["explained_variance_ratio"]
   if result.get("human_pca"):
     curves["human norms"] = result["human_pca"]["explained_variance_ratio"]
-  figures.scree(out / "scree.png", curves, title=f"{title} · PCA of words x scales")
+  pair = result.get("pair_null")
+  band = None if not pair else {
+      "lo": pair["cumulative_p05"], "hi": pair["cumulative_p95"], "mean": pair["cumulative_mean"],
+      "label": f"{pair['n_sets']} random sets of {pair['n_pairs_per_set']} WordNet pairs"}
+  figures.scree(out / "scree.png", curves, title=f"{title} · PCA of words x scales", band=band)
   labels = [f"{n} ({f})" if f else n for n, f in zip(names, factors)]
   figures.loadings(out / "loadings.png", np.array(result["pca"]["varimax_loadings"]), labels, factors,
                    title=f"{title} · varimax loadings", components=("F1", "F2", "F3"))
   doc = {k: v for k, v in result.items() if k not in ("space", "coverage", "directions", "scales_file")}
-  return summary.write(out, {"job": "structure", **doc}, model=model, **_provenance(result, opts))
+  doc = pvalues.add_families({"job": "structure", **doc}, pvalues.STRUCTURE_FAMILIES)
+  return summary.write(out, doc, model=model, **_provenance(result, opts))
 
 
 def align_digest(result: dict[str, Any], top: int = 6) -> list[str]:
   """A few readable lines: the strongest correlations against their null and ceiling."""
-  rows = sorted(result["results"], key=lambda r: -abs(r["pearson"]))[:top]
+  rows = sorted(align_tests(result)["results"], key=lambda r: -abs(r["pearson"]))[:top]
   lines = []
   for r in rows:
     lo, hi = r["pearson_ci"]
+    p = pvalues.format_p(r["p_value"], r.get("n_null"), r.get("p_at_floor"))
+    holm = pvalues.format_p(r.get("p_adjusted"), at_floor=r.get("p_adjusted_at_floor"), name="Holm p")
     lines.append(f"{r['scale']:>16s} vs {r['norm']}:{r['column']:<12s} r={r['pearson']:+.2f} "
-                 f"[{lo:+.2f},{hi:+.2f}]  null95={r['null_p95']:.2f}  p={r['p_value']:.3g}  "
+                 f"[{lo:+.2f},{hi:+.2f}]  null95={r['null_p95']:.2f}  {p} ({holm})  "
                  f"probe={r['probe_r']:.2f}")
   return lines
 
@@ -104,6 +156,12 @@ def structure_digest(result: dict[str, Any]) -> list[str]:
     cum_c = ", ".join(f"{c:.2f}" for c in ctrl["pca"]["cumulative_1_2_3"])
     lines.append(f"control ({name}): cumulative {cum_c}, participation ratio "
                  f"{ctrl['pca']['participation_ratio']:.1f}")
+  # What the nulls allow one to conclude, in words (structure.conclusion states the rule).
+  if result.get("conclusion"):
+    lines.append(f"conclusion: {result['conclusion']}")
+  for name, ctrl in result.get("control", {}).items():
+    if ctrl.get("conclusion"):
+      lines.append(f"conclusion ({name} control): {ctrl['conclusion']}")
   return lines
 
 
@@ -176,12 +234,59 @@ def write_steer(out_dir, result: dict[str, Any], model, opts) -> Path:
     figures.method_bars(out / "methods.png", names, np.array([methods["methods"][n]["off_per_on"] for n in names]),
                         np.array([methods["methods"][n]["off_per_on_ci"] for n in names], float),
                         title=f"{title} · held-out words ({methods['test_words']}), equal on-target strength")
+  scales_file = result.get("scales_file") or _scales_path(opts.scales)
+  # Steering reads Warriner for the readout validation, and samples words from a norm table when named.
+  tables = dict.fromkeys(["warriner", *(opts.words if len(opts.words) == 1 else ())])
   prov = {"site": result["site"], "layer": opts.layer, "readout": result["readout"],
           "read_site": result["read_site"], "template": result["template"], "policy": "single",
           "coverage": {"words": len(result["words"]), "scales": len(result["scales"])},
           "centred": False, "whitened": False, "seed": opts.seed, "options": opts.provenance(),
-          "scales_file": result.get("scales_file")}
-  return summary.write(out, {"job": "steer", **result}, model=model, **prov)
+          "scales_file": scales_file, "scales_sha256": _sha256(scales_file),
+          "norms_files": _norms_files(tables)}
+  return summary.write(out, steer_tests({"job": "steer", **result}), model=model, **prov)
+
+
+def steer_tests(doc: dict[str, Any]) -> dict[str, Any]:
+  """A copy of a steering result whose shuffled-label p-values state their floor and Holm adjustment.
+
+  ``shuffled_labels`` of ``offtarget`` and ``offtarget_disjoint`` (when present) gain ``n_null``
+  and ``p_at_floor`` where they lack them; then ``pvalues.STEER_FAMILIES`` are Holm-adjusted.
+  """
+  doc = dict(doc)
+  for name in ("offtarget", "offtarget_disjoint"):
+    shuffled = (doc.get(name) or {}).get("shuffled_labels")
+    if not isinstance(shuffled, dict):
+      continue
+    shuffled = dict(shuffled)
+    shuffled.setdefault("n_null", shuffled.get("n"))
+    if "p_at_floor" not in shuffled:
+      p = shuffled.get("p_value")
+      shuffled["p_at_floor"] = None if p is None else pvalues.is_at_floor(p, shuffled["n_null"])
+    doc[name] = {**doc[name], "shuffled_labels": shuffled}
+  return pvalues.add_families(doc, pvalues.STEER_FAMILIES)
+
+
+def _signed(x: float | None, fmt: str = "+.2f") -> str:
+  return "n/a" if x is None else format(x, fmt)
+
+
+def _offtarget_lines(ot: dict[str, Any], label: str) -> list[str]:
+  """The regression of D on the cosine, its null (with floor and Holm), and the direct-path control."""
+  ci = ot["ci"]["slope"]
+  sl = ot["shuffled_labels"]
+  p = pvalues.format_p(sl.get("p_value"), sl.get("n_null"), sl.get("p_at_floor"), name="shuffled-label p")
+  if sl.get("p_adjusted") is not None:
+    p += f" ({pvalues.format_p(sl['p_adjusted'], at_floor=sl.get('p_adjusted_at_floor'), name='Holm p')})"
+  lines = [f"{label} D vs cosine over {ot['n_pairs']} pairs: slope {_signed(ot['slope'])} "
+           f"[{_signed(ci[0])},{_signed(ci[1])}], r={_signed(ot['r'])}, R2={_signed(ot['r2'], '.2f')}; {p}"]
+  direct = ot.get("direct_path")
+  if direct:
+    lo, hi = direct.get("partial_ci") or (None, None)
+    lines.append(f"  direct path (tied embedding alone): r(D, direct)={_signed(direct.get('r_direct'))}, "
+                 f"explains R2={_signed(direct.get('share_direct'), '.2f')} of D; the cosine law that "
+                 f"survives it: partial r={_signed(direct.get('partial_r'))} [{_signed(lo)},{_signed(hi)}] "
+                 f"(r={_signed(direct.get('r_cos'))} before)")
+  return lines
 
 
 def steer_digest(result: dict[str, Any]) -> list[str]:
@@ -197,20 +302,58 @@ def steer_digest(result: dict[str, Any]) -> list[str]:
         f"{v['scale']} r={v['pearson'] if v['pearson'] is None else round(v['pearson'], 2)}, top answer "
         f"{max(v['most_likely_answer_counts'], key=v['most_likely_answer_counts'].get)} for "
         f"{max(v['most_likely_answer_counts'].values())}/{v['n']} words" for v in rating["scales"]))
-  ot = result["offtarget"]
-  ci = ot["ci"]["slope"]
-  lines.append(f"off-target D vs cosine over {ot['n_pairs']} pairs: slope {ot['slope']:+.2f} "
-               f"[{ci[0]:+.2f},{ci[1]:+.2f}], r={ot['r']:+.2f}, R2={ot['r2']:.2f}; shuffled-label p="
-               f"{ot['shuffled_labels']['p_value']:.3g}")
+  tested = steer_tests(result)
+  for name, label in (("offtarget", "off-target"),
+                      ("offtarget_disjoint", "off-target (disjoint readout words)")):
+    if tested.get(name):
+      lines += _offtarget_lines(tested[name], label)
   rnd = result["controls"].get("random_directions")
   if rnd:
-    lines.append(f"random directions: mean |rating slope| {rnd['mean_abs_slope']:.3f} vs antonym off-target "
-                 f"{rnd['antonym_mean_abs_offtarget_slope']:.3f}, on-target {rnd['antonym_mean_ontarget_slope']:.3f}")
+    rnd_mean = rnd.get("random_mean_abs_slope", rnd.get("mean_abs_slope"))
+    ci = rnd.get("random_ci")
+    ci = f" [{ci[0]:.3f},{ci[1]:.3f}]" if ci and None not in ci else ""
+    aci = rnd.get("antonym_ci")
+    aci = f" [{aci[0]:.3f},{aci[1]:.3f}]" if aci and None not in aci else ""
+    ratio = ""
+    if rnd.get("ratio") is not None:
+      rci = rnd.get("ratio_ci") or [None, None]
+      ratio = f"; antonym / random {rnd['ratio']:.2f}" + (
+          f" [{rci[0]:.2f},{rci[1]:.2f}]" if None not in rci else "")
+    lines.append(f"random directions ({rnd.get('n_directions', rnd.get('n'))}): mean |rating slope| "
+                 f"{rnd_mean:.3f}{ci} vs antonym off-target {rnd['antonym_mean_abs_offtarget_slope']:.3f}{aci}"
+                 f"{ratio}; antonym on-target {rnd['antonym_mean_ontarget_slope']:.3f}")
+  dis = result.get("disjoint_readout") or {}
+  if dis.get("validation"):
+    lines.append("disjoint readout vs human norms: " + ", ".join(
+        f"{v['scale']}~{v['norm'].split(':')[1]} r={v['pearson']:+.2f}" for v in dis["validation"][:6]))
+  if dis.get("note"):
+    lines.append(f"disjoint readout: {dis['note']}")
+  elif dis.get("left_out"):
+    lines.append(f"disjoint readout words for {len(dis.get('scales', []))} scales; left out "
+                 f"({len(dis['left_out'])}): {', '.join(dis['left_out'])}")
   methods = result.get("methods")
   if methods:
-    for name, m in methods["methods"].items():
-      red = methods["reduction_vs_plain"].get(name)
-      extra = "" if red is None else f"; {red['value']:+.0%} [{red['ci'][0]:+.0%},{red['ci'][1]:+.0%}] vs plain"
-      lines.append(f"{name:>10s}: on-target {m['on_target']:+.3f}, mean |off-target| "
-                   f"{m['off_target_abs']:.3f}, per unit on-target {m['off_per_on']:.3f}{extra}")
+    lines.append(f"methods on held-out words (fitted on the shared readout, template {result['template']!r}):")
+    lines += _method_lines(methods)
+    for key, label in (("disjoint_readout", "read with the disjoint readout words"),
+                       ("heldout_readout", "read in a template not used in fitting")):
+      block = methods.get(key)
+      if block:
+        extra = f" ({block['template']!r}, {block.get('words', '?')} words)" if "template" in block else ""
+        lines.append(f"methods {label}{extra}:")
+        lines += _method_lines(block)
+  return lines
+
+
+def _method_lines(block: dict[str, Any]) -> list[str]:
+  lines = []
+  for name, m in block["methods"].items():
+    red = block.get("reduction_vs_plain", {}).get(name)
+    extra = ""
+    if red is not None and red.get("value") is not None:
+      lo, hi = red["ci"]
+      extra = f"; {red['value']:+.0%} [{lo:+.0%},{hi:+.0%}] vs plain" if lo is not None else \
+          f"; {red['value']:+.0%} vs plain"
+    lines.append(f"{name:>12s}: on-target {m['on_target']:+.3f}, mean |off-target| "
+                 f"{m['off_target_abs']:.3f}, per unit on-target {m['off_per_on']:.3f}{extra}")
   return lines

@@ -191,3 +191,67 @@ def test_error_message_names_the_problem():
     stats.spearman_columns(np.stack([np.arange(5.0), np.ones(5)], 1), np.arange(5.0))
   with pytest.raises(InputError, match="at least 3"):
     stats.spearman(np.array([1.0, 2.0]), np.array([2.0, 1.0]))
+
+
+def test_null_summary_flags_the_floor_and_the_null_size():
+  null = np.array([[0.1, -0.2, 0.3, 0.05], [0.1, -0.6, 0.3, 0.05]], np.float32)
+  out = stats.null_summary(np.array([0.5, 0.5], np.float32), null)
+  assert out["n_null"] == 4 and isinstance(out["n_null"], int)
+  np.testing.assert_array_equal(out["p_at_floor"], [True, False])  # -0.6 is as extreme as 0.5
+  np.testing.assert_allclose(out["p_value"], [1 / 5, 2 / 5], rtol=1e-6)
+  one_sided = stats.null_summary(np.float32(0.5), null[1], alternative="greater")
+  assert bool(one_sided["p_at_floor"]) and float(one_sided["p_value"]) == pytest.approx(1 / 5)
+
+
+def test_empirical_p_matches_the_null_summary_formula():
+  out = stats.empirical_p(0, 499)
+  assert out == {"p_value": pytest.approx(0.002), "p_at_floor": True, "n_null": 499}
+  arr = stats.empirical_p(np.array([0, 3, 499]), 499)
+  np.testing.assert_allclose(arr["p_value"], [1 / 500, 4 / 500, 1.0])
+  np.testing.assert_array_equal(arr["p_at_floor"], [True, False, False])
+  for bad in ((-1, 10), (11, 10), (1.5, 10), (0, 0)):
+    with pytest.raises(InputError):
+      stats.empirical_p(*bad)
+
+
+def _holm_loop(p):
+  """Holm's step-down procedure, written out as in the textbook."""
+  idx = [i for i, v in enumerate(p) if v is not None and not np.isnan(v)]
+  order = sorted(idx, key=lambda i: p[i])
+  m = len(order)
+  out = [np.nan] * len(p)
+  running = 0.0
+  for rank_, i in enumerate(order):
+    running = max(running, min(1.0, (m - rank_) * p[i]))
+    out[i] = running
+  return out
+
+
+def test_holm_textbook_example():
+  # Sorted 0.005, 0.01, 0.03, 0.04 -> 4*0.005, 3*0.01, 2*0.03, max(1*0.04, 0.06).
+  np.testing.assert_allclose(stats.holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02])
+  np.testing.assert_allclose(stats.holm([0.2, 0.9]), [0.4, 0.9])
+  np.testing.assert_allclose(stats.holm([0.6, 0.7]), [1.0, 1.0])  # capped at 1, still monotone
+  assert stats.holm([]).shape == (0,)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_holm_matches_a_plain_loop_with_missing_tests_and_ties(seed):
+  rng = np.random.default_rng(seed)
+  p = list(np.round(rng.beta(0.5, 2.0, size=25), 2))  # rounding makes ties
+  for i in rng.choice(25, size=4, replace=False):
+    p[i] = None if i % 2 else np.nan
+  got = stats.holm(p)
+  np.testing.assert_allclose(got, _holm_loop(p), equal_nan=True)
+  ok = ~np.isnan(got)
+  raw = np.array([np.nan if v is None else v for v in p])
+  assert ok.sum() == 21 and np.all(got[ok] >= raw[ok]) and np.all(got[ok] <= 1)
+  order = np.argsort(raw[ok])
+  assert np.all(np.diff(got[ok][order]) >= 0)  # monotone in the raw p-values
+  assert stats.holm(np.array(raw).reshape(5, 5)).shape == (5, 5)
+
+
+def test_holm_rejects_values_outside_zero_one():
+  for bad in ([0.1, 1.2], [-0.1], [np.inf]):
+    with pytest.raises(InputError, match="Holm"):
+      stats.holm(bad)
