@@ -67,3 +67,26 @@ def test_main_job_writes_summary(tmp_path):
   for png in ("cosine.png", "scree.png", "loadings.png"):
     assert (out / "smollm2-135m-instruct" / "structure" / png).stat().st_size > 1000
   assert "Tucker congruence" in proc.stdout
+  # What a reviewer needs (issue: results a reviewer would accept): both intervals, the pair
+  # and tag nulls with their conclusion, the disjoint readout and the direct path, provenance.
+  row = next(r for r in align["results"] if r["scale"] == "valence" and r["column"] == "valence")
+  assert row["matches_tag"] and row["ci_resampling"] == "words+pole_words"
+  assert row["pearson_ci"][1] - row["pearson_ci"][0] > row["pearson_ci_words"][1] - row["pearson_ci_words"][0]
+  assert "p_adjusted" in row and align["multiple_comparisons"]
+  code = align["provenance"]["code"]
+  assert code["source"] in ("checkout", "package") and code["jaxsem_version"]
+  assert all(len(n["sha256"]) == 64 for n in align["provenance"]["norms_files"])
+  assert len(align["provenance"]["scales_sha256"]) == 64
+  assert structure["pair_null"]["n_sets"] >= 200 and 0 <= structure["pair_null"]["percentile"] <= 100
+  assert structure["epa_null"]["n_perms"] >= 1000 and structure["conclusion"]
+  assert "conclusion:" in proc.stdout
+  steer = json.loads((out / "smollm2-135m-instruct" / "steer" / "summary.json").read_text())
+  for readout in ("offtarget", "offtarget_disjoint"):
+    direct = steer[readout]["direct_path"]
+    assert -1 <= direct["partial_r"] <= 1 and len(direct["partial_ci"]) == 2
+    assert steer[readout]["ci_resampling"] == "words+steered_scales"
+  assert steer["controls"]["random_directions"]["n_directions"] >= 64
+  assert steer["methods"]["heldout_readout"]["reduction_vs_plain"]
+  assert steer["methods"]["disjoint_readout"]["reduction_vs_plain"]
+  assert steer["provenance"]["scales_file"].endswith("osgood28.json")
+  assert "direct path" in proc.stdout

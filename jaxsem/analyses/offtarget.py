@@ -19,12 +19,10 @@ The functions:
 * ``analyse``: the above, bootstrap CIs, the shuffled-label null (below), the dose-response
   summary (``dose_response``) and, given the direct-path prediction, the direct-path control.
 * ``partial_correlation``: Pearson r of ``y`` and ``x`` after both are residualised on ``[1, z]``.
-* ``random_control``: the random-direction control, the same statistic as the antonym figure it
-  is printed beside, with a paired bootstrap CI of their ratio.
-* ``compare_methods``: off-target change per unit on-target change for several steering
-  methods at one strength, and each method's paired-bootstrap reduction against ``"plain"``.
-* ``summarise_control``: the mean on-target and |off-target| slopes of control directions
-  (e.g. random directions of matched norm), to set beside the antonym directions.
+
+The checks and bootstrap helpers (``check_effects``, ``check_steered_index``, ``offtarget_mask``,
+``draw_counts``, ``ci95``, ...) are shared with ``steering_compare``, which compares steering
+methods and control directions on the same effects.
 
 Shuffled-label null (``shuffled_label_cosines``). It asks whether ``D`` follows the cosine of
 the right pair of scales, not merely the distribution of cosines. ``D`` is kept and the scales
@@ -55,7 +53,7 @@ explains the cosine law, clearly non-zero when the model adds cosine-shaped stru
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -64,14 +62,14 @@ import numpy as np
 from jaxsem.errors import InputError
 from jaxsem.kernels import stats
 
-PLAIN = "plain"
 # A mean on-target change below this is treated as none: nothing to divide by.
-_TINY = 1e-12
+TINY = 1e-12
 # A residual sum of squares below this fraction of the total is rounding: the fit is exact.
 _EXACT = 1e-20
 
 
-def _as_key(key_or_seed) -> jax.Array:
+def as_key(key_or_seed) -> jax.Array:
+  """A ``jax.random`` key: ``key_or_seed`` itself, or the key of an int seed."""
   if isinstance(key_or_seed, (int, np.integer)):
     return jax.random.key(int(key_or_seed))
   return key_or_seed
@@ -81,22 +79,28 @@ def _rng(key: jax.Array) -> np.random.Generator:
   return np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
 
 
-def _num(x) -> float | None:
+def finite_or_none(x) -> float | None:
   """A JSON-friendly float: ``None`` for NaN/inf."""
   x = float(x)
   return x if np.isfinite(x) else None
 
 
-def _ci(dist: np.ndarray) -> list[float | None]:
-  return [_num(v) for v in np.asarray(stats.percentile_ci(np.asarray(dist, np.float64), 0.95))]
+def ci95(dist: np.ndarray) -> list[float | None]:
+  """95% percentile interval ``[lo, hi]`` of the draws ``dist [B]``, ``None`` where not finite."""
+  return [finite_or_none(v) for v in np.asarray(stats.percentile_ci(np.asarray(dist, np.float64), 0.95))]
 
 
-def _check_count(name: str, n: int) -> None:
+def check_count(name: str, n: int) -> None:
+  """Raises ``InputError`` unless the count ``n`` (argument ``name``) is at least 1."""
   if n < 1:
     raise InputError(f"{name} must be at least 1, got {n}.")
 
 
-def _effects(effects, ndim: int = 4, what: str = "effects") -> np.ndarray:
+def check_effects(effects, ndim: int = 4, what: str = "effects") -> np.ndarray:
+  """``effects`` as float64, checked to be a non-empty, finite array of ``ndim`` axes.
+
+  ``ndim`` is 4 for ``[W, S, A, J]`` and 3 for ``[W, S, J]``; ``what`` names the array in the error.
+  """
   e = np.asarray(effects, np.float64)
   shape = "[W, S, A, J]" if ndim == 4 else "[W, S, J]"
   if e.ndim != ndim or min(e.shape, default=0) < 1:
@@ -117,7 +121,7 @@ def _alphas(alphas, n: int) -> np.ndarray:
   return a
 
 
-def _on_target(steered_index, n_steered: int, n_readout: int) -> np.ndarray:
+def check_steered_index(steered_index, n_steered: int, n_readout: int) -> np.ndarray:
   """Checks ``steered_index [S]`` against ``J`` readout scales and returns it as int64."""
   idx = np.asarray(steered_index)
   if idx.shape != (n_steered,) or not np.issubdtype(idx.dtype, np.integer):
@@ -136,7 +140,7 @@ def _on_target(steered_index, n_steered: int, n_readout: int) -> np.ndarray:
   return idx.astype(np.int64)
 
 
-def _offtarget_mask(idx: np.ndarray, n_readout: int) -> np.ndarray:
+def offtarget_mask(idx: np.ndarray, n_readout: int) -> np.ndarray:
   """``[S, J]`` True where ``j != steered_index[s]``."""
   mask = np.ones((len(idx), n_readout), bool)
   mask[np.arange(len(idx)), idx] = False
@@ -156,7 +160,7 @@ def _scale(names: list[str] | None, s: int) -> str:
   return f"{names[s]!r} (index {s})" if names else f"index {s}"
 
 
-def _counts(indices: np.ndarray, n: int) -> np.ndarray:
+def draw_counts(indices: np.ndarray, n: int) -> np.ndarray:
   """``[B, n]`` times each word is drawn in each resample of ``indices [B, n]``."""
   b = indices.shape[0]
   flat = (indices + n * np.arange(b)[:, None]).ravel()
@@ -195,7 +199,7 @@ def _boot_draws(key_or_seed, n_words: int, n_steered: int, n_boot: int) -> tuple
   The word draws are ``stats.bootstrap_indices(key, W, n_boot)``, so the words-only interval and
   the joint one share them.
   """
-  key = _as_key(key_or_seed)
+  key = as_key(key_or_seed)
   words = np.asarray(stats.bootstrap_indices(key, n_words, n_boot))
   scales = np.asarray(stats.bootstrap_indices(jax.random.fold_in(key, 1), n_steered, n_boot))
   return words, scales
@@ -310,7 +314,7 @@ def dose_slopes(effects, alphas) -> np.ndarray:
   Raises:
     InputError: for a wrong shape, NaN/inf, or alphas that are all zero.
   """
-  e = _effects(effects)
+  e = check_effects(effects)
   return _dose(e, _alphas(alphas, e.shape[2]))
 
 
@@ -333,11 +337,11 @@ def offtarget_matrix(slopes, steered_index, names: Sequence[str] | None = None) 
   if sl.ndim != 3 or min(sl.shape, default=0) < 1:
     raise InputError(f"The slopes must be a non-empty array of shape [W, S, J], got shape {sl.shape}.")
   _, n_steered, n_readout = sl.shape
-  idx = _on_target(steered_index, n_steered, n_readout)
+  idx = check_steered_index(steered_index, n_steered, n_readout)
   names = _names(names, n_steered, "names", "steered")
   mean = sl.mean(axis=0)
   on = mean[np.arange(n_steered), idx]
-  bad = ~np.isfinite(on) | (np.abs(on) < _TINY)
+  bad = ~np.isfinite(on) | (np.abs(on) < TINY)
   if bad.any():
     s = int(np.flatnonzero(bad)[0])
     raise InputError(f"Steered scale {_scale(names, s)} has a mean on-target slope of {on[s]:.3g}, so its"
@@ -365,13 +369,13 @@ def regress(D, cosines, steered_index) -> dict[str, Any]:
   c = np.asarray(cosines, np.float64)
   if d.ndim != 2 or d.shape != c.shape:
     raise InputError(f"D and cosines must both have shape [S, J], got {d.shape} and {c.shape}.")
-  idx = _on_target(steered_index, *d.shape)
-  x, y = _pairs(d, c, _offtarget_mask(idx, d.shape[1]))
+  idx = check_steered_index(steered_index, *d.shape)
+  x, y = _pairs(d, c, offtarget_mask(idx, d.shape[1]))
   if not np.isfinite(y).all():
     raise InputError("D contains NaN or inf; build it with offtarget_matrix from finite slopes.")
   slope, intercept, r = _ols(x, y)
-  return {"slope": float(slope), "intercept": float(intercept), "r": _num(r), "r2": _num(r * r),
-          "n_pairs": int(x.size)}
+  return {"slope": float(slope), "intercept": float(intercept), "r": finite_or_none(r),
+          "r2": finite_or_none(r * r), "n_pairs": int(x.size)}
 
 
 def shuffled_label_cosines(cosines, steered_index, key_or_seed, n_perm: int) -> np.ndarray:
@@ -393,10 +397,10 @@ def shuffled_label_cosines(cosines, steered_index, key_or_seed, n_perm: int) -> 
   c = np.asarray(cosines, np.float64)
   if c.ndim != 2:
     raise InputError(f"cosines must have shape [S, J], got {c.shape}.")
-  _check_count("n_perm", n_perm)
+  check_count("n_perm", n_perm)
   n_steered, n_readout = c.shape
-  idx = _on_target(steered_index, n_steered, n_readout)
-  rng = _rng(_as_key(key_or_seed))
+  idx = check_steered_index(steered_index, n_steered, n_readout)
+  rng = _rng(as_key(key_or_seed))
   steered = np.sort(idx)
   rest = np.setdiff1d(np.arange(n_readout), idx)
   pi = np.empty((n_perm, n_readout), np.int64)
@@ -421,13 +425,13 @@ def dose_response(effects, alphas, steered_index) -> dict[str, Any]:
     steered scales), "off_target_abs": [A] (mean |change| over words, steered scales and
     j != on-target)}`` as lists.
   """
-  e = _effects(effects)
+  e = check_effects(effects)
   n_words, n_steered, _, n_readout = e.shape
   a = _alphas(alphas, e.shape[2])
-  idx = _on_target(steered_index, n_steered, n_readout)
+  idx = check_steered_index(steered_index, n_steered, n_readout)
   by_alpha = np.moveaxis(e, 2, 1)  # [W, A, S, J]
   on = by_alpha[..., np.arange(n_steered), idx].mean(axis=0)  # [A, S]
-  off = np.abs(by_alpha[..., _offtarget_mask(idx, n_readout)]).mean(axis=(0, 2))  # [A]
+  off = np.abs(by_alpha[..., offtarget_mask(idx, n_readout)]).mean(axis=(0, 2))  # [A]
   return {"alphas": a.tolist(), "on_target": on.T.tolist(), "on_target_mean": on.mean(axis=1).tolist(),
           "off_target_abs": off.tolist()}
 
@@ -468,213 +472,59 @@ def analyse(effects, alphas, cosines, steered_index, *, key_or_seed, n_boot: int
   Raises:
     InputError: for bad shapes or values (see ``dose_slopes``, ``offtarget_matrix``, ``regress``).
   """
-  _check_count("n_boot", n_boot)
-  _check_count("n_perm", n_perm)
+  check_count("n_boot", n_boot)
+  check_count("n_perm", n_perm)
   slopes = dose_slopes(effects, alphas)
   n_words, n_steered, n_readout = slopes.shape
   c = np.asarray(cosines, np.float64)
   if c.shape != (n_steered, n_readout):
     raise InputError(f"cosines must have shape [S, J] = [{n_steered}, {n_readout}] to match the effects,"
                      f" got {c.shape}.")
-  idx = _on_target(steered_index, n_steered, n_readout)
+  idx = check_steered_index(steered_index, n_steered, n_readout)
   readout_names = _names(readout_names, n_readout, "readout_names", "readout")
   if names is None and readout_names is not None:
     names = [readout_names[j] for j in idx]
   names = _names(names, n_steered, "names", "steered")
   d = offtarget_matrix(slopes, idx, names)
   fit = regress(d, c, idx)
-  mask = _offtarget_mask(idx, n_readout)
+  mask = offtarget_mask(idx, n_readout)
   z = None if direct is None else _direct(direct, (n_steered, n_readout), mask)
   _, y = _pairs(d, c, mask)
-  key_boot, key_perm = jax.random.split(_as_key(key_or_seed))
+  key_boot, key_perm = jax.random.split(as_key(key_or_seed))
 
   # A draw's mean slopes are count-weighted means of the words'; its steered scales weight the pairs.
   word_idx, scale_idx = _boot_draws(key_boot, n_words, n_steered, n_boot)
-  counts = _counts(word_idx, n_words)
+  counts = draw_counts(word_idx, n_words)
   means = (counts @ slopes.reshape(n_words, -1) / n_words).reshape(n_boot, n_steered, n_readout)
   on = means[:, np.arange(n_steered), idx]  # [B, S]
-  on = np.where(np.isfinite(on) & (np.abs(on) >= _TINY), on, np.nan)
+  on = np.where(np.isfinite(on) & (np.abs(on) >= TINY), on, np.nan)
   d_boot = means / on[..., None]  # [B, S, J]
   words_only = _fits(d_boot, c, mask, z)
-  joint = _fits(d_boot, c, _counts(scale_idx, n_steered)[:, :, None] * mask, z)
+  joint = _fits(d_boot, c, draw_counts(scale_idx, n_steered)[:, :, None] * mask, z)
 
   null = shuffled_label_cosines(c, idx, key_perm, n_perm)[:, mask]  # [P, n_pairs]
   shuffled = {"null_r_p95": None, "p_value": None, "n": int(n_perm)}
   if fit["r"] is not None:
     _, _, r_null = _ols(y, null)  # Pearson r is symmetric in its arguments
     summary = stats.null_summary(np.float64(fit["r"]), r_null)
-    shuffled.update(null_r_p95=_num(summary["p95"]), p_value=_num(summary["p_value"]))
+    shuffled.update(null_r_p95=finite_or_none(summary["p95"]), p_value=finite_or_none(summary["p_value"]))
 
   label_from = names or list(range(n_steered))
   label_to = readout_names or list(range(n_readout))
   per_pair = [{"from": label_from[s], "to": label_to[j], "cos": float(c[s, j]), "D": float(d[s, j])}
               for s, j in zip(*np.nonzero(mask))]
   out = {**{k: fit[k] for k in ("slope", "intercept", "r", "r2")},
-         "ci": {"slope": _ci(joint["slope"]), "r": _ci(joint["r"])},
+         "ci": {"slope": ci95(joint["slope"]), "r": ci95(joint["r"])},
          "ci_resampling": "words+steered_scales",
-         "ci_words": {"slope": _ci(words_only["slope"]), "r": _ci(words_only["r"])},
+         "ci_words": {"slope": ci95(words_only["slope"]), "r": ci95(words_only["r"])},
          "n_pairs": fit["n_pairs"], "n_words": int(n_words), "n_boot": int(n_boot),
          "D": d.tolist(), "per_pair": per_pair, "shuffled_labels": shuffled,
          "dose_response": dose_response(effects, alphas, idx)}
   if z is not None:
     point = _fits(d, c, mask, z)
     out["direct_path"] = {
-        "r_direct": _num(point["r_z"]), "partial_r": _num(point["partial_r"]),
-        "partial_ci": _ci(joint["partial_r"]), "partial_ci_words": _ci(words_only["partial_r"]),
-        "share_direct": _num(point["r_z"] ** 2), "r_cos": _num(point["r"]),
-        "slope_cos_given_direct": _num(point["slope_given_z"]), "n_pairs": fit["n_pairs"]}
+        "r_direct": finite_or_none(point["r_z"]), "partial_r": finite_or_none(point["partial_r"]),
+        "partial_ci": ci95(joint["partial_r"]), "partial_ci_words": ci95(words_only["partial_r"]),
+        "share_direct": finite_or_none(point["r_z"] ** 2), "r_cos": finite_or_none(point["r"]),
+        "slope_cos_given_direct": finite_or_none(point["slope_given_z"]), "n_pairs": fit["n_pairs"]}
   return out
-
-
-def compare_methods(effects_by_method: Mapping[str, Any], steered_index, *, seed,
-                    n_boot: int = 1000) -> dict[str, Any]:
-  """Off-target change per unit on-target change of several steering methods at one strength.
-
-  For each method: the mean on-target change (over words and steered scales), the mean
-  |off-target| change (over words, steered scales and ``j != steered_index[s]``) and their ratio
-  ``mean|off| / |mean on|``. For each method other than ``"plain"`` (when ``"plain"`` is given):
-  the reduction ``1 - ratio_method / ratio_plain``. CIs are 95% percentile intervals from one
-  bootstrap over words shared by all methods, so the reduction's CI is paired.
-
-  Args:
-    effects_by_method: method name -> ``[W, S, J]`` rating changes, the same words and scales
-      for every method.
-    steered_index: ``[S]`` on-target readout column of each steered scale.
-    seed: int seed or ``jax.random`` key for the bootstrap.
-    n_boot: bootstrap resamples of the words.
-
-  Returns:
-    ``{"methods": {name: {"on_target", "on_target_ci", "off_target_abs", "off_target_abs_ci",
-    "off_per_on", "off_per_on_ci"}}, "reduction_vs_plain": {name: {"value", "ci"}}, "n_words",
-    "n_boot"}``.
-
-  Raises:
-    InputError: for no methods, mismatched shapes, NaN/inf, a bad index, or a method whose mean
-      on-target change is zero.
-  """
-  _check_count("n_boot", n_boot)
-  if not effects_by_method:
-    raise InputError("compare_methods needs the effects of at least one method.")
-  arrays = {name: _effects(e, ndim=3, what=f"effects of method {name!r}")
-            for name, e in effects_by_method.items()}
-  first = next(iter(arrays))
-  for name in arrays:
-    if arrays[name].shape != arrays[first].shape:
-      raise InputError(f"Method {name!r} has effects of shape {arrays[name].shape} but {first!r} has"
-                       f" {arrays[first].shape}; every method must cover the same words and scales.")
-  n_words, n_steered, n_readout = arrays[first].shape
-  idx = _on_target(steered_index, n_steered, n_readout)
-  mask = _offtarget_mask(idx, n_readout)
-  counts = _counts(np.asarray(stats.bootstrap_indices(_as_key(seed), n_words, n_boot)), n_words)
-
-  methods, ratios = {}, {}
-  for name, e in arrays.items():
-    on_w = e[:, np.arange(n_steered), idx].mean(axis=1)  # [W]
-    off_w = np.abs(e[:, mask]).mean(axis=1)  # [W]
-    on, off = on_w.mean(), off_w.mean()
-    if not abs(on) >= _TINY:
-      raise InputError(f"Method {name!r} has a mean on-target change of {on:.3g}, so its off-target change"
-                       " per unit on-target change is undefined; check its steering.")
-    on_b, off_b = counts @ on_w / n_words, counts @ off_w / n_words
-    ratio_b = off_b / np.where(np.abs(on_b) >= _TINY, np.abs(on_b), np.nan)
-    ratios[name] = (off / abs(on), ratio_b)
-    methods[name] = {"on_target": float(on), "on_target_ci": _ci(on_b), "off_target_abs": float(off),
-                     "off_target_abs_ci": _ci(off_b), "off_per_on": float(off / abs(on)),
-                     "off_per_on_ci": _ci(ratio_b)}
-  reduction = {}
-  if PLAIN in ratios:
-    base, base_b = ratios[PLAIN]
-    for name, (ratio, ratio_b) in ratios.items():
-      if name != PLAIN:
-        with np.errstate(invalid="ignore", divide="ignore"):
-          reduction[name] = {"value": _num(1.0 - ratio / base), "ci": _ci(1.0 - ratio_b / base_b)}
-  return {"methods": methods, "reduction_vs_plain": reduction, "n_words": int(n_words),
-          "n_boot": int(n_boot)}
-
-
-def summarise_control(effects, alphas, steered_index) -> dict[str, Any]:
-  """Mean on-target and |off-target| slopes, for control (e.g. random) steering directions.
-
-  The same summary applied to antonym directions makes the two comparable: a random direction of
-  matched norm sets how much off-target movement any push of that size causes. ``random_control``
-  computes the random-direction figure itself (random directions have no on-target readout) with
-  CIs.
-
-  Args:
-    effects: ``[W, S, A, J]`` rating changes; ``S`` indexes the control directions, each paired
-      with the readout column ``steered_index[s]`` it stands in for.
-    alphas: ``[A]`` strengths.
-    steered_index: ``[S]`` readout column of each control direction.
-
-  Returns:
-    ``{"mean_ontarget_slope", "mean_abs_offtarget_slope", "off_per_on", "n_words"}``, where
-    ``off_per_on = mean|off-target slope| / |mean on-target slope|`` (``None`` when the mean
-    on-target slope is zero).
-  """
-  slopes = dose_slopes(effects, alphas)
-  n_words, n_steered, n_readout = slopes.shape
-  idx = _on_target(steered_index, n_steered, n_readout)
-  on = float(slopes[:, np.arange(n_steered), idx].mean())
-  off = float(np.abs(slopes[:, _offtarget_mask(idx, n_readout)]).mean())
-  return {"mean_ontarget_slope": on, "mean_abs_offtarget_slope": off,
-          "off_per_on": off / abs(on) if abs(on) >= _TINY else None, "n_words": int(n_words)}
-
-
-def random_control(effects, alphas, antonym_effects, antonym_steered_index, *, key_or_seed,
-                   n_boot: int = 1000) -> dict[str, Any]:
-  """Random-direction control, computed exactly like the antonym figure it is printed beside.
-
-  The statistic, for both: per word, the dose slope of every (direction, readout) pair
-  (``dose_slopes``); then the mean over words, directions and readouts of ``|slope|``. For the
-  antonym directions only the off-target readouts (``j != steered_index[s]``) count; a random
-  direction has no target, so all its readouts count. The mean of a signed slope over words is
-  never taken first, so the two numbers differ only in the directions. CIs are 95% percentile
-  intervals from one bootstrap over words (``stats.bootstrap_indices(key, W, n_boot)``) shared by
-  both, so the ratio's CI is paired.
-
-  Args:
-    effects: ``[W, R, A, J]`` rating changes of ``R`` random unit directions, at the strengths
-      of the antonym directions and on the same words and readout scales.
-    alphas: ``[A]`` strengths.
-    antonym_effects: ``[W, S, A, J]`` rating changes of the antonym directions.
-    antonym_steered_index: ``[S]`` on-target readout column of each antonym direction.
-    key_or_seed: ``jax.random`` key or int seed for the bootstrap.
-    n_boot: bootstrap resamples of the words.
-
-  Returns:
-    ``{"n_directions": R, "random_mean_abs_slope", "random_ci", "antonym_mean_abs_offtarget_slope",
-    "antonym_ci", "ratio", "ratio_ci", "antonym_mean_ontarget_slope", "n_words", "n_boot",
-    "statistic"}``: ``ratio`` is antonym / random (``None`` when the random statistic is 0),
-    ``antonym_mean_ontarget_slope`` the mean signed on-target slope, ``statistic`` a one-line
-    description of the statistic for the report.
-
-  Raises:
-    InputError: for bad shapes or values, or random and antonym effects on different words,
-      strengths or readout scales.
-  """
-  _check_count("n_boot", n_boot)
-  rnd = _effects(effects, what="random-direction effects")
-  ant = _effects(antonym_effects, what="antonym effects")
-  for axis, what in ((0, "words"), (2, "strengths"), (3, "readout scales")):
-    if rnd.shape[axis] != ant.shape[axis]:
-      raise InputError(f"The random-direction effects have {rnd.shape[axis]} {what} but the antonym effects"
-                       f" have {ant.shape[axis]}; run both on the same words, strengths and readouts.")
-  a = _alphas(alphas, rnd.shape[2])
-  n_words, n_steered, _, n_readout = ant.shape
-  idx = _on_target(antonym_steered_index, n_steered, n_readout)
-  rnd_slopes, ant_slopes = _dose(rnd, a), _dose(ant, a)  # [W, R, J], [W, S, J]
-  rnd_w = np.abs(rnd_slopes).mean(axis=(1, 2))  # [W]
-  ant_w = np.abs(ant_slopes[:, _offtarget_mask(idx, n_readout)]).mean(axis=1)  # [W]
-  rnd_mean, ant_mean = rnd_w.mean(), ant_w.mean()
-
-  counts = _counts(np.asarray(stats.bootstrap_indices(_as_key(key_or_seed), n_words, n_boot)), n_words)
-  rnd_b, ant_b = counts @ rnd_w / n_words, counts @ ant_w / n_words
-  with np.errstate(invalid="ignore", divide="ignore"):
-    ratio_b = ant_b / np.where(rnd_b >= _TINY, rnd_b, np.nan)
-  return {"n_directions": int(rnd.shape[1]),
-          "random_mean_abs_slope": float(rnd_mean), "random_ci": _ci(rnd_b),
-          "antonym_mean_abs_offtarget_slope": float(ant_mean), "antonym_ci": _ci(ant_b),
-          "ratio": float(ant_mean / rnd_mean) if rnd_mean >= _TINY else None, "ratio_ci": _ci(ratio_b),
-          "antonym_mean_ontarget_slope": float(ant_slopes[:, np.arange(n_steered), idx].mean()),
-          "n_words": int(n_words), "n_boot": int(n_boot),
-          "statistic": "mean over words of |dose slope|, off-target readouts only (random: all readouts)"}

@@ -46,6 +46,7 @@ from jaxsem.analyses import offtarget
 from jaxsem.analyses import readouts
 from jaxsem.analyses import scale_directions
 from jaxsem.analyses import spaces as spaces_lib
+from jaxsem.analyses import steering_compare
 from jaxsem.analyses import steering_methods
 from jaxsem.analyses.steering_methods import ORTH_BASES  # noqa: F401 - the launcher's flag choices
 from jaxsem.analyses.steering_methods import unit_rows as _unit
@@ -300,16 +301,12 @@ def _analyse(effects, alphas, cos, on, direct, key, opts, names, readout_names) 
 
 
 def _random_control(r_eff, alphas, effects, steered_index, key, opts) -> dict[str, Any]:
-  """``offtarget.random_control`` (the antonym figure's own summary, with CIs) where it exists."""
-  plain = offtarget.summarise_control(effects, alphas, steered_index)
+  """``steering_compare.random_control`` (the antonym figure's own summary, with CIs)."""
+  plain = steering_compare.summarise_control(effects, alphas, steered_index)
   out = {"n": opts.n_random, "norm": "same strengths (site-norm units), unit directions"}
-  if hasattr(offtarget, "random_control"):
-    out.update(offtarget.random_control(r_eff, alphas, effects, steered_index, key_or_seed=key,
-                                        n_boot=opts.n_boot))
-    out.setdefault("mean_abs_slope", out.get("random_mean_abs_slope"))
-  else:
-    out.update(mean_abs_slope=float(np.mean(np.abs(offtarget.dose_slopes(r_eff, alphas).mean(0)))),
-               antonym_mean_abs_offtarget_slope=plain["mean_abs_offtarget_slope"])
+  out.update(steering_compare.random_control(r_eff, alphas, effects, steered_index, key_or_seed=key,
+                                             n_boot=opts.n_boot))
+  out.setdefault("mean_abs_slope", out.get("random_mean_abs_slope"))
   out.setdefault("antonym_mean_ontarget_slope", plain["mean_ontarget_slope"])
   return out
 

@@ -6,7 +6,7 @@
   Jacobians to reach the plain vector's on-target change while keeping the other scales
   still, then refined against the real model (a chord method).
 * ``compare``: all methods on held-out words at equal on-target effect, with paired
-  bootstrap CIs (``offtarget.compare_methods``), on the run's readout and on readouts
+  bootstrap CIs (``steering_compare.compare_methods``), on the run's readout and on readouts
   the fit never saw: other rating columns (``Columns``) and another template (``HeldOut``).
 """
 
@@ -24,7 +24,7 @@ import numpy as np
 import optax
 
 from jaxsem.analyses import grid as grid_lib
-from jaxsem.analyses import offtarget
+from jaxsem.analyses import steering_compare
 from jaxsem.errors import InputError
 from jaxsem.models import interventions as iv_lib
 from jaxsem.progress import Progress
@@ -249,7 +249,7 @@ def compare(grid, opts, units: np.ndarray, steered_index, unit: float, base, w: 
     heldout: the other template, compared as ``heldout_readout``.
 
   Returns:
-    ``offtarget.compare_methods``'s output on the run's readout plus the fit's report, and
+    ``steering_compare.compare_methods``'s output on the run's readout plus the fit's report, and
     ``disjoint_readout`` / ``heldout_readout`` (``{"template", "words", ...}``) when asked.
   """
   base, base_logodds = base if isinstance(base, tuple) else (base, base)
@@ -304,12 +304,13 @@ def compare(grid, opts, units: np.ndarray, steered_index, unit: float, base, w: 
       effects_heldout[name] = heldout.columns.view(r.reshape(len(test), s, -1) - h_base[:, None, :])
     report.setdefault("vector_norms", {})[name] = np.linalg.norm(v, axis=1).tolist()
     report.setdefault("cos_with_plain", {})[name] = np.sum(_unit(v) * _unit(plain), axis=1).tolist()
-  report.update(offtarget.compare_methods(effects, steered_index, seed=opts.seed, n_boot=opts.n_boot))
+  report.update(steering_compare.compare_methods(effects, steered_index, seed=opts.seed, n_boot=opts.n_boot))
   if disjoint is not None:
-    report["disjoint_readout"] = offtarget.compare_methods(effects_disjoint, disjoint.on, seed=opts.seed,
-                                                           n_boot=opts.n_boot)
+    report["disjoint_readout"] = steering_compare.compare_methods(effects_disjoint, disjoint.on,
+                                                                  seed=opts.seed, n_boot=opts.n_boot)
   if heldout is not None:
     report["heldout_readout"] = {
         "template": heldout.grid.prompts.template, "words": heldout.words,
-        **offtarget.compare_methods(effects_heldout, heldout.columns.on, seed=opts.seed, n_boot=opts.n_boot)}
+        **steering_compare.compare_methods(effects_heldout, heldout.columns.on, seed=opts.seed,
+                                           n_boot=opts.n_boot)}
   return report

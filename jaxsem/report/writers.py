@@ -126,16 +126,22 @@ def write_structure(out_dir, result: dict[str, Any], model, opts) -> Path:
 
 
 def align_digest(result: dict[str, Any], top: int = 6) -> list[str]:
-  """A few readable lines: the strongest correlations against their null and ceiling."""
-  rows = sorted(align_tests(result)["results"], key=lambda r: -abs(r["pearson"]))[:top]
-  lines = []
+  """A few readable lines: each scale against the column it is tagged with (the test of the
+  scale; other rows are cross-correlations), with both intervals, its null and the ceiling."""
+  rows = align_tests(result)["results"]
+  tagged = [r for r in rows if r.get("matches_tag")]
+  rows = sorted(tagged or rows, key=lambda r: -abs(r["pearson"]))[:top]
+  lines = ["r [words and pole words resampled] (words only; leave one pole word out), null, ceiling:"]
   for r in rows:
     lo, hi = r["pearson_ci"]
+    wlo, whi = r.get("pearson_ci_words") or (lo, hi)
+    loo = r.get("leave_one_pole_out")
+    loo = f"; {loo[0]:+.2f}..{loo[1]:+.2f}" if loo else ""
     p = pvalues.format_p(r["p_value"], r.get("n_null"), r.get("p_at_floor"))
     holm = pvalues.format_p(r.get("p_adjusted"), at_floor=r.get("p_adjusted_at_floor"), name="Holm p")
     lines.append(f"{r['scale']:>16s} vs {r['norm']}:{r['column']:<12s} r={r['pearson']:+.2f} "
-                 f"[{lo:+.2f},{hi:+.2f}]  null95={r['null_p95']:.2f}  {p} ({holm})  "
-                 f"probe={r['probe_r']:.2f}")
+                 f"[{lo:+.2f},{hi:+.2f}] ([{wlo:+.2f},{whi:+.2f}]{loo})  null95={r['null_p95']:.2f}  "
+                 f"{p} ({holm})  probe={r['probe_r']:.2f}")
   return lines
 
 
@@ -156,7 +162,7 @@ def structure_digest(result: dict[str, Any]) -> list[str]:
     cum_c = ", ".join(f"{c:.2f}" for c in ctrl["pca"]["cumulative_1_2_3"])
     lines.append(f"control ({name}): cumulative {cum_c}, participation ratio "
                  f"{ctrl['pca']['participation_ratio']:.1f}")
-  # What the nulls allow one to conclude, in words (structure.conclusion states the rule).
+  # What the nulls allow one to conclude, in words (structure_nulls.conclusion states the rule).
   if result.get("conclusion"):
     lines.append(f"conclusion: {result['conclusion']}")
   for name, ctrl in result.get("control", {}).items():

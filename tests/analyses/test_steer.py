@@ -628,8 +628,7 @@ def test_run_steer_reports_the_disjoint_readout(disjoint_run):
       assert _finite([part["direct_path"]["r_direct"], part["direct_path"]["share_direct"]])
   rnd = res["controls"]["random_directions"]
   assert rnd["n"] == 3 and _finite(rnd["mean_abs_slope"]) and _finite(rnd["antonym_mean_abs_offtarget_slope"])
-  if hasattr(offtarget, "random_control"):
-    assert _finite(rnd["random_ci"]) and _finite(rnd["ratio"])
+  assert _finite(rnd["random_ci"]) and _finite(rnd["ratio"])
 
 
 def test_disjoint_ratings_equal_a_disjoint_only_grid(model, disjoint_run):
