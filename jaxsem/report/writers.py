@@ -222,11 +222,18 @@ def write_steer(out_dir, result: dict[str, Any], model, opts) -> Path:
   out = Path(out_dir)
   title = f"{model.provenance.get('name', '?')} · {result['site']} · {result['readout']}"
   ot = result["offtarget"]
-  pairs = ot["per_pair"]
-  figures.offtarget_scatter(out / "offtarget.png", np.array([p["cos"] for p in pairs], float),
-                            np.array([np.nan if p["D"] is None else p["D"] for p in pairs], float),
-                            ot["slope"], ot["intercept"], ot["r"] if ot["r"] is not None else np.nan,
-                            title=f"{title} · off-target effect vs cosine")
+  for name, label in (("offtarget", "shared readout"), ("offtarget_disjoint", "disjoint readout words")):
+    block = result.get(name)
+    if not block:
+      continue
+    pairs = block["per_pair"]
+    direct = block.get("direct_path") or {}
+    extra = "" if not direct else (f" · direct path R2 {direct['share_direct']:.2f}, partial r "
+                                   f"{direct['partial_r']:+.2f}")
+    figures.offtarget_scatter(out / f"{name}.png", np.array([p["cos"] for p in pairs], float),
+                              np.array([np.nan if p["D"] is None else p["D"] for p in pairs], float),
+                              block["slope"], block["intercept"], block["r"] if block["r"] is not None else np.nan,
+                              title=f"{title} · {label}: off-target effect vs cosine{extra}")
   figures.heatmap(out / "offtarget_matrix.png", np.array(ot["D"], float), result["scales"],
                   title=f"{title} · D[steered -> read] (rows: steered)", row_labels=result["steered"],
                   cbar_label="D (off-target / on-target)")
@@ -240,6 +247,14 @@ def write_steer(out_dir, result: dict[str, Any], model, opts) -> Path:
     figures.method_bars(out / "methods.png", names, np.array([methods["methods"][n]["off_per_on"] for n in names]),
                         np.array([methods["methods"][n]["off_per_on_ci"] for n in names], float),
                         title=f"{title} · held-out words ({methods['test_words']}), equal on-target strength")
+    for key, label in (("disjoint_readout", "disjoint readout words"), ("heldout_readout", "held-out template")):
+      block = methods.get(key)
+      if block:
+        names = list(block["methods"])
+        figures.method_bars(out / f"methods_{key}.png", names,
+                            np.array([block["methods"][n]["off_per_on"] for n in names]),
+                            np.array([block["methods"][n]["off_per_on_ci"] for n in names], float),
+                            title=f"{title} · read with the {label} (not used in fitting)")
   scales_file = result.get("scales_file") or _scales_path(opts.scales)
   # Steering reads Warriner for the readout validation, and samples words from a norm table when named.
   tables = dict.fromkeys(["warriner", *(opts.words if len(opts.words) == 1 else ())])

@@ -497,6 +497,10 @@ def test_steer_launcher_steers_a_subset_of_osgood28(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "off-target D vs cosine over 81 pairs" in proc.stdout
   assert (out / "summary.json").is_file()
+  # osgood28 has readout words for these three scales: the disjoint readout gets its own figures.
+  assert "off-target (disjoint readout words) D vs cosine" in proc.stdout
+  for name in ("offtarget_disjoint.png", "methods_disjoint_readout.png", "methods_heldout_readout.png"):
+    _assert_png(out / name)
 
 
 @pytest.mark.slow
