@@ -11,11 +11,17 @@ Layout (GGUF v2/v3, little-endian)::
     n_kv x (string key, u32 value_type, value)
     n_tensors x (string name, u32 n_dims, u64 dims[n_dims], u32 ggml_type, u64 offset)
     padding to `general.alignment` (default 32) | tensor data
+
+A hostile header cannot make the reader recurse deeply, allocate more than the file
+holds or divide by zero: arrays nest at most ``MAX_ARRAY_DEPTH`` levels, an array's
+count must fit in the bytes left, ``general.alignment`` must be a positive integer, and
+tensor sizes are computed exactly (no int64 overflow) and must fit in the file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import mmap
 import os
 import struct
@@ -28,6 +34,9 @@ from jaxsem.io import host_memory
 
 _MAGIC = b"GGUF"
 _DEFAULT_ALIGNMENT = 32
+_MAX_ALIGNMENT = 1 << 30
+# Arrays of arrays are legal GGUF but no model uses more than one level; deeper is hostile.
+MAX_ARRAY_DEPTH = 8
 
 # GGUF metadata value types -> (struct format, numpy dtype).
 _SCALAR_TYPES: dict[int, tuple[str, np.dtype]] = {
@@ -45,6 +54,8 @@ _SCALAR_TYPES: dict[int, tuple[str, np.dtype]] = {
 }
 _STRING = 8
 _ARRAY = 9
+# Fewest bytes an element takes: an empty string is its u64 length, an empty array its u32 type and u64 count.
+_LEAST_BYTES = {_STRING: 8, _ARRAY: 12}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,14 +104,24 @@ class _Cursor:
     raw = self.take(n)
     return bytes(raw).decode("utf-8", errors="replace")
 
-  def value(self, vtype: int) -> Any:
+  def value(self, vtype: int, depth: int = 0) -> Any:
     if vtype in _SCALAR_TYPES:
       return self.scalar(_SCALAR_TYPES[vtype][0])
     if vtype == _STRING:
       return self.string()
     if vtype == _ARRAY:
+      if depth >= MAX_ARRAY_DEPTH:
+        raise InputError(f"{self.path}: GGUF metadata arrays are nested more than {MAX_ARRAY_DEPTH} deep;"
+                         " the file is corrupt.")
       etype = self.scalar("<I")
       count = self.scalar("<Q")
+      # Every element takes at least this many bytes: a count the file cannot hold is refused
+      # before any list is built.
+      scalar = _SCALAR_TYPES.get(etype)
+      least = scalar[1].itemsize if scalar else _LEAST_BYTES.get(etype, 0)
+      if count * least > len(self.buf) - self.pos:
+        raise InputError(f"{self.path}: a GGUF metadata array claims {count} elements, more than the"
+                         " rest of the file holds; the file is truncated or corrupt.")
       if etype in _SCALAR_TYPES:
         dtype = _SCALAR_TYPES[etype][1]
         raw = self.take(count * dtype.itemsize)
@@ -108,7 +129,7 @@ class _Cursor:
       if etype == _STRING:
         return self._strings(count)
       if etype == _ARRAY:
-        return [self.value(_ARRAY) for _ in range(count)]
+        return [self.value(_ARRAY, depth + 1) for _ in range(count)]
       raise InputError(f"{self.path}: unknown GGUF array element type {etype}; the file is corrupt.")
     raise InputError(f"{self.path}: unknown GGUF value type {vtype}; the file is corrupt.")
 
@@ -143,7 +164,7 @@ def _ggml_nbytes(ggml_type: int, shape: tuple[int, ...], path: str, name: str) -
     raise InputError(
         f"{path}: tensor {name!r} has unknown GGML type {ggml_type}; this file needs a newer reader."
     ) from None
-  n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+  n = math.prod(shape)  # exact: np.prod in int64 wraps around for hostile dims
   if shape and shape[-1] % block_size:
     raise InputError(
         f"{path}: tensor {name!r} row length {shape[-1]} is not a multiple of the"
@@ -205,12 +226,18 @@ class GGUFFile:
       ggml_type = cur.scalar("<I")
       offset = cur.scalar("<Q")
       entries.append((name, tuple(reversed(ne)), ggml_type, offset))
-    align = int(metadata.get("general.alignment", _DEFAULT_ALIGNMENT))
+    align = metadata.get("general.alignment", _DEFAULT_ALIGNMENT)
+    if not isinstance(align, int) or isinstance(align, bool) or not 0 < align <= _MAX_ALIGNMENT:
+      raise InputError(f"{self.path}: general.alignment is {align!r}, not a positive integer up to"
+                       f" {_MAX_ALIGNMENT}; the file is corrupt.")
     data_start = (cur.pos + align - 1) // align * align
     self.tensors: dict[str, TensorInfo] = {}
     size = len(self._mm)
     for name, shape, ggml_type, offset in entries:
       nbytes = _ggml_nbytes(ggml_type, shape, self.path, name)
+      if nbytes > size:
+        raise InputError(f"{self.path}: tensor {name!r} of shape {list(shape)} needs {nbytes} bytes, more"
+                         f" than the whole file ({size}); the file is corrupt.")
       start = data_start + offset
       if start + nbytes > size:
         raise InputError(

@@ -62,8 +62,10 @@ class _Meta:
       raise InputError(f"{self.path}: metadata key {name!r} is missing; the file is not a complete"
                        f" {self.arch} GGUF.")
     try:
-      out = cast(value)
-    except (TypeError, ValueError):
+      out = None if isinstance(value, (bool, np.bool_)) else cast(value)
+      if cast is int and out != value:  # 2.5 or "2" is refused, not truncated or parsed
+        out = None
+    except (TypeError, ValueError, OverflowError):
       out = None
     if out is None or not out > 0:
       raise InputError(f"{self.path}: metadata {name!r} is {value!r}, not a positive number;"
@@ -209,8 +211,17 @@ def config_from_gguf(metadata: Mapping[str, Any], path: str,
     The config.
 
   Raises:
-    InputError: unknown architecture, missing or unsupported metadata.
+    InputError: unknown architecture, missing, malformed or unsupported metadata.
   """
+  try:
+    return _config_from_gguf(metadata, path, tensors, rope_freqs)
+  except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as e:
+    raise InputError(f"{path}: malformed GGUF metadata ({type(e).__name__}: {str(e)[:160]}); the file is "
+                     "corrupt.") from None
+
+
+def _config_from_gguf(metadata: Mapping[str, Any], path: str, tensors: Mapping[str, TensorInfo] | None,
+                      rope_freqs: np.ndarray | None) -> ModelConfig:
   arch = metadata.get("general.architecture")
   if arch not in SUPPORTED_ARCHITECTURES:
     raise InputError(f"{path}: architecture {arch!r} is not supported; supported GGUF architectures"

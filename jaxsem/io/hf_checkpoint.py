@@ -23,7 +23,6 @@ Gemma norms are stored as ``w`` and applied as ``x * (1 + w)``: the ``+1`` is fo
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import warnings
@@ -36,6 +35,7 @@ from safetensors import safe_open
 
 from jaxsem.errors import InputError
 from jaxsem.io import host_memory
+from jaxsem.io import safe_json
 from jaxsem.models.config import ModelConfig, RopeScaling
 
 Place = Callable[[str, np.ndarray], Any]
@@ -84,14 +84,8 @@ def read_hf_dir(directory: str | os.PathLike) -> tuple[dict[str, Any], str | Non
 
 
 def _read_json(path: str) -> dict[str, Any]:
-  try:
-    with open(path, encoding="utf-8") as f:
-      data = json.load(f)
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise InputError(f"{path}: cannot be read as JSON ({e}); re-download the file.") from None
-  if not isinstance(data, dict):
-    raise InputError(f"{path}: expected a JSON object at the top level; re-download the file.")
-  return data
+  """A JSON object side file, within ``safe_json``'s size and nesting limits."""
+  return safe_json.read_object(path, fix="re-download the file")
 
 
 def _weight_files(d: str) -> list[str]:
@@ -100,6 +94,12 @@ def _weight_files(d: str) -> list[str]:
     weight_map = _read_json(index_path).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
       raise InputError(f"{index_path}: has no 'weight_map'; re-download the file.")
+    # A shard must be a file of this directory: no other JSON types, no paths out of it.
+    bad = [v for v in weight_map.values()
+           if not isinstance(v, str) or os.path.basename(v) != v or v in ("", ".", "..")]
+    if bad:
+      raise InputError(f"{index_path}: weight_map names the shard {bad[0]!r}, not a file name in the "
+                       "snapshot directory; re-download the file.")
     files = [os.path.join(d, name) for name in sorted(set(weight_map.values()))]
     for f in files:
       if not os.path.isfile(f):
@@ -167,25 +167,52 @@ def _rope(rope: dict[str, Any], c: dict[str, Any], path: str) -> tuple[float, Ro
     return theta, RopeScaling(
         "llama3", float(rope["factor"]), float(rope.get("low_freq_factor", 1.0)),
         float(rope.get("high_freq_factor", 4.0)),
-        int(rope.get("original_max_position_embeddings", c.get("max_position_embeddings", 8192))))
+        _int(rope.get("original_max_position_embeddings", c.get("max_position_embeddings", 8192)),
+             "original_max_position_embeddings", path))
   raise InputError(f"{path}: rope type {kind!r} is not supported; supported: default, linear, llama3.")
 
 
-def _token_ids(c: dict[str, Any], outer: dict[str, Any]) -> dict[str, Any]:
+def _int(value: Any, key: str, path: str, minimum: int = 1) -> int:
+  """``value`` as an int if it is a whole number ``>= minimum``.
+
+  ``2`` and ``2.0`` are; ``2.5``, ``"2"`` and ``true`` are not (``int()`` would truncate or accept them).
+  """
+  whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+  if isinstance(value, bool) or not whole or value < minimum:
+    kind = "a positive" if minimum == 1 else "a non-negative"
+    raise InputError(f"{path}: config.json sets {key} to {value!r}, which is not {kind} whole number; "
+                     "fix config.json.")
+  return int(value)
+
+
+def _token_ids(c: dict[str, Any], outer: dict[str, Any], path: str) -> dict[str, Any]:
   def pick(key):
     return c[key] if c.get(key) is not None else outer.get(key)
 
+  def token(value, key):
+    return None if value is None else _int(value, key, path, minimum=0)
+
   eos = pick("eos_token_id")
-  eos = () if eos is None else tuple(int(e) for e in (eos if isinstance(eos, list) else [eos]))
-  bos, pad = pick("bos_token_id"), pick("pad_token_id")
-  return {"bos_token_id": None if bos is None else int(bos), "eos_token_ids": eos,
-          "pad_token_id": None if pad is None else int(pad)}
+  eos = [] if eos is None else eos if isinstance(eos, list) else [eos]
+  eos = tuple(token(e, "eos_token_id") for e in eos if e is not None)
+  return {"bos_token_id": token(pick("bos_token_id"), "bos_token_id"), "eos_token_ids": eos,
+          "pad_token_id": token(pick("pad_token_id"), "pad_token_id")}
 
 
 def _need(c: dict[str, Any], key: str, path: str) -> Any:
   if c.get(key) is None:
     raise InputError(f"{path}: config.json has no {key!r}; re-download the config or fill it in.")
   return c[key]
+
+
+def _size(c: dict[str, Any], key: str, path: str, default: Any = None) -> int:
+  """A positive whole-number field; ``default`` when absent (or 0/null, as transformers treats them)."""
+  value = c.get(key)
+  if value is None or (value == 0 and default is not None and not isinstance(value, bool)):
+    if default is None:
+      _need(c, key, path)
+    value = default
+  return _int(value, key, path)
 
 
 def _check_flags(c: dict[str, Any], path: str) -> None:
@@ -216,8 +243,19 @@ def config_from_hf(config_json: dict[str, Any], path: str) -> ModelConfig:
     The ModelConfig; for gemma3 multimodal configs, that of the text model.
 
   Raises:
-    InputError: unsupported ``model_type`` or architecture feature, or a missing field.
+    InputError: unsupported ``model_type`` or architecture feature, a missing field, a
+      size that is not a positive whole number, or sizes that contradict each other.
   """
+  try:
+    return _config_from_hf(config_json, path)
+  except ValueError as e:  # ModelConfig's consistency checks, or float() of a non-number
+    raise InputError(f"{path}: inconsistent architecture ({e}); fix config.json.") from None
+  except (TypeError, AttributeError, KeyError) as e:  # a field of the wrong JSON type
+    raise InputError(f"{path}: a field of config.json has the wrong type ({type(e).__name__}: {e}); "
+                     "fix config.json.") from None
+
+
+def _config_from_hf(config_json: dict[str, Any], path: str) -> ModelConfig:
   outer = config_json
   model_type = outer.get("model_type")
   if model_type not in SUPPORTED_MODEL_TYPES:
@@ -230,25 +268,26 @@ def config_from_hf(config_json: dict[str, Any], path: str) -> ModelConfig:
       raise InputError(f"{path}: gemma3 config has no 'text_config' object; re-download the config.")
   gemma = model_type in GEMMA3_TYPES
   _check_flags(c, path)
-  d_model = int(_need(c, "hidden_size", path))
-  n_layers = int(_need(c, "num_hidden_layers", path))
-  n_heads = int(c.get("num_attention_heads") or (8 if gemma else _need(c, "num_attention_heads", path)))
-  n_kv = int(c.get("num_key_value_heads") or (4 if gemma else n_heads))
-  head_dim = int(c.get("head_dim") or (256 if gemma else d_model // n_heads))
-  vocab = int(c.get("vocab_size") or (262_208 if gemma else _need(c, "vocab_size", path)))
+  d_model = _size(c, "hidden_size", path)
+  n_layers = _size(c, "num_hidden_layers", path)
+  n_heads = _size(c, "num_attention_heads", path, 8 if gemma else None)
+  n_kv = _size(c, "num_key_value_heads", path, 4 if gemma else n_heads)
+  head_dim = _size(c, "head_dim", path, 256 if gemma else max(d_model // n_heads, 1))
+  vocab = _size(c, "vocab_size", path, 262_208 if gemma else None)
   full, sliding = _rope_dicts(c, gemma)
   theta, scaling = _rope(full, c, path)
   common = dict(
       vocab_size=vocab, d_model=d_model, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv,
-      head_dim=head_dim, d_ff=int(_need(c, "intermediate_size", path)), rope_theta=theta,
+      head_dim=head_dim, d_ff=_size(c, "intermediate_size", path), rope_theta=theta,
       rope_scaling=scaling, norm_eps=float(c.get("rms_norm_eps") or 1e-6),
-      max_position=int(c.get("max_position_embeddings") or (131_072 if gemma else 8192)),
-      **_token_ids(c, outer))
+      max_position=_size(c, "max_position_embeddings", path, 131_072 if gemma else 8192),
+      **_token_ids(c, outer, path))
   if gemma:
     act = c.get("hidden_activation") or c.get("hidden_act") or "gelu_pytorch_tanh"
     if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
       raise InputError(f"{path}: Gemma 3 activation {act!r} is not supported; expected gelu_pytorch_tanh.")
-    pattern = int(c.get("sliding_window_pattern") or c.get("_sliding_window_pattern") or 6)
+    pattern = _int(c.get("sliding_window_pattern") or c.get("_sliding_window_pattern") or 6,
+                   "sliding_window_pattern", path)
     default = tuple(bool((i + 1) % pattern) for i in range(n_layers))
     local_theta, local_scaling = _rope(sliding, c, path)
     if local_scaling is not None:
@@ -262,7 +301,8 @@ def config_from_hf(config_json: dict[str, Any], path: str) -> ModelConfig:
         family="gemma3", activation="gelu_tanh", qk_norm=True, post_norms=True,
         embed_scale=math.sqrt(d_model), query_scale=float(c.get("query_pre_attn_scalar") or 256) ** -0.5,
         final_softcap=c.get("final_logit_softcapping"),
-        rope_local_theta=local_theta, sliding_window=None if window is None else int(window),
+        rope_local_theta=local_theta,
+        sliding_window=None if window is None else _int(window, "sliding_window", path),
         local_layers=_local_layers(c, n_layers, default, path), tie_embeddings=bool(tie), **common)
   act = c.get("hidden_act") or "silu"
   if act != "silu":
@@ -270,7 +310,7 @@ def config_from_hf(config_json: dict[str, Any], path: str) -> ModelConfig:
   window = c.get("sliding_window")
   if model_type == "qwen2":
     use_window = bool(c.get("use_sliding_window")) and window is not None
-    start = int(c.get("max_window_layers") or 0)
+    start = _int(c.get("max_window_layers") or 0, "max_window_layers", path, minimum=0)
     default = tuple(use_window and i >= start for i in range(n_layers))
   else:
     default = (window is not None,) * n_layers
@@ -284,7 +324,7 @@ def config_from_hf(config_json: dict[str, Any], path: str) -> ModelConfig:
       raise InputError(f"{path}: RoPE scaling on sliding-window layers is not supported.")
   return ModelConfig(
       family="llama", qkv_bias=model_type == "qwen2", rope_local_theta=local_theta,
-      sliding_window=int(window) if any(local) else None, local_layers=local,
+      sliding_window=_int(window, "sliding_window", path) if any(local) else None, local_layers=local,
       tie_embeddings=bool(c.get("tie_word_embeddings", False)), **common)
 
 

@@ -9,7 +9,6 @@ The shipped files hold the public architecture numbers of models too large to ru
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from jaxsem.io import assets
 from jaxsem.io import gguf_file
 from jaxsem.io import gguf_params
 from jaxsem.io import hf_checkpoint
+from jaxsem.io import safe_json
 from jaxsem.models.config import ModelConfig
 
 # configs/ sits beside the jaxsem package both in the repository and in an installed wheel.
@@ -31,22 +31,11 @@ def model_config_names() -> tuple[str, ...]:
   return tuple(sorted(p.stem for p in MODELS_DIR.glob("*.json")))
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-  try:
-    data = json.loads(path.read_text(encoding="utf-8"))
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise InputError(f"--model_config={path}: cannot be read as JSON ({e}); fix the file.") from None
-  if not isinstance(data, dict):
-    raise InputError(f"--model_config={path}: expected a JSON object (a config.json) at the top level.")
-  return data
-
-
 def _from_json(path: Path) -> tuple[ModelConfig, dict[str, Any]]:
-  data = _read_json(path)
-  try:
-    config = hf_checkpoint.config_from_hf(data, str(path))
-  except ValueError as e:  # ModelConfig's own consistency checks
-    raise InputError(f"--model_config={path}: inconsistent architecture ({e}); fix the file.") from None
+  where = f"--model_config={path}"
+  data = safe_json.read_object(path, where=where, fix="pass a config.json")
+  # config_from_hf turns every inconsistency (3 kv heads for 4 query heads ...) into one InputError.
+  config = hf_checkpoint.config_from_hf(data, where)
   return config, {"config_file": str(path), "hf_name": data.get("_name_or_path")}
 
 

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxsem.errors import InputError
+from jaxsem.io import safe_json
 from jaxsem.io.assets import NORMS
 
 # configs/ sits beside the jaxsem package both in the repository and in an installed wheel.
@@ -327,7 +328,7 @@ def read_json(path: Path) -> ScaleSet:
   where = str(path)
   text, sha256 = _read_text(path)
   try:
-    data = json.loads(text)
+    data = safe_json.loads(text, where)  # refuses nesting json would recurse into
   except json.JSONDecodeError as e:
     raise InputError(f"{where} is not valid JSON ({e.msg} at line {e.lineno}); fix the file.") from None
   if not isinstance(data, dict) or not isinstance(data.get("scales"), list):

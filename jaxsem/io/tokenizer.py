@@ -39,6 +39,7 @@ from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tok
 from tokenizers import Tokenizer as Backend
 
 from jaxsem.errors import InputError
+from jaxsem.io import safe_json
 
 BYTE_LEVEL_MARKER = "\u0120"  # "Ġ", a space in GPT-2's byte alphabet.
 SENTENCEPIECE_MARKER = "\u2581"  # "▁", SentencePiece's space.
@@ -355,7 +356,10 @@ def tokenizer_from_json(path: str | os.PathLike[str]) -> Tokenizer:
 
   Special tokens are added exactly as the post-processor in ``tokenizer.json`` says. As in
   ``transformers`` (5.x), ``add_bos_token`` / ``add_eos_token`` in ``tokenizer_config.json``
-  do not change that when a ``tokenizer.json`` exists.
+  do not change that when a ``tokenizer.json`` exists. Both files are read within
+  ``safe_json``'s limits: ``tokenizer.json`` up to ``safe_json.MAX_TOKENIZER_BYTES``,
+  ``tokenizer_config.json`` up to ``safe_json.MAX_BYTES``, and no further than their
+  listed sizes.
 
   Args:
     path: A snapshot directory holding ``tokenizer.json``, or that file itself.
@@ -367,11 +371,13 @@ def tokenizer_from_json(path: str | os.PathLike[str]) -> Tokenizer:
   file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
   if not os.path.isfile(file):
     raise InputError(f"{file}: no such file; give a Hugging Face snapshot directory with tokenizer.json.")
+  fix = "re-download it"
+  text = safe_json.read_text(file, max_bytes=safe_json.MAX_TOKENIZER_BYTES, fix=fix)
+  spec = safe_json.loads(text, file, fix)  # first: its nesting limit guards the parser below too
+  if not isinstance(spec, dict):
+    raise InputError(f"{file}: not a tokenizer.json (the top level is not a JSON object); {fix}.")
   try:
-    with open(file, encoding="utf-8") as f:
-      text = f.read()
     backend = Backend.from_str(text)
-    spec = json.loads(text)
   except Exception as e:
     raise InputError(f"{file}: not a valid tokenizer.json ({str(e)[:200]}); re-download it.") from None
   config = _read_config(os.path.join(os.path.dirname(file), "tokenizer_config.json"))
@@ -394,14 +400,7 @@ def _marker_of(spec: dict[str, Any]) -> str:
 def _read_config(file: str) -> dict[str, Any]:
   if not os.path.isfile(file):
     return {}
-  try:
-    with open(file, encoding="utf-8") as f:
-      config = json.load(f)
-  except (OSError, ValueError) as e:
-    raise InputError(f"{file}: not valid JSON ({e}); re-download it.") from None
-  if not isinstance(config, dict):
-    raise InputError(f"{file}: expected a JSON object; re-download it.")
-  return config
+  return safe_json.read_object(file, fix="re-download it")
 
 
 def _config_token(backend: Backend, entry: Any) -> tuple[str, int] | None:

@@ -33,6 +33,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+
+# Sizes that must be positive whole numbers (a model with 0 heads or 2.5 layers does not exist).
+_SIZES = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +129,10 @@ class ModelConfig:
       raise ValueError(f"unknown model family {self.family!r}; expected 'llama' or 'gemma3'")
     if self.activation not in ("silu", "gelu_tanh"):
       raise ValueError(f"unknown activation {self.activation!r}")
+    for name in _SIZES + (("sliding_window",) if self.sliding_window is not None else ()):
+      value = getattr(self, name)
+      if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name}={value!r} is not a positive whole number")
     if self.n_heads % self.n_kv_heads:
       raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
     if not self.local_layers:
