@@ -24,6 +24,8 @@ from jaxsem.models import params as params_lib
 from jaxsem.models.config import ModelConfig
 
 MESH_AXES = ("data", "model")
+# The mesh of a run without --mesh: every device on the model axis (one device: 1 x 1).
+# ``load(mesh=None)`` instead keeps params on the one default device.
 DEFAULT_MESH = "data:1,model:-1"
 
 # logical axis -> mesh axis (None = replicated). One table for the whole library.
@@ -110,7 +112,7 @@ def parse_mesh(spec: str | None, n_devices: int | None = None) -> dict[str, int]
 
 
 def make_mesh(spec: str | None = None) -> Mesh:
-  """A ``Mesh`` with axes ``("data", "model")`` built from a ``--mesh`` string."""
+  """A ``Mesh`` with axes ``("data", "model")`` from a ``--mesh`` string (None: ``DEFAULT_MESH``)."""
   shape = parse_mesh(spec)
   return jax.make_mesh(tuple(shape[a] for a in MESH_AXES), MESH_AXES,
                        axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,35 @@ def _mesh(mesh: Mesh | str | None) -> Mesh | None:
   return sharding_lib.make_mesh(mesh)
 
 
+def _check_vocab(n_ids: int, rows: int, tokenizer_file: str, rows_from: str) -> None:
+  """Refuses token ids without an embedding row; warns of rows no token id reaches.
+
+  An id past the rows would read outside the embedding (NaN logits), so it is an error.
+  Rows past the ids are what padded vocabularies have: harmless for decoding, but they
+  take part in vocabulary-wide statistics (means, covariances, sweeps), hence the warning.
+
+  Args:
+    n_ids: one more than the tokenizer's highest token id.
+    rows: rows of the embedding (``config.vocab_size``).
+    tokenizer_file: the file the tokenizer came from, for the message.
+    rows_from: where the row count comes from, e.g. ``"vocab_size in config.json"``.
+  """
+  if n_ids > rows:
+    raise InputError(f"{tokenizer_file}: the tokenizer has {n_ids} token ids but the model's embedding has "
+                     f"only {rows} rows ({rows_from}), so ids {rows}..{n_ids - 1} would give NaN logits; use "
+                     "the tokenizer that was saved with these weights.")
+  if n_ids < rows:
+    warnings.warn(f"{tokenizer_file}: the model's embedding has {rows} rows ({rows_from}) but the tokenizer "
+                  f"only {n_ids} token ids; the {rows - n_ids} rows past them are never produced by the "
+                  "tokenizer, yet take part in vocabulary-wide statistics.", stacklevel=3)
+
+
+def _hf_token_ids(tokenizer) -> int:
+  """One more than the highest id of a ``tokenizer.json`` tokenizer (its ids may have gaps)."""
+  ids = tokenizer.backend.get_vocab(with_added_tokens=True).values()
+  return max(ids, default=-1) + 1
+
+
 def _merge_file_provenance(provenance: dict, file_prov: dict) -> dict:
   """Adds what the file says of itself; its own model name is kept as ``name_in_file``."""
   file_prov = dict(file_prov)
@@ -57,7 +87,10 @@ def load(name_or_path: str | os.PathLike = assets.DEFAULT_MODEL, *, mesh: Mesh |
       a ``.gguf`` file, or a Hugging Face snapshot directory (config.json,
       safetensors, tokenizer.json).
     mesh: a ``Mesh``, a ``--mesh`` string such as ``"data:2,model:4"``, or None for
-      the default device. Params are placed on their shardings leaf by leaf as they load.
+      the default device (no mesh), which is also what launchers do without ``--mesh``
+      (``--mesh=model:-1`` puts every device on the model axis). Params are placed on
+      their shardings leaf by leaf as they load; ``provenance["mesh"]`` records the mesh
+      used (None: the default device).
     dtype: parameter/activation dtype, ``"float32"`` (default) or ``"bfloat16"``.
     params_cache: keep the loaded params in ``cache_dir()/params`` (and a GGUF file's
       tokenizer in ``cache_dir()/tokenizers``) and restore them from there on later
@@ -71,7 +104,12 @@ def load(name_or_path: str | os.PathLike = assets.DEFAULT_MODEL, *, mesh: Mesh |
 
   Raises:
     InputError: unknown name, missing or corrupt file, unsupported architecture or
-      quantization — one sentence naming the file and the fix.
+      quantization, a tokenizer with ids past the embedding's rows — one sentence
+      naming the file and the fix.
+
+  Warns:
+    UserWarning: one, when the embedding has rows that no token id reaches (a padded
+      vocabulary).
   """
   start = time.perf_counter()
   np_dtype = _np_dtype(dtype)
@@ -98,6 +136,9 @@ def load(name_or_path: str | os.PathLike = assets.DEFAULT_MODEL, *, mesh: Mesh |
       # again before the params arrive, so the two peaks do not add up.
       tokenizer = tokenizer_cache.cached_tokenizer(
           f.path, use_cache=params_cache, build=lambda: tokenizer_lib.tokenizer_from_gguf(f.metadata, f.path))
+      # A GGUF tokenizer's ids are the positions in its token list.
+      _check_vocab(len(f.metadata.get("tokenizer.ggml.tokens") or ()), config.vocab_size, str(f.path),
+                   "token_embd.weight")
       params, cache_info = params_cache_lib.cached_params(
           f.path, config, dtype, mesh, use_cache=params_cache,
           build=lambda: gguf_params.load_gguf_params(f, config, dtype=np.float32, place=place, progress=report))
@@ -109,6 +150,8 @@ def load(name_or_path: str | os.PathLike = assets.DEFAULT_MODEL, *, mesh: Mesh |
     config = hf_checkpoint.config_from_hf(config_json, str(resolved.path))
     report = Progress(f"load {resolved.name}", config.n_params, unit="params") if progress else None
     tokenizer = tokenizer_lib.tokenizer_from_json(tokenizer_path)
+    _check_vocab(_hf_token_ids(tokenizer), config.vocab_size, tokenizer.provenance()["source"],
+                 "vocab_size in config.json")
     params, cache_info = params_cache_lib.cached_params(
         resolved.path, config, dtype, mesh, use_cache=params_cache,
         build=lambda: hf_checkpoint.load_hf_params(resolved.path, config, dtype=np.float32, place=place,

@@ -8,6 +8,7 @@ inputs on the mesh and converts results to numpy.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -60,6 +61,9 @@ class Model:
       multiple. 1 (default) wastes no compute on padding; each new length compiles once
       (about half a second for the embedded models), so raise it when scoring prompts
       of very many different lengths.
+
+  A prompt longer than ``config.max_position`` (the context the model was trained for)
+  still runs, with one warning per model naming the lengths.
   """
 
   config: ModelConfig
@@ -68,6 +72,7 @@ class Model:
   provenance: dict
   mesh: Mesh | None = None
   length_bucket: int = 1
+  _context_warned: bool = dataclasses.field(default=False, init=False, repr=False, compare=False)
 
   # ------------------------------------------------------------------ helpers
 
@@ -77,6 +82,16 @@ class Model:
     if pad is None:
       pad = self.config.pad_token_id
     return 0 if pad is None else int(pad)
+
+  def _warn_past_context(self, tokens: int, what: str) -> None:
+    """Warns once per model when ``tokens`` exceed the trained context length."""
+    limit = self.config.max_position
+    if tokens <= limit or self._context_warned:
+      return
+    self._context_warned = True
+    warnings.warn(f"{self.provenance.get('name', 'model')}: {what} makes {tokens} tokens, more than the "
+                  f"{limit} the model was trained for (max_position); outputs past that length are "
+                  "unreliable.", stacklevel=3)
 
   def _data_size(self) -> int:
     return 1 if self.mesh is None else self.mesh.shape["data"]
@@ -101,6 +116,8 @@ class Model:
     padded the same way.
     """
     ids, mask = np.asarray(ids), np.asarray(mask)
+    if mask.size:
+      self._warn_past_context(int(mask.sum(axis=-1).max()), "a batch row")
     b = ids.shape[0]
     extra = -b % self._data_size()
     if extra:
@@ -137,6 +154,7 @@ class Model:
       float32 numpy array ``[len(texts), vocab_size]``.
     """
     seqs = self.tokenizer.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+    self._warn_past_context(max((len(s) for s in seqs), default=0), "the longest prompt")
     out = np.zeros((len(seqs), self.config.vocab_size), np.float32)
     # Batches of similar lengths waste less compute on padding.
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
@@ -151,12 +169,16 @@ class Model:
   def generate(self, texts: Sequence[str] | str, max_new_tokens: int = 16) -> list[str]:
     """Greedy continuations of ``texts`` (decoded new text only).
 
-    Decodes in one fixed-size buffer so each step reuses one compiled program.
+    Decodes in one fixed-size buffer so each step reuses one compiled program. Warns
+    once per model when the longest prompt plus ``max_new_tokens`` exceeds the
+    context the model was trained for (``config.max_position``).
     """
     if isinstance(texts, str):
       texts = [texts]
     seqs = self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
     lengths = np.array([len(s) for s in seqs])
+    self._warn_past_context(int(lengths.max()) + max_new_tokens,
+                            f"a prompt of {int(lengths.max())} tokens plus max_new_tokens={max_new_tokens}")
     total = _round_up(int(lengths.max()) + max_new_tokens, _DECODE_BUCKET)
     ids, mask = pad_batch(seqs, self.pad_id, length=total, batch_multiple=self._data_size())
     n = len(seqs)
@@ -187,7 +209,7 @@ class Model:
   def summary(self) -> str:
     """One paragraph describing what was loaded."""
     c, p = self.config, self.provenance
-    mesh = "single device" if self.mesh is None else dict(self.mesh.shape)
+    mesh = "single device" if self.mesh is None else ",".join(f"{k}:{v}" for k, v in self.mesh.shape.items())
     return (f"{p.get('name', '?')}: {c.family}, {c.n_params / 1e6:.1f}M params, {c.n_layers} layers, "
             f"d_model={c.d_model}, heads={c.n_heads}/{c.n_kv_heads} (q/kv), vocab={c.vocab_size}, "
             f"tied={c.tie_embeddings}, embed_scale={c.embed_scale:.4g}; from {p.get('path')} "
