@@ -1,4 +1,10 @@
-"""Shared launcher plumbing: common flags and one-line errors for user mistakes."""
+"""Shared launcher plumbing: common flags, checks before work, and one-line errors.
+
+Every launcher that writes claims its ``--out_dir`` (``claim_out_dir``) and checks every
+name, file and flag it can without a model (``check_*``) before it loads the first
+model, so that a mistake costs seconds, not a computation. Flag errors, like every
+``InputError``, print one ``error: ...`` line and exit 2; ``--help`` exits 0.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,14 @@ from absl import flags
 
 from jaxsem import distributed
 from jaxsem.errors import InputError
+from jaxsem.io import assets
+from jaxsem.io import out_dir as out_dir_lib
 from jaxsem.models.load import load
+
+# Flags that change how a run goes, not what it writes: a run that differs only in these
+# may resume or rewrite another's --out_dir.
+_NOT_INPUTS = frozenset({"out_dir", "overwrite", "params_cache", "mesh", "batch_size", "coordinator_address",
+                         "num_processes", "process_id", "distributed", "distributed_timeout"})
 
 
 def define_model_flags() -> None:
@@ -21,7 +34,7 @@ def define_model_flags() -> None:
                       "Embedded model name (gemma3-270m, smollm2-135m-instruct), a .gguf file, "
                       "or a Hugging Face snapshot directory.")
   flags.DEFINE_string("mesh", None, "Device mesh, e.g. data:2,model:4 (-1 = remaining devices). "
-                      "Default: all devices on the model axis.")
+                      "Default: one device; model:-1 puts every device on the model axis.")
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and activation dtype.")
   flags.DEFINE_bool("params_cache", True, "Keep the loaded params in the jaxsem cache ($JAXSEM_CACHE/params) "
                     "and restore them from there on later runs; --noparams_cache (or "
@@ -73,6 +86,76 @@ def define_analysis_flags(scales: str, out_dir: str) -> None:
   flags.DEFINE_integer("n_tag_perms", 1000, "Structure: E/P/A tag permutations in the shuffled-tag null.",
                        lower_bound=1)
   flags.DEFINE_string("out_dir", out_dir, "Where summary.json and the figures are written.")
+  define_overwrite_flag()
+
+
+def define_overwrite_flag(help_text: str = "Replace the outputs of another run (another job or other inputs) "
+                          "found in --out_dir; without it such a directory is refused.") -> None:
+  """--overwrite, for every launcher that claims an --out_dir."""
+  flags.DEFINE_bool("overwrite", False, help_text)
+
+
+def run_inputs() -> dict:
+  """The launcher's flag values that decide its outputs (every flag of the launcher's module
+  and of this one, except ``_NOT_INPUTS``), as recorded beside its outputs."""
+  f = flags.FLAGS
+  modules = {__name__, f.find_module_defining_flag("out_dir")}
+  return {fl.name: fl.value for module, fls in f.flags_by_module_dict().items() if module in modules
+          for fl in fls if fl.name not in _NOT_INPUTS}
+
+
+def claim_out_dir(job: str, resumable: bool = False):
+  """``out_dir.claim`` of --out_dir for ``job`` with this run's inputs and --overwrite."""
+  f = flags.FLAGS
+  return out_dir_lib.claim(f.out_dir, job=job, inputs=run_inputs(), overwrite=f.overwrite,
+                           resumable=resumable)
+
+
+def check_model(name: str, flag: str = "--model") -> None:
+  """Checks a model name or path without loading it (an embedded name, a GGUF file, a snapshot
+  directory); a typo of an embedded name is answered with the nearest one."""
+  if not name:
+    raise InputError(f"{flag} is empty; give one of {', '.join(assets.MODEL_NAMES)}, a .gguf file or a "
+                     "Hugging Face snapshot directory.")
+  if name not in assets.MODEL_NAMES:
+    try:
+      assets.resolve_model(name)  # a path: checks it is a GGUF file or snapshot directory; else unknown
+    except InputError as e:
+      raise InputError(f"{flag}: {e}") from None
+
+
+def check_norms(names, flag: str = "--norms", allow_empty: bool = False) -> None:
+  """Checks norm table names (with a did-you-mean for typos)."""
+  if not names and not allow_empty:
+    raise InputError(f"{flag} is empty; give one or more of {', '.join(assets.NORM_NAMES)}.")
+  for name in names:
+    if name not in assets.NORM_NAMES:
+      raise InputError(f"{flag}: unknown norm table {name!r}{assets.did_you_mean(name, assets.NORM_NAMES)}; "
+                       f"use any of {', '.join(assets.NORM_NAMES)}.")
+
+
+def check_words(words, flag: str = "--words", least: int = 4) -> None:
+  """Checks a steering word flag: one norm table name, or at least ``least`` words; a lone
+  word near a norm table's name is taken for its typo."""
+  words = list(words)
+  if len(words) == 1 and words[0] in assets.NORM_NAMES:
+    return
+  hint = assets.did_you_mean(words[0], assets.NORM_NAMES) if len(words) == 1 else ""
+  if hint:
+    raise InputError(f"{flag}={words[0]} is not a norm table{hint}; give one of "
+                     f"{', '.join(assets.NORM_NAMES)}, or at least {least} words.")
+  if len(words) < least:
+    raise InputError(f"{flag}={','.join(words)}: give a norm table ({', '.join(assets.NORM_NAMES)}) or at "
+                     f"least {least} comma-separated words.")
+
+
+def check_scales(name: str):
+  """Reads and validates a scale set (a name or a file) before any model loads; returns it."""
+  from jaxsem.io import scales as scales_io
+
+  if not name:
+    raise InputError(f"--scales is empty; give one of {', '.join(scales_io.SCALE_SETS)} or a JSON/TSV file.")
+  return scales_io.load_scales(name)
 
 
 def analysis_options():
@@ -86,13 +169,18 @@ def analysis_options():
                  n_null_pairs=f.n_null_pairs, n_pair_sets=f.n_pair_sets, n_tag_perms=f.n_tag_perms)
 
 
-def run_analysis(run: Callable, write: Callable, digest: Callable) -> None:
-  """Loads --model, runs ``run(model, options)``, writes to --out_dir, prints the digest."""
+def run_analysis(job: str, run: Callable, write: Callable, digest: Callable) -> None:
+  """Checks the flags and claims --out_dir, then loads --model, runs ``run(model, options)``,
+  writes to --out_dir and prints the digest."""
   f = flags.FLAGS
-  model = load_model()
   opts = analysis_options()
-  result = run(model, opts)
-  report(lambda: write(f.out_dir, result, model, opts), digest(result), result["seconds"])
+  check_model(f.model)
+  check_norms(opts.norms)
+  check_scales(opts.scales)
+  with claim_out_dir(job) as out:
+    model = load_model()
+    result = run(model, opts)
+    report(lambda: write(out, result, model, opts), digest(result), result["seconds"])
 
 
 def load_model():
@@ -116,8 +204,22 @@ def fail(message: str, code: int = 2) -> None:
   sys.exit(code)
 
 
+def _one_line(text: str) -> str:
+  return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad flag as one ``error:`` line (exit 2) and help as exit 0."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(f"{_one_line(e)} (see --help).")
+  except SystemExit as e:  # --help, --helpfull, --only_check_args: they print, then exit
+    sys.exit(0 if e.code in (None, 0, 1) else e.code)
+
+
 def run(main: Callable[[list[str]], None]) -> None:
-  """``absl.app.run(main)``, with ``InputError`` turned into a one-line error."""
+  """``absl.app.run(main)``, with ``InputError`` and flag errors turned into one-line errors."""
 
   def wrapped(argv):
     try:
@@ -133,4 +235,4 @@ def run(main: Callable[[list[str]], None]) -> None:
   # JAX logs its backend probing (e.g. no TPU on this host) at INFO; keep launches quiet.
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
   logging.getLogger("jax._src.distributed").setLevel(logging.WARNING)  # "Connecting to ..." per process
-  app.run(wrapped)
+  app.run(wrapped, flags_parser=parse_flags)

@@ -7,17 +7,20 @@ Writes ``out_dir/summary.json`` (``results``: one row per scale x norm column, w
 provenance) and ``out_dir/align_<norms>.png``.
 """
 
+from absl import flags
+
 from jaxsem import cli
 from jaxsem.analyses import experiments
 from jaxsem.report import writers
 
 cli.define_model_flags()
 cli.define_analysis_flags(scales="norms", out_dir="out/align")
+flags.adopt_module_key_flags(cli)  # --help lists the shared flags too
 
 
 def main(argv):
   del argv
-  cli.run_analysis(experiments.run_align, writers.write_align, writers.align_digest)
+  cli.run_analysis("align", experiments.run_align, writers.write_align, writers.align_digest)
 
 
 if __name__ == "__main__":

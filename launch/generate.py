@@ -11,6 +11,7 @@ from jaxsem import cli
 cli.define_model_flags()
 _PROMPT = flags.DEFINE_multi_string("prompt", ["The capital of France is"], "Prompt(s) to continue.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 8, "Tokens to generate.", lower_bound=1, upper_bound=4096)
+flags.adopt_module_key_flags(cli)  # --help lists the shared flags too
 
 
 def main(argv):

@@ -10,6 +10,9 @@ default; ``readout_validation``; ``methods`` on the shared and disjoint readouts
 ``--heldout_template``; ``scales_file``, provenance) and ``offtarget.png``,
 ``offtarget_matrix.png``, ``dose_response.png``. Finished batches of every evaluation are
 kept in ``out_dir/checkpoint/``: after ``kill -9`` the same command resumes from them.
+A run with other flags that decide the numbers (model, scales, words, strengths, ...;
+not --mesh, --batch_size or --params_cache) is another run: its directory is refused
+unless ``--overwrite`` is given (see jaxsem/io/out_dir.py).
 """
 
 from absl import flags
@@ -17,7 +20,7 @@ from absl import flags
 from jaxsem import cli
 from jaxsem.analyses import readouts, steer
 from jaxsem.errors import InputError
-from jaxsem.io import out_dir
+from jaxsem.io import assets
 from jaxsem.report import writers
 
 cli.define_model_flags()
@@ -52,6 +55,9 @@ flags.DEFINE_integer("seed", 0, "Seed of word sampling, splits, random direction
 flags.DEFINE_integer("batch_size", 256, "Prompts per compiled call.", lower_bound=1)
 flags.DEFINE_string("out_dir", "out/steer", "Where summary.json and the figures are written. Finished "
                     "batches are kept in out_dir/checkpoint: the same command resumes a killed run.")
+cli.define_overwrite_flag("Replace the outputs and checkpoint of another run (other flags that decide the "
+                          "numbers) found in --out_dir; without it such a directory is refused.")
+flags.adopt_module_key_flags(cli)  # --help lists the shared flags too
 
 
 def _alphas(values):
@@ -59,6 +65,20 @@ def _alphas(values):
     return tuple(float(v) for v in values)
   except ValueError:
     raise InputError(f"--alphas={','.join(values)}: give comma-separated numbers, e.g. -1,-0.5,0.5,1.") from None
+
+
+def _check(opts: steer.SteerOptions) -> None:
+  """What can be checked without a model: the model name, words, scales, steered scales, methods."""
+  cli.check_model(flags.FLAGS.model)
+  cli.check_words(opts.words)
+  names = [s.name for s in cli.check_scales(opts.scales)]
+  for name in opts.steer:
+    if name not in names:
+      raise InputError(f"--steer: {name!r} is not a scale of --scales={opts.scales}"
+                       f"{assets.did_you_mean(name, names)}; use one of its names.")
+  for method in opts.methods:
+    if method not in steer.METHODS:
+      raise InputError(f"--method={method!r} is not known; use any of {', '.join(steer.METHODS)}.")
 
 
 def main(argv):
@@ -72,7 +92,8 @@ def main(argv):
       heldout_template=f.heldout_template, n_random=f.n_random, fit_share=f.fit_share, fit_steps=f.fit_steps,
       refine=f.refine, off_weight=f.off_weight, fit_ridge=f.fit_ridge, n_boot=f.n_boot,
       n_perm=f.n_perm, seed=f.seed, batch_size=f.batch_size)
-  with out_dir.claim(f.out_dir) as out:
+  _check(opts)
+  with cli.claim_out_dir("steer", resumable=True) as out:
     model = cli.load_model()
     result = steer.run_steer(model, opts, checkpoint_dir=out / "checkpoint")
     cli.report(lambda: writers.write_steer(out, result, model, opts), writers.steer_digest(result),

@@ -7,17 +7,20 @@ Writes ``out_dir/summary.json`` (``pca``, ``cosine``, ``control``, provenance) a
 ``cosine.png``, ``scree.png``, ``loadings.png``.
 """
 
+from absl import flags
+
 from jaxsem import cli
 from jaxsem.analyses import experiments
 from jaxsem.report import writers
 
 cli.define_model_flags()
 cli.define_analysis_flags(scales="osgood28", out_dir="out/structure")
+flags.adopt_module_key_flags(cli)  # --help lists the shared flags too
 
 
 def main(argv):
   del argv
-  cli.run_analysis(experiments.run_structure, writers.write_structure, writers.structure_digest)
+  cli.run_analysis("structure", experiments.run_structure, writers.write_structure, writers.structure_digest)
 
 
 if __name__ == "__main__":

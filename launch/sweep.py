@@ -16,7 +16,7 @@ from absl import flags
 
 from jaxsem import cli
 from jaxsem.analyses import sweep
-from jaxsem.io import out_dir
+from jaxsem.errors import InputError
 from jaxsem.report import writers
 
 cli.define_model_flags()
@@ -38,7 +38,10 @@ flags.DEFINE_integer("seed", 0, "Seed of the random baselines.")
 flags.DEFINE_bool("write_zarr", True, "Stream the projection matrix to out_dir/projections.zarr.")
 flags.DEFINE_string("out_dir", "out/sweep", "Where the outputs are written. A sweep killed part way "
                     "resumes from its committed chunks when the same command runs again.")
-flags.DEFINE_bool("overwrite", False, "Replace a projection matrix in --out_dir made from other inputs.")
+cli.define_overwrite_flag("Replace the outputs of another run (another job or other inputs) found in "
+                          "--out_dir, its projection matrix included; without it such a directory is "
+                          "refused.")
+flags.adopt_module_key_flags(cli)  # --help lists the shared flags too
 
 
 def main(argv):
@@ -49,10 +52,17 @@ def main(argv):
                             chunk_rows=f.chunk_rows, baselines=tuple(f.baselines), norms=tuple(f.norms),
                             min_coverage=f.min_coverage, seed=f.seed, write_zarr=f.write_zarr,
                             overwrite=f.overwrite)
-  with out_dir.claim(f.out_dir):
+  cli.check_model(f.model)
+  cli.check_scales(f.scales)
+  cli.check_norms(opts.norms, allow_empty=True)
+  unknown = [b for b in opts.baselines if b not in sweep.BASELINES]
+  if unknown:
+    raise InputError(f"--baselines: unknown baseline {unknown[0]!r}; use any of "
+                     f"{', '.join(sweep.BASELINES)}.")
+  with cli.claim_out_dir("sweep", resumable=True) as out:
     model = cli.load_model()
-    result = sweep.run_sweep(model, opts, f.out_dir)
-    cli.report(lambda: writers.write_sweep(f.out_dir, result, model, opts), writers.sweep_digest(result),
+    result = sweep.run_sweep(model, opts, out)
+    cli.report(lambda: writers.write_sweep(out, result, model, opts), writers.sweep_digest(result),
                result["seconds"])
 
 

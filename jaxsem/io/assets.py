@@ -35,6 +35,7 @@ import base64
 import contextlib
 import csv
 import dataclasses
+import difflib
 import errno
 import fcntl
 import functools
@@ -43,7 +44,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import MappingProxyType
 from typing import IO, Any, Literal
@@ -535,6 +536,19 @@ def _single_file(model: EmbeddedModel, verify: bool) -> tuple[Path, str | None]:
 # Resolving a model name or path.
 
 
+def did_you_mean(text: str, names: Iterable[str]) -> str:
+  """``" (did you mean NAME?)"`` for the name in ``names`` nearest to a mistyped ``text``, else ``""``.
+
+  Only near names count (``difflib`` ratio 0.75 or more, or the start of a single name,
+  case ignored), so that a word list or a file name is never taken for a typo of a name.
+  """
+  lowered = {n.lower(): n for n in names}
+  text = str(text).lower()
+  starts = [n for n in lowered if len(text) >= 4 and n.startswith(text)]
+  near = starts if len(starts) == 1 else difflib.get_close_matches(text, list(lowered), n=1, cutoff=0.75)
+  return f" (did you mean {lowered[near[0]]}?)" if near else ""
+
+
 def _looks_like_path(text: str) -> bool:
   return (
       os.sep in text
@@ -613,8 +627,8 @@ def resolve_model(
         f"directory, or one of: {', '.join(MODEL_NAMES)}."
     )
   raise InputError(
-      f"Unknown model '{text}'; use one of {', '.join(MODEL_NAMES)}, or a path to a .gguf file or a "
-      "Hugging Face snapshot directory."
+      f"Unknown model '{text}'{did_you_mean(text, MODEL_NAMES)}; use one of {', '.join(MODEL_NAMES)}, or a "
+      "path to a .gguf file or a Hugging Face snapshot directory."
   )
 
 
@@ -625,7 +639,8 @@ def resolve_model(
 def _norms_spec(name: str) -> NormsSpec:
   spec = _NORMS.get(name)
   if spec is None:
-    raise InputError(f"Unknown word norms '{name}'; use one of {', '.join(NORM_NAMES)}.")
+    raise InputError(f"Unknown word norms '{name}'{did_you_mean(name, NORM_NAMES)}; use one of "
+                     f"{', '.join(NORM_NAMES)}.")
   return spec
 
 

@@ -68,6 +68,29 @@ def _fsync_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
+def _replace_on_success(path: str | os.PathLike[str], file_mode: int, suffix: str) -> Iterator[Path]:
+  """Yields an empty temporary file beside ``path``; renames it over ``path`` if the block succeeds.
+
+  The caller's block writes (and fsyncs) the file. On success it gets ``file_mode`` and is
+  renamed over ``path``, then the directory is fsynced; on any failure it is removed and
+  the exception propagates, ``path`` untouched.
+  """
+  target = Path(path)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=temp_prefix(target), suffix=suffix)
+  os.close(fd)
+  try:
+    yield Path(temp_name)
+    os.chmod(temp_name, file_mode)
+    os.replace(temp_name, target)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(temp_name)
+    raise
+  _fsync_dir(target.parent)
+
+
+@contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb", file_mode: int = 0o644) -> Iterator[IO]:
   """Writes a file so that its final name only ever holds complete contents.
 
@@ -92,22 +115,44 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb", file_mode: int 
   """
   if mode not in ("wb", "w"):
     raise ValueError(f"atomic_write mode must be 'wb' or 'w', not {mode!r}")
-  target = Path(path)
-  target.parent.mkdir(parents=True, exist_ok=True)
-  fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=temp_prefix(target), suffix=TEMP_SUFFIX)
-  try:
-    encoding = None if "b" in mode else "utf-8"
-    with os.fdopen(fd, mode, encoding=encoding) as f:
+  encoding = None if "b" in mode else "utf-8"
+  # Temporary names end in TEMP_SUFFIX here, so stale ones can be found by that suffix.
+  with _replace_on_success(path, file_mode, suffix=TEMP_SUFFIX) as temp_name:
+    with open(temp_name, mode, encoding=encoding) as f:
       yield f
       f.flush()
       os.fsync(f.fileno())
-    os.chmod(temp_name, file_mode)
-    os.replace(temp_name, target)
-  except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.unlink(temp_name)
-    raise
-  _fsync_dir(target.parent)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], file_mode: int = 0o644) -> Iterator[Path]:
+  """Like ``atomic_write``, for writers that take a file name rather than a file object.
+
+  Usage::
+
+    with atomic_path("out/figure.png") as tmp:
+      fig.savefig(tmp)
+
+  Yields a temporary name in the same directory that keeps ``path``'s extension (so that
+  writers choosing a format by extension, such as matplotlib's ``savefig``, still do).
+  When the block exits normally the file is fsynced, given ``file_mode`` and renamed
+  over ``path``; when the block (or the rename) fails, the temporary file is removed,
+  ``path`` is left untouched and the exception propagates.
+
+  Args:
+    path: The final file name. Its directory is created if needed.
+    file_mode: Permission bits of the finished file.
+
+  Yields:
+    The temporary file's path (the file exists and is empty).
+  """
+  with _replace_on_success(path, file_mode, suffix=TEMP_SUFFIX + Path(path).suffix) as temp_name:
+    yield temp_name
+    fd = os.open(temp_name, os.O_RDONLY)
+    try:
+      os.fsync(fd)
+    finally:
+      os.close(fd)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

@@ -17,16 +17,25 @@ matplotlib.use("Agg")  # files only; never open a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from jaxsem.io.cache import atomic_path  # noqa: E402
+
 FACTOR_COLOURS = {"E": "#1b9e77", "P": "#d95f02", "A": "#7570b3", None: "#999999"}
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
+  """Writes ``fig`` to ``path`` atomically and closes it.
+
+  Raises:
+    OSError: when the file cannot be written (full disk, no permission); no temporary
+      file is left behind and ``path`` keeps its earlier contents. Launchers report it
+      as one line against their ``--out_dir`` (``jaxsem.io.out_dir.claim``).
+  """
   path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp.png")
-  fig.savefig(tmp, dpi=130, bbox_inches="tight")
-  plt.close(fig)
-  os.replace(tmp, path)
+  try:
+    with atomic_path(path) as tmp:
+      fig.savefig(tmp, dpi=130, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+  finally:
+    plt.close(fig)
   return path
 
 
