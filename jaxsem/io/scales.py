@@ -308,13 +308,15 @@ def _json_scale(obj: Any, index: int, where: str) -> Scale:
 
 def _read_text(path: Path) -> tuple[str, str]:
   """Returns the file's text and the hex sha256 of its bytes."""
-  try:
-    data = path.read_bytes()
-    return data.decode("utf-8"), hashlib.sha256(data).hexdigest()
-  except FileNotFoundError:
+  if not path.exists():
     raise InputError(f"scale file {path} does not exist; pass one of {', '.join(SCALE_SETS)} or an existing"
-                     " .json or .tsv file.") from None
-  except (OSError, UnicodeDecodeError) as e:
+                     " .json or .tsv file.")
+  # Capped like every other JSON side file: a scale set is a few hundred KB at most.
+  data = safe_json.read_bytes(path, where=f"scale file {path}", max_bytes=safe_json.MAX_BYTES,
+                              fix="check that it is a readable UTF-8 scale file")
+  try:
+    return data.decode("utf-8"), hashlib.sha256(data).hexdigest()
+  except UnicodeDecodeError as e:
     raise InputError(f"cannot read scale file {path} ({e});"
                      " check that it is a readable UTF-8 text file.") from None
 

@@ -432,3 +432,19 @@ def test_extraction_reproduces_the_committed_file(tmp_path: Path):
   )
   assert "3627 pairs (adj 1834, adv 325, noun 992, verb 476)" in result.stdout
   assert out.read_bytes() == (scales.SCALES_DIR / "wordnet.tsv").read_bytes()
+
+
+
+def test_scale_file_reads_are_capped_and_must_be_regular(tmp_path, monkeypatch):
+  from jaxsem.io import safe_json
+
+  path = tmp_path / "big.json"
+  path.write_text(json.dumps({"scales": [{"name": "a-b", "positive": ["a"], "negative": ["b"]}]}))
+  assert len(load_scales(str(path))) == 1
+  monkeypatch.setattr(safe_json, "MAX_BYTES", 16)
+  with pytest.raises(InputError, match=r"big\.json has .* bytes, more than the 16 allowed"):
+    load_scales(str(path))
+  monkeypatch.undo()
+  (tmp_path / "dir.json").mkdir()
+  with pytest.raises(InputError, match=r"dir\.json is not a regular file"):
+    load_scales(str(tmp_path / "dir.json"))
