@@ -1,6 +1,5 @@
 """Dequantization is bit-identical to gguf's reference numpy code for every supported type."""
 
-import time
 
 import gguf
 import ml_dtypes
@@ -134,15 +133,13 @@ def test_type_name():
   assert set(dequant.TYPE_NAMES) == set(dequant.SUPPORTED_TYPES)
 
 
-def test_q8_0_is_fast():
-  # 16M weights: the vectorised kernel needs ~0.05 s; the bound leaves room for a busy machine.
+def test_q8_0_decodes_a_large_tensor_into_a_given_buffer():
+  # 16M weights into a caller's buffer (the loader's path); its speed is in benchmarks/.
   rng = np.random.default_rng(5)
   n_blocks = (1 << 24) // 32
   raw = rng.integers(0, 256, (n_blocks, 34), dtype=np.uint8)
   raw[:, :2] = np.float16(0.01).reshape(1, 1).view(np.uint8)
   out = np.empty((1 << 24,), np.float32)
-  out.fill(0)  # fault the pages in first; only decoding is timed
-  start = time.perf_counter()
+  out.fill(0)
   dequant.dequantize(raw.reshape(-1), int(T.Q8_0), out.shape, out=out)
-  assert time.perf_counter() - start < 1.0
   assert np.isclose(out[1], raw[0, 3].view(np.int8) * np.float32(np.float16(0.01)))

@@ -331,7 +331,8 @@ def _hf_as_params(sd, config):
 @pytest.fixture(scope="module", params=REAL_MODELS)
 def real(request):
   """(name, path, config, params, provenance, load seconds, transformers model)."""
-  os.environ["HF_HUB_OFFLINE"] = "1"
+  before = os.environ.get("HF_HUB_OFFLINE")
+  os.environ["HF_HUB_OFFLINE"] = "1"  # the reference must never reach a hub; restored below
   import torch
   import transformers
   path = _real_path(request.param)
@@ -343,6 +344,10 @@ def real(request):
   yield request.param, path, config, params, provenance, seconds, hf
   del hf, params
   gc.collect()
+  if before is None:
+    os.environ.pop("HF_HUB_OFFLINE", None)
+  else:
+    os.environ["HF_HUB_OFFLINE"] = before
 
 
 @pytest.mark.slow
@@ -415,15 +420,11 @@ def test_real_model_dequant_matches_gguf_reference(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", REAL_MODELS)
-def test_real_model_load_time(name):
-  path = _real_path(name)
-  gp.load_gguf(path)  # first touch of the file and of fresh memory
-  start = time.perf_counter()
-  config, params, _ = gp.load_gguf(path)
-  seconds = time.perf_counter() - start
+def test_real_model_loads_every_param(name):
+  """Timing lives in benchmarks/bench_load.py; here only what is loaded."""
+  config, params, _ = gp.load_gguf(_real_path(name))
   n = sum(v.size for v in _leaves(params).values())
   assert n == config.n_params
-  assert seconds < 15, f"{name}: loading took {seconds:.1f} s"
 
 
 def test_load_reports_progress_up_to_every_param(tmp_path):
