@@ -33,9 +33,9 @@ another mesh reads them into that mesh's padded shape: rows past the stored ones
 zeros, and stored rows past the target (zeros too) are not read.
 
 Every array is checksummed in blocks: its shard as saved, split along its leading axes to
-at most ``CHUNK_BYTES``. The sums are taken from the params in memory as they are saved
-and kept in a small JSON manifest per saving process, written atomically. A restore
-reads whole blocks (the shards of the saving mesh are, so only a restore onto another
+at most ``CHUNK_BYTES`` (``jaxsem.io.params_checksums``). The sums are taken from the params
+in memory as they are saved and kept in a small JSON manifest per saving process, written
+atomically. A restore reads whole blocks (the shards of the saving mesh are, so only a restore onto another
 mesh reads a little more) and checks each block it read, in threads while later reads
 are in flight; a block that differs from its sum, a missing or damaged manifest, or an
 entry of an older layout (no manifest) is never served.
@@ -65,16 +65,13 @@ import fcntl
 import functools
 import hashlib
 import importlib.util
-import itertools
 import json
 import logging
-import math
 import os
 import shutil
 import sys
 import tempfile
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -87,6 +84,7 @@ from jax.sharding import Mesh
 from jaxsem import distributed
 from jaxsem import sharding as sharding_lib
 from jaxsem.io import host_memory
+from jaxsem.io import params_checksums
 from jaxsem.io.cache import atomic_write_text, cache_dir
 from jaxsem.io.source_hash import file_sha256, source_files, source_sha256  # noqa: F401 - part of the API
 from jaxsem.models import params as params_lib
@@ -99,20 +97,9 @@ FORMAT_VERSION = 2
 META = "meta.json"
 # The checksum manifest written by each saving process.
 CHECKSUMS = "checksums.{process}.json"
-# The checksum of each block. It guards against damage (bit rot, stray writes, files
-# cut short or swapped), not tampering: whoever can write the data can write its sum.
-# A CRC-32 of a block of at most 8 MiB catches every error burst up to 32 bits and
-# misses other damage with odds of 2^-32, at ~3.8 GB/s a core where sha256 (with the
-# CPU's SHA instructions) does ~1.3 GB/s and blake2b ~0.6 GB/s: the cached load of a
-# 1 GB model pays ~0.3 s of CPU for it instead of ~0.8 s.
-CHECKSUM_ALGORITHM = "crc32"
 ORBAX_DIR = "orbax"
 # Files of a finished orbax checkpoint (OCDBT) that an entry must have.
 ORBAX_FILES = ("_METADATA", "manifest.ocdbt")
-# Arrays are stored, and checksummed, in chunks of at most this many bytes, so that a
-# process restoring onto another mesh reads little beyond its own shards, and reads
-# (and checks) run in parallel.
-CHUNK_BYTES = 8 << 20
 # tensorstore file reads (and copies) in flight during a restore.
 READ_CONCURRENCY = 4
 # The modules whose code decides the params' values; their source is part of the key.
@@ -263,83 +250,6 @@ def is_valid(entry: str | os.PathLike, entry_key: str, config: ModelConfig,
   return True, None
 
 
-# ---------------------------------------------------------------------------------------
-# Checksums: every array in blocks of at most CHUNK_BYTES, by their CRC-32.
-
-
-class ChecksumError(ValueError):
-  """A block read from an entry differs from the checksum taken when it was saved."""
-
-
-def _workers() -> int:
-  """The CPUs this process may run on: threads that check blocks."""
-  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _smallest_factor(n: int) -> int:
-  return next((f for f in range(2, math.isqrt(n) + 1) if n % f == 0), n)
-
-
-def block_shape(shard_shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
-  """The checksummed block of a leaf: its saved shard, split along its leading axes to <= ``CHUNK_BYTES``.
-
-  Splitting the leading axes first keeps each block one contiguous run of its shard, so
-  a restore onto the saving mesh checks its buffers in place.
-  """
-  shape = list(shard_shape)
-  for axis in range(len(shape)):
-    while math.prod(shape) * itemsize > CHUNK_BYTES and shape[axis] > 1:
-      shape[axis] //= _smallest_factor(shape[axis])
-  return tuple(shape)
-
-
-def _blocks(lo: tuple[int, ...], hi: tuple[int, ...], block: tuple[int, ...]) -> Iterator[tuple[str, tuple]]:
-  """``(name, slices relative to lo)`` of the blocks tiling the box ``[lo, hi)``.
-
-  ``lo`` lies on the block grid; ``hi`` does too, or is the array's end.
-  """
-  ranges = [range(a // b, -(-z // b)) for a, z, b in zip(lo, hi, block)]
-  for cell in itertools.product(*ranges):
-    name = ",".join(map(str, cell))
-    yield name, tuple(slice(c * b - a, min((c + 1) * b, z) - a) for c, b, a, z in zip(cell, block, lo, hi))
-
-
-# Checksums by name, over a block's bytes; both release the GIL while they run.
-_DIGESTS: dict[str, Callable[[np.ndarray], str]] = {
-    "crc32": lambda data: f"{zlib.crc32(data):08x}",
-    "sha256": lambda data: hashlib.sha256(data).hexdigest(),
-}
-
-
-def _digest(array: np.ndarray) -> str:
-  """The ``CHECKSUM_ALGORITHM`` checksum of an array's bytes, in hex."""
-  return _DIGESTS[CHECKSUM_ALGORITHM](np.ascontiguousarray(array).reshape(-1).view(np.uint8))
-
-
-def _checksums(params: dict) -> dict[str, dict[str, Any]]:
-  """``{leaf: {"block": shape, "sums": {block name: checksum}}}`` of the shards this process saves.
-
-  Orbax writes the shards of replica 0, so those are the ones hashed here; the blocks
-  tile each shard, and their names are their indices on the leaf's block grid.
-  """
-  jobs: dict[str, tuple[tuple[int, ...], dict]] = {}
-  with ThreadPoolExecutor(_workers()) as pool:
-    for path, leaf in params_lib.flatten(params).items():
-      block = block_shape(leaf.sharding.shard_shape(leaf.shape), np.dtype(leaf.dtype).itemsize)
-      sums: dict = {}
-      for shard in leaf.addressable_shards:
-        if shard.replica_id != 0:
-          continue
-        data = np.asarray(shard.data)
-        lo = tuple(s.start or 0 for s in shard.index)
-        hi = tuple(a + n for a, n in zip(lo, data.shape))
-        for name, slices in _blocks(lo, hi, block):
-          sums[name] = pool.submit(_digest, data[slices])
-      jobs[path] = (block, sums)
-    return {path: {"block": list(block), "sums": {name: f.result() for name, f in sums.items()}}
-            for path, (block, sums) in jobs.items()}
-
-
 def read_checksums(entry: str | os.PathLike, meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
   """The entry's checksums, merged over the manifests ``meta`` lists.
 
@@ -347,33 +257,10 @@ def read_checksums(entry: str | os.PathLike, meta: dict[str, Any]) -> dict[str, 
     ``{leaf: {"block": tuple, "sums": {block name: checksum}}}``.
 
   Raises:
-    ValueError: If a manifest is missing, unreadable, of another algorithm, or
-      disagrees with another on a leaf's block shape.
+    ValueError: If ``meta`` lists no manifests, or one is missing, unreadable, of
+      another algorithm or format, or disagrees with another on a leaf's block shape.
   """
-  merged: dict[str, dict[str, Any]] = {}
-  for name in _checksum_names(meta):
-    try:
-      manifest = json.loads((Path(entry) / name).read_text(encoding="utf-8"))
-      if manifest.get("algorithm") != CHECKSUM_ALGORITHM or manifest.get("format") != FORMAT_VERSION:
-        raise ValueError(f"it is not a format {FORMAT_VERSION} {CHECKSUM_ALGORITHM} manifest")
-      for path, leaf in manifest["leaves"].items():
-        block = tuple(leaf["block"])
-        if not all(isinstance(n, int) and n > 0 for n in block) or not isinstance(leaf["sums"], dict):
-          raise ValueError(f"leaf {path} has no valid block shape or sums")
-        into = merged.setdefault(path, {"block": block, "sums": {}})
-        if into["block"] != block:
-          raise ValueError(f"leaf {path} has another block shape than in the other manifests")
-        into["sums"].update(leaf["sums"])
-    except (OSError, ValueError, AttributeError, KeyError, TypeError, RecursionError) as e:
-      raise ValueError(f"{name} cannot be used ({_describe(e)})") from None
-  return merged
-
-
-def _check(path: str, block: np.ndarray, name: str, lo: tuple[int, ...], checksums: dict) -> None:
-  """Raises ``ChecksumError`` if ``block`` (``name``, at ``lo`` in leaf ``path``) differs from its sum."""
-  if checksums["sums"].get(name) != _digest(block):
-    where = ", ".join(f"{a}:{a + n}" for a, n in zip(lo, block.shape))
-    raise ChecksumError(f"leaf {path}[{where}] does not match its checksum")
+  return params_checksums.read_manifests(entry, _checksum_names(meta), FORMAT_VERSION)
 
 
 def _target(path: str, stored: tuple[int, ...], config: ModelConfig, mesh: Mesh | None, device):
@@ -444,7 +331,7 @@ def _read_leaf(path: str, store, global_shape: tuple[int, ...], sharding, np_dty
           copy = functools.partial(np.copyto, buffer[in_buffer], staged[in_staged])
         target = ts.array(staged)[ts.d[:].translate_to[lo]]
         reads = []
-        for name, slices in _blocks(lo, hi, block):
+        for name, slices in params_checksums.blocks(lo, hi, block):
           start = tuple(a + s.start for a, s in zip(lo, slices))
           box = ts.IndexDomain(inclusive_min=start, exclusive_max=[a + s.stop for a, s in zip(lo, slices)])
           reads.append((target[box].write(store[box]), name, staged[slices], start))
@@ -458,15 +345,16 @@ def _finish_reads(regions: list[_Region], checksums: dict[str, dict[str, Any]]) 
   """Waits for the blocks in the order they were asked for, checking each in a thread as it lands.
 
   Raises:
-    ChecksumError: If a block read differs from its checksum.
+    params_checksums.ChecksumError: If a block read differs from its checksum.
   """
-  pool = ThreadPoolExecutor(_workers())
+  pool = ThreadPoolExecutor(params_checksums.workers())
   try:
     checks = []
     for region in regions:
       for future, name, block, start in region.blocks:
         future.result()
-        checks.append(pool.submit(_check, region.path, block, name, start, checksums[region.path]))
+        checks.append(pool.submit(params_checksums.check, region.path, block, name, start,
+                                  checksums[region.path]))
     for check in checks:
       check.result()
     for region in regions:
@@ -527,7 +415,7 @@ def restore(entry: str | os.PathLike, config: ModelConfig, dtype: str, mesh: Mes
 
   Raises:
     ValueError: If the stored arrays do not fit ``config`` and ``dtype``.
-    ChecksumError: If a block read differs from the checksum taken when it was saved.
+    params_checksums.ChecksumError: If a block read differs from the checksum taken when it was saved.
     Exception: Whatever tensorstore raises for missing or damaged files.
   """
   import tensorstore as ts
@@ -612,7 +500,7 @@ def save(entry: str | os.PathLike, params: dict, config: ModelConfig, dtype: str
     _remove_entry(entry)
     entry.mkdir(parents=True, exist_ok=True)
   start = time.perf_counter()
-  save_args = jax.tree.map(lambda _: ocp.SaveArgs(chunk_byte_size=CHUNK_BYTES), params)
+  save_args = jax.tree.map(lambda _: ocp.SaveArgs(chunk_byte_size=params_checksums.CHUNK_BYTES), params)
   with _quiet_absl():
     checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_compression=False))
     try:
@@ -620,7 +508,8 @@ def save(entry: str | os.PathLike, params: dict, config: ModelConfig, dtype: str
     finally:
       checkpointer.close()
   try:
-    manifest = {"format": FORMAT_VERSION, "algorithm": CHECKSUM_ALGORITHM, "leaves": _checksums(params)}
+    manifest = {"format": FORMAT_VERSION, "algorithm": params_checksums.CHECKSUM_ALGORITHM,
+                "leaves": params_checksums.compute(params)}
     atomic_write_text(entry / CHECKSUMS.format(process=jax.process_index()), json.dumps(manifest) + "\n")
     error = None
   except OSError as e:
@@ -705,11 +594,6 @@ def _prune_siblings(entry: Path, prefix: str) -> None:
           other.with_name(other.name + ".lock").unlink()
 
 
-def _describe(e: BaseException) -> str:
-  text = " ".join(str(e).split())
-  return f"{type(e).__name__}: {text[:160]}" if text else type(e).__name__
-
-
 # ---------------------------------------------------------------------------------------
 # The hook used by ``jaxsem.load``.
 
@@ -741,7 +625,7 @@ def cached_params(source: str | os.PathLike, config: ModelConfig, dtype: str, me
     source_sha = source_sha256(source)
     entry_key, problem = key(source_sha, dtype), None
   except Exception as e:  # an unwritable or odd cache dir never stops a load
-    entry_key, problem = "", _describe(e)
+    entry_key, problem = "", params_checksums.describe(e)
   if not distributed.all_true(problem is None):
     _warn(f"params cache unusable ({problem or 'on another process'}); loading without it.")
     return build(), info
@@ -756,7 +640,7 @@ def cached_params(source: str | os.PathLike, config: ModelConfig, dtype: str, me
     try:
       params, error = restore(entry, config, dtype, mesh), None
     except Exception as e:  # damaged files: orbax and tensorstore raise many kinds
-      params, error = None, _describe(e)
+      params, error = None, params_checksums.describe(e)
     if distributed.all_true(error is None):
       host_memory.trim()  # the readers' freed chunk buffers
       seconds = round(time.perf_counter() - start, 3)
@@ -783,7 +667,7 @@ def cached_params(source: str | os.PathLike, config: ModelConfig, dtype: str, me
       save(entry, params, config, dtype, entry_key, {"path": str(source), "sha256": source_sha})
       error = None
     except Exception as e:  # a full disk, say: the params are loaded all the same
-      error = _describe(e)
+      error = params_checksums.describe(e)
     if error is not None or not distributed.all_true(error is None):
       _warn(f"params cache: could not save {entry} ({error or 'on another process'}); going on without it.")
       if main:

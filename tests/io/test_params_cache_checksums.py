@@ -11,6 +11,7 @@ import pytest
 
 import jaxsem
 from jaxsem.io import params_cache
+from jaxsem.io import params_checksums
 from jaxsem.models import params as params_lib
 from tests import gguf_fixtures as fx
 
@@ -128,7 +129,7 @@ def test_damaged_manifest_is_a_damaged_entry(cache_root, toy, damage, capsys):
   assert model.provenance["params_cache"]["hit"] is False
   assert len(_warnings(err)) == 1 and str(entry) in _warnings(err)[0], err
   _assert_same_params(model.params, jaxsem.load(toy, mesh=SAVE_MESH, params_cache=False).params)
-  assert json.loads(_manifest(entry).read_text())["algorithm"] == params_cache.CHECKSUM_ALGORITHM
+  assert json.loads(_manifest(entry).read_text())["algorithm"] == params_checksums.CHECKSUM_ALGORITHM
 
   again = jaxsem.load(toy, mesh=SAVE_MESH)
   assert again.provenance["params_cache"]["hit"] is True
@@ -168,7 +169,7 @@ def test_every_saved_block_has_a_checksum(cache_root, toy):
     grid = [-(-n // b) for n, b in zip(leaf.shape, block)]
     assert len(checksums[path]["sums"]) == int(np.prod(grid)), path
     first = np.asarray(leaf)[tuple(slice(0, b) for b in block)]
-    assert checksums[path]["sums"][",".join("0" * len(block))] == params_cache._digest(first), path
+    assert checksums[path]["sums"][",".join("0" * len(block))] == params_checksums.digest(first), path
 
 
 @pytest.mark.parametrize("shard, itemsize, block", [
@@ -178,10 +179,10 @@ def test_every_saved_block_has_a_checksum(cache_root, toy):
     ((7919, 4096), 4, (1, 4096)),  # a prime row count splits to single rows
 ])
 def test_block_shape_divides_the_shard_into_small_blocks(shard, itemsize, block):
-  got = params_cache.block_shape(shard, itemsize)
+  got = params_checksums.block_shape(shard, itemsize)
   assert got == block
   assert all(n % b == 0 for n, b in zip(shard, got))
-  assert np.prod(got) * itemsize <= params_cache.CHUNK_BYTES
+  assert np.prod(got) * itemsize <= params_checksums.CHUNK_BYTES
 
 
 def test_read_spec_and_context_are_orbax_own(tmp_path):
@@ -203,7 +204,8 @@ def _write_manifests(entry: Path, *manifests: dict) -> dict:
   names = [params_cache.CHECKSUMS.format(process=p) for p in range(len(manifests))]
   for name, leaves in zip(names, manifests):
     (entry / name).write_text(json.dumps({"format": params_cache.FORMAT_VERSION,
-                                          "algorithm": params_cache.CHECKSUM_ALGORITHM, "leaves": leaves}))
+                                          "algorithm": params_checksums.CHECKSUM_ALGORITHM,
+                                          "leaves": leaves}))
   return {"checksums": names}
 
 
