@@ -25,6 +25,7 @@ import math
 import mmap
 import os
 import struct
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -133,25 +134,71 @@ class _Cursor:
       raise InputError(f"{self.path}: unknown GGUF array element type {etype}; the file is corrupt.")
     raise InputError(f"{self.path}: unknown GGUF value type {vtype}; the file is corrupt.")
 
-  def _strings(self, count: int) -> list[str]:
-    # Hot loop for vocabularies: avoid per-item struct/memoryview overhead.
-    buf, pos, end = self.buf, self.pos, len(self.buf)
-    out = []
-    append = out.append
+  def _strings(self, count: int) -> list[str] | StringArray:
+    """A string array: a list when short, else a ``StringArray`` decoded on first use."""
+    # Hot loop for vocabularies: only the lengths are read here (no per-item decode).
+    buf, start, end = self.buf, self.pos, len(self.buf)
+    pos, seen = start, 0
     from_bytes = int.from_bytes
-    for _ in range(count):
+    for seen in range(1, count + 1):
       if pos + 8 > end:
+        seen -= 1
         break
-      n = from_bytes(buf[pos:pos + 8], "little")
-      pos += 8
-      if pos + n > end:
+      pos += 8 + from_bytes(buf[pos:pos + 8], "little")
+      if pos > end:
+        seen -= 1
         break
-      append(buf[pos:pos + n].decode("utf-8", errors="replace"))
-      pos += n
-    self.pos = pos
-    if len(out) != count:
+    if seen != count:
       raise InputError(f"{self.path}: GGUF string array is truncated; the file is corrupt.")
-    return out
+    self.pos = pos
+    strings = StringArray(bytes(buf[start:pos]), count)
+    return strings if count > _LAZY_STRINGS else list(strings)
+
+
+# String arrays longer than this (vocabularies, merges) are decoded only when read: a
+# load served by the params and tokenizer caches needs just their lengths.
+_LAZY_STRINGS = 1024
+
+
+class StringArray(Sequence):
+  """A GGUF string array kept as its raw bytes until an element is read.
+
+  ``len()`` is free; indexing or iterating decodes every string once (UTF-8, invalid
+  bytes replaced) and keeps the list. Compares equal to a list of the same strings.
+  """
+
+  def __init__(self, raw: bytes, count: int):
+    self._raw, self._count, self._list = raw, count, None
+
+  def _decoded(self) -> list[str]:
+    if self._list is None:
+      raw, pos, out = self._raw, 0, []
+      append, from_bytes = out.append, int.from_bytes
+      for _ in range(self._count):
+        n = from_bytes(raw[pos:pos + 8], "little")
+        append(raw[pos + 8:pos + 8 + n].decode("utf-8", errors="replace"))
+        pos += 8 + n
+      self._list, self._raw = out, b""
+    return self._list
+
+  def __len__(self) -> int:
+    return self._count
+
+  def __getitem__(self, index):
+    return self._decoded()[index]
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(self._decoded())
+
+  def __eq__(self, other) -> bool:
+    if isinstance(other, StringArray):
+      other = other._decoded()
+    return isinstance(other, list) and self._decoded() == other
+
+  __hash__ = None  # mutable-list semantics, as the list it stands for
+
+  def __repr__(self) -> str:
+    return f"StringArray({self._count} strings)"
 
 
 def _ggml_nbytes(ggml_type: int, shape: tuple[int, ...], path: str, name: str) -> int:

@@ -39,6 +39,7 @@ from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tok
 from tokenizers import Tokenizer as Backend
 
 from jaxsem.errors import InputError
+from jaxsem.io import gguf_file
 from jaxsem.io import safe_json
 
 BYTE_LEVEL_MARKER = "\u0120"  # "Ġ", a space in GPT-2's byte alphabet.
@@ -154,8 +155,9 @@ def tokenizer_from_gguf(metadata: dict[str, Any], path: str) -> Tokenizer:
   if kind is None or not tokens:
     raise InputError(f"{path}: GGUF file has no tokenizer (tokenizer.ggml.model or .tokens is missing);"
                      " use a GGUF file converted with its tokenizer.")
-  if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+  if not isinstance(tokens, (list, gguf_file.StringArray)) or not all(isinstance(t, str) for t in tokens):
     raise InputError(f"{path}: tokenizer.ggml.tokens is not a list of strings; the file is corrupt.")
+  tokens = list(tokens)
   n = len(tokens)
   types = _per_token_array(metadata, "tokenizer.ggml.token_type", n, path)
   types = np.full(n, _NORMAL, np.int32) if types is None else types.astype(np.int32)

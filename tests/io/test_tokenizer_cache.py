@@ -112,3 +112,16 @@ def test_embedded_bpe_tokenizer_round_trips(cache_root):
   _assert_same(cached, built)
   text = "Steering vectors shift 1,234 tokens — naïvely? <|im_start|>user\nHi<|im_end|>"
   assert cached.encode(text) == built.encode(text)
+
+
+def test_merges_are_kept_as_strings_unless_a_piece_holds_a_space():
+  from tokenizers import Tokenizer as Backend
+  from tokenizers.models import BPE
+
+  vocab = {"a": 0, "b": 1, "ab": 2, "c": 3, "abc": 4, " ": 5, " a": 6}
+  plain = Backend(BPE(vocab=vocab, merges=[("a", "b"), ("ab", "c")])).to_str()
+  compact = json.loads(tokenizer_cache._compact_merges(plain))
+  assert compact["model"]["merges"] == ["a b", "ab c"]
+  assert Backend.from_str(json.dumps(compact)).encode("abc").ids == Backend.from_str(plain).encode("abc").ids
+  spaced = Backend(BPE(vocab=vocab, merges=[("a", "b"), (" ", "a")])).to_str()
+  assert tokenizer_cache._compact_merges(spaced) == spaced
