@@ -78,18 +78,17 @@ def test_full_disk_inside_a_claim_names_the_given_out_dir(tmp_path, monkeypatch)
   assert not [p for p in out.rglob("*") if not p.is_dir()]  # no temporary file, record or lock left
 
 
-def test_a_writer_error_about_an_inner_directory_is_reported_against_out_dir(tmp_path):
+def test_a_writer_error_about_an_inner_directory_is_reported_against_out_dir(tmp_path, monkeypatch):
+  from jaxsem.report import summary
+
   out = tmp_path / "main"
-
-  def write_summary(inner):  # the shape of summary.write's error: an InputError raised from an OSError
-    try:
-      _enospc()
-    except OSError as e:
-      raise InputError(f"--out_dir={inner}: cannot write summary.json ({e.strerror}).") from None
-
+  monkeypatch.setattr(summary, "atomic_write_text", lambda *a, **k: _enospc())
+  with pytest.raises(InputError) as info:
+    summary.write(out / "model" / "align", {"x": 1})
+  assert str(info.value).startswith(f"--out_dir={out / 'model' / 'align'}: cannot write there (No space")
   with pytest.raises(InputError, match=rf"^--out_dir={out}: cannot write there \(No space"):
     with out_dir_lib.claim(out, job="main", inputs={}):
-      write_summary(out / "model" / "align")
+      summary.write(out / "model" / "align", {"x": 1})
 
 
 @pytest.mark.parametrize("relayed", [False, True], ids=["raised", "relayed-as-text"])

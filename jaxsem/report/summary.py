@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxsem.errors import InputError
+from jaxsem.io import out_dir as out_dir_lib
 from jaxsem.io.cache import atomic_write_text
 
 _PACKAGES = ("jaxsem", "jax", "jaxlib", "flax", "numpy", "gguf", "tokenizers", "safetensors")
@@ -119,13 +119,11 @@ def _default(obj):
 def write(out_dir: str | os.PathLike, result: dict[str, Any], *, model=None, **provenance_extra) -> Path:
   """Writes ``out_dir/summary.json`` atomically with a ``provenance`` block added."""
   out = Path(out_dir)
-  try:
-    out.mkdir(parents=True, exist_ok=True)
-  except OSError as e:
-    raise InputError(f"--out_dir={out}: cannot create it ({e.strerror}); choose a writable directory.") from None
   doc = dict(result)
   doc["provenance"] = provenance(model, **provenance_extra)
+  text = json.dumps(doc, indent=2, default=_default) + "\n"
   try:
-    return atomic_write_text(out / "summary.json", json.dumps(doc, indent=2, default=_default) + "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(out / "summary.json", text)
   except OSError as e:
-    raise InputError(f"--out_dir={out}: cannot write summary.json ({e.strerror}).") from None
+    raise out_dir_lib.write_error(out, e) from None
