@@ -119,5 +119,13 @@ if [[ "$with_test" == 1 && ! -d /usr/share/wordnet && "$(id -u)" == 0 ]] \
     wordnet-base; } >/dev/null 2>&1 || true
 fi
 
+# --- Chromium, for the test that renders report.html in a headless browser ---------------
+# Best effort, as root with apt-get only; without it that test is skipped and says why.
+if [[ "$with_test" == 1 && "$(id -u)" == 0 ]] && ! command -v chromium >/dev/null 2>&1 \
+  && command -v apt-get >/dev/null 2>&1; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    chromium; } >/dev/null 2>&1 || true
+fi
+
 # --- the default model, joined once into the cache (a stat when already there) -----------
 quiet "$py" -c 'from jaxsem.io import assets; assets.resolve_model(assets.DEFAULT_MODEL)'
