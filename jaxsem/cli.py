@@ -8,37 +8,100 @@ model, so that a mistake costs seconds, not a computation. Flag errors, like eve
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from absl import app
 from absl import flags
+from ml_collections import config_flags
 
 from jaxsem import distributed
+from jaxsem import experiment_config
 from jaxsem.errors import InputError
 from jaxsem.io import assets
 from jaxsem.io import out_dir as out_dir_lib
 from jaxsem.models.load import load
+from jaxsem.report import html
 
-# Flags that change how a run goes, not what it writes: a run that differs only in these
-# may resume or rewrite another's --out_dir.
-_NOT_INPUTS = frozenset({"out_dir", "overwrite", "params_cache", "mesh", "batch_size", "coordinator_address",
-                         "num_processes", "process_id", "distributed", "distributed_timeout"})
+# Config fields that change how a run goes, not what it writes: a run that differs only in
+# these may resume or rewrite another's --out_dir.
+_NOT_INPUTS = frozenset({"out_dir", "load.params_cache", "load.mesh", "steer.batch_size", "sweep.overwrite"})
+# Short flag -> (dotted config field, converter): each short flag, when given, overrides that
+# field of the --config file (after its --config.* overrides).
+_SHORTCUTS: dict[str, tuple[str, Callable | None]] = {}
 
 
-def define_model_flags() -> None:
-  """--model, --mesh, --dtype, --params_cache: every launcher that loads a model takes these."""
-  flags.DEFINE_string("model", "gemma3-270m",
-                      "Embedded model name (gemma3-270m, smollm2-135m-instruct), a .gguf file, "
-                      "or a Hugging Face snapshot directory.")
-  flags.DEFINE_string("mesh", None, "Device mesh, e.g. data:2,model:4 (-1 = remaining devices). "
+def define_config(name: str):
+  """--config (default ``configs/experiments/<name>.py``, dotted overrides ``--config.a.b=v``)
+  and --config_print; returns the default config, whose values are the short flags' defaults."""
+  config_flags.DEFINE_config_file(
+      "config", experiment_config.path_of(name),
+      f"Experiment config file with get_config() (default: configs/experiments/{name}.py); override a "
+      "field with --config.<section>.<field>=value. The short flags below override it too.",
+      lock_config=True)
+  flags.DEFINE_bool("config_print", False, "Print the resolved config (JSON) and exit without running.")
+  return experiment_config.get_config(name)
+
+
+def shortcut(flag: str, field: str, convert: Callable | None = None) -> None:
+  """Makes --``flag`` an override of the config field ``field`` (dotted), converted by ``convert``."""
+  _SHORTCUTS[flag] = (field, convert)
+
+
+def _set_field(config, dotted: str, value) -> None:
+  *parents, leaf = dotted.split(".")
+  for part in parents:
+    config = config[part]
+  if isinstance(config[leaf], tuple) and isinstance(value, list):
+    value = tuple(value)
+  config[leaf] = value
+
+
+def config():
+  """The resolved config: --config, its --config.* overrides, then the short flags given.
+
+  With --config_print, prints it as JSON and exits 0.
+  """
+  f = flags.FLAGS
+  resolved = f.config.copy_and_resolve_references()
+  resolved.unlock()
+  for flag, (field, convert) in _SHORTCUTS.items():
+    if flag in f and f[flag].present:
+      value = f[flag].value
+      try:
+        _set_field(resolved, field, convert(value) if convert else value)
+      except (KeyError, AttributeError):
+        raise InputError(f"--{flag}: the config has no field {field}; use a config with that "
+                         "section.") from None
+      except TypeError as e:
+        raise InputError(f"--{flag}={value!r} does not fit config field {field} ({e}).") from None
+  resolved.lock()
+  if f.config_print:
+    print(json.dumps(resolved.to_dict(), indent=2, default=list))
+    sys.exit(0)
+  return resolved
+
+
+def define_model_flags(load_section) -> None:
+  """--model, --mesh, --dtype, --params_cache (overrides of the config's ``load``), and the
+  distributed flags: every launcher that loads a model takes these."""
+  if "model" in load_section:
+    flags.DEFINE_string("model", load_section.model,
+                        "Embedded model name (gemma3-270m, smollm2-135m-instruct), a .gguf file, "
+                        "or a Hugging Face snapshot directory.")
+    shortcut("model", "load.model")
+  flags.DEFINE_string("mesh", load_section.mesh, "Device mesh, e.g. data:2,model:4 (-1 = remaining devices). "
                       "Default: one device; model:-1 puts every device on the model axis.")
-  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and activation dtype.")
-  flags.DEFINE_bool("params_cache", True, "Keep the loaded params in the jaxsem cache ($JAXSEM_CACHE/params) "
-                    "and restore them from there on later runs; --noparams_cache (or "
+  flags.DEFINE_enum("dtype", load_section.dtype, ["float32", "bfloat16"], "Parameter and activation dtype.")
+  flags.DEFINE_bool("params_cache", load_section.params_cache, "Keep the loaded params in the jaxsem cache "
+                    "($JAXSEM_CACHE/params) and restore them from there on later runs; --noparams_cache (or "
                     "$JAXSEM_PARAMS_CACHE=0) loads from the model file every time.")
+  for name in ("mesh", "dtype", "params_cache"):
+    shortcut(name, f"load.{name}")
   define_distributed_flags()
 
 
@@ -62,31 +125,42 @@ def start_distributed() -> dict:
   return distributed.initialize(settings)
 
 
-def define_analysis_flags(scales: str, out_dir: str) -> None:
-  """The flags shared by the alignment and structure launchers."""
-  flags.DEFINE_string("scales", scales, "Scale set: osgood28, norms, wordnet, or a JSON/TSV file.")
-  flags.DEFINE_list("norms", ["warriner"], "Human norm tables: warriner, anew, dal.")
-  flags.DEFINE_enum("space", "input_embedding", ["input_embedding", "unembedding", "hidden"],
+def define_analysis_flags(config) -> None:
+  """The flags shared by the alignment and structure launchers: overrides of ``config.analysis``
+  (and ``config.out_dir``), with its values as their defaults."""
+  a = config.analysis
+  flags.DEFINE_string("scales", a.scales, "Scale set: osgood28, norms, wordnet, or a JSON/TSV file.")
+  flags.DEFINE_list("norms", list(a.norms), "Human norm tables: warriner, anew, dal.")
+  flags.DEFINE_enum("space", a.space, ["input_embedding", "unembedding", "hidden"],
                     "Where word vectors come from.")
-  flags.DEFINE_integer("layer", None, "Block whose output is the hidden space (-1: after the final norm).")
-  flags.DEFINE_bool("centre", True, "Subtract the vocabulary mean.")
-  flags.DEFINE_bool("whiten", False, "Whiten with the vocabulary covariance (causal inner product).")
-  flags.DEFINE_enum("policy", "single", ["single", "mean", "first"], "Word -> token policy.")
-  flags.DEFINE_enum("method", "pole_mean", ["pole_mean", "pair_mean", "semaxis"], "Direction construction.")
-  flags.DEFINE_enum("metric", "cosine", ["cosine", "dot"], "Projection metric.")
-  flags.DEFINE_float("min_coverage", 0.5, "Least share of a norm table's words the policy must cover.",
-                     lower_bound=0.0, upper_bound=1.0)
-  flags.DEFINE_integer("seed", 0, "Seed of bootstraps, nulls, probe folds and random baselines.")
-  flags.DEFINE_integer("n_boot", 1000, "Bootstrap resamples.", lower_bound=1)
-  flags.DEFINE_integer("n_null", 1000, "Random directions in the null.", lower_bound=1)
-  flags.DEFINE_integer("n_null_pairs", 300, "Random WordNet antonym pairs in the second null (0: skip).",
-                       lower_bound=0)
-  flags.DEFINE_integer("n_pair_sets", 200, "Structure: random sets of WordNet pairs in the pair null (0: skip).",
-                       lower_bound=0)
-  flags.DEFINE_integer("n_tag_perms", 1000, "Structure: E/P/A tag permutations in the shuffled-tag null.",
-                       lower_bound=1)
-  flags.DEFINE_string("out_dir", out_dir, "Where summary.json and the figures are written.")
+  flags.DEFINE_integer("layer", a.layer, "Block whose output is the hidden space (-1: after the final norm).")
+  flags.DEFINE_bool("centre", a.centre, "Subtract the vocabulary mean.")
+  flags.DEFINE_bool("whiten", a.whiten, "Whiten with the vocabulary covariance (causal inner product).")
+  flags.DEFINE_enum("policy", a.policy, ["single", "mean", "first"], "Word -> token policy.")
+  flags.DEFINE_enum("method", a.method, ["pole_mean", "pair_mean", "semaxis"], "Direction construction.")
+  flags.DEFINE_enum("metric", a.metric, ["cosine", "dot"], "Projection metric.")
+  flags.DEFINE_float("min_coverage", a.min_coverage, "Least share of a norm table's words the policy must "
+                     "cover.", lower_bound=0.0, upper_bound=1.0)
+  flags.DEFINE_integer("seed", a.seed, "Seed of bootstraps, nulls, probe folds and random baselines.")
+  flags.DEFINE_integer("n_boot", a.n_boot, "Bootstrap resamples.", lower_bound=1)
+  flags.DEFINE_integer("n_null", a.n_null, "Random directions in the null.", lower_bound=1)
+  flags.DEFINE_integer("n_null_pairs", a.n_null_pairs, "Random WordNet antonym pairs in the second null "
+                       "(0: skip).", lower_bound=0)
+  flags.DEFINE_integer("n_pair_sets", a.n_pair_sets, "Structure: random sets of WordNet pairs in the pair "
+                       "null (0: skip).", lower_bound=0)
+  flags.DEFINE_integer("n_tag_perms", a.n_tag_perms, "Structure: E/P/A tag permutations in the shuffled-tag "
+                       "null.", lower_bound=1)
+  for name in ("scales", "norms", "space", "layer", "centre", "whiten", "policy", "method", "metric",
+               "min_coverage", "seed", "n_boot", "n_null", "n_null_pairs", "n_pair_sets", "n_tag_perms"):
+    shortcut(name, f"analysis.{name}")
+  define_out_dir_flag(config.out_dir, "Where summary.json and the figures are written.")
   define_overwrite_flag()
+
+
+def define_out_dir_flag(default: str, help_text: str) -> None:
+  """--out_dir, an override of the config's ``out_dir``."""
+  flags.DEFINE_string("out_dir", default, help_text)
+  shortcut("out_dir", "out_dir")
 
 
 def define_overwrite_flag(help_text: str = "Replace the outputs of another run (another job or other inputs) "
@@ -95,20 +169,26 @@ def define_overwrite_flag(help_text: str = "Replace the outputs of another run (
   flags.DEFINE_bool("overwrite", False, help_text)
 
 
-def run_inputs() -> dict:
-  """The launcher's flag values that decide its outputs (every flag of the launcher's module
-  and of this one, except ``_NOT_INPUTS``), as recorded beside its outputs."""
-  f = flags.FLAGS
-  modules = {__name__, f.find_module_defining_flag("out_dir")}
-  return {fl.name: fl.value for module, fls in f.flags_by_module_dict().items() if module in modules
-          for fl in fls if fl.name not in _NOT_INPUTS}
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+  return out
 
 
-def claim_out_dir(job: str, resumable: bool = False):
-  """``out_dir.claim`` of --out_dir for ``job`` with this run's inputs and --overwrite."""
-  f = flags.FLAGS
-  return out_dir_lib.claim(f.out_dir, job=job, inputs=run_inputs(), overwrite=f.overwrite,
-                           resumable=resumable)
+def run_inputs(resolved) -> dict:
+  """The resolved config's fields that decide a run's outputs (dotted names; all but
+  ``_NOT_INPUTS``), as recorded beside its outputs."""
+  return {k: v for k, v in _flatten(resolved.to_dict()).items() if k not in _NOT_INPUTS}
+
+
+def claim_out_dir(job: str, resolved, resumable: bool = False):
+  """``out_dir.claim`` of the config's out_dir for ``job`` with this run's inputs and --overwrite."""
+  return out_dir_lib.claim(resolved.out_dir, job=job, inputs=run_inputs(resolved),
+                           overwrite=flags.FLAGS.overwrite, resumable=resumable)
 
 
 def check_model(name: str, flag: str = "--model") -> None:
@@ -134,21 +214,6 @@ def check_norms(names, flag: str = "--norms", allow_empty: bool = False) -> None
                        f"use any of {', '.join(assets.NORM_NAMES)}.")
 
 
-def check_words(words, flag: str = "--words", least: int = 4) -> None:
-  """Checks a steering word flag: one norm table name, or at least ``least`` words; a lone
-  word near a norm table's name is taken for its typo."""
-  words = list(words)
-  if len(words) == 1 and words[0] in assets.NORM_NAMES:
-    return
-  hint = assets.did_you_mean(words[0], assets.NORM_NAMES) if len(words) == 1 else ""
-  if hint:
-    raise InputError(f"{flag}={words[0]} is not a norm table{hint}; give one of "
-                     f"{', '.join(assets.NORM_NAMES)}, or at least {least} words.")
-  if len(words) < least:
-    raise InputError(f"{flag}={','.join(words)}: give a norm table ({', '.join(assets.NORM_NAMES)}) or at "
-                     f"least {least} comma-separated words.")
-
-
 def check_scales(name: str):
   """Reads and validates a scale set (a name or a file) before any model loads; returns it."""
   from jaxsem.io import scales as scales_io
@@ -158,35 +223,27 @@ def check_scales(name: str):
   return scales_io.load_scales(name)
 
 
-def analysis_options():
-  """The analysis flags as ``jaxsem.analyses.experiments.Options``."""
+def run_analysis(job: str, run: Callable, write: Callable, digest: Callable) -> None:
+  """Resolves the config and checks it, claims its out_dir, then loads the model, runs
+  ``run(model, options)``, writes to out_dir and prints the digest."""
   from jaxsem.analyses.experiments import Options
 
-  f = flags.FLAGS
-  return Options(scales=f.scales, norms=tuple(f.norms), space=f.space, layer=f.layer, centre=f.centre,
-                 whiten=f.whiten, policy=f.policy, method=f.method, metric=f.metric,
-                 min_coverage=f.min_coverage, seed=f.seed, n_boot=f.n_boot, n_null=f.n_null,
-                 n_null_pairs=f.n_null_pairs, n_pair_sets=f.n_pair_sets, n_tag_perms=f.n_tag_perms)
-
-
-def run_analysis(job: str, run: Callable, write: Callable, digest: Callable) -> None:
-  """Checks the flags and claims --out_dir, then loads --model, runs ``run(model, options)``,
-  writes to --out_dir and prints the digest."""
-  f = flags.FLAGS
-  opts = analysis_options()
-  check_model(f.model)
+  resolved = config()
+  opts = experiment_config.options(Options, resolved.analysis)
+  check_model(resolved.load.model)
   check_norms(opts.norms)
   check_scales(opts.scales)
-  with claim_out_dir(job) as out:
-    model = load_model()
+  with claim_out_dir(job, resolved) as out:
+    model = load_model(resolved.load)
     result = run(model, opts)
-    report(lambda: write(out, result, model, opts), digest(result), result["seconds"])
+    report(lambda: write(out, result, model, opts, config=resolved.to_dict()), digest(result),
+           result["seconds"])
 
 
-def load_model():
-  """Loads --model on --mesh with --dtype and --params_cache, printing load progress."""
-  f = flags.FLAGS
-  return load(f.model, mesh=f.mesh, dtype=f.dtype, params_cache=f.params_cache, progress=True)
+def load_model(load_section, name: str | None = None):
+  """Loads the config's model (or ``name``) with its mesh, dtype and params cache, printing progress."""
+  return load(name or load_section.model, mesh=load_section.mesh, dtype=load_section.dtype,
+              params_cache=load_section.params_cache, progress=True)
 
 
 def report(write: Callable[[], object], digest: list[str], seconds: float) -> None:
@@ -194,8 +251,9 @@ def report(write: Callable[[], object], digest: list[str], seconds: float) -> No
   if not distributed.is_main():
     return
   path = write()
+  page = html.write_report(Path(path).parent)
   print("\n".join(digest))
-  print(f"wrote {path} ({seconds:.1f} s)")
+  print(f"wrote {path} and {page} ({seconds:.1f} s)")
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -203,11 +203,13 @@ def _lower_steering(config: ModelConfig, mesh: Mesh, opts: PlanOptions, params: 
   dtype = params["embed"].dtype
   prefix = PrefixCache(k=_struct(mesh, kv_shape, dtype, kv_spec), v=_struct(mesh, kv_shape, dtype, kv_spec),
                        length=p)
+  # The log-odds readout: its tokens, pole indices and no representation.
+  readout = steering.KernelReadout(logit_rows=_struct(mesh, (2 * j * k,), jnp.int32),
+                                   positive=_struct(mesh, (j, k), jnp.int32),
+                                   negative=_struct(mesh, (j, k), jnp.int32))
   return steering.steered_readout.lower(
       params, config, prefix, rows((b, t), jnp.int32), rows((b, t), jnp.int32), rows((b, t), jnp.float32),
-      rows((b,), jnp.int32), rows((b,), jnp.int32), rows((b, d), jnp.float32),
-      _struct(mesh, (2 * j * k,), jnp.int32), _struct(mesh, (j, k), jnp.int32),
-      _struct(mesh, (j, k), jnp.int32), None, site=opts.site)
+      rows((b,), jnp.int32), rows((b,), jnp.int32), rows((b, d), jnp.float32), readout, site=opts.site)
 
 
 @dataclasses.dataclass(frozen=True)

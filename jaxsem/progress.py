@@ -9,14 +9,28 @@ prints, at most every ``every`` seconds and once at the end, lines such as
 
     sweep wordnet: 131072/262144 tokens (50.0%) 41.2k tokens/s, 3.2 s elapsed, ETA 3.2 s
 
-to stderr. Under multi-process runs only process 0 prints.
+to stderr. Under multi-process runs only process 0 prints. On an interactive terminal
+(``stream.isatty()``) the line is redrawn in place (``"\\r"``) and ends with a newline once
+the work is done; otherwise (CI, a redirected stream) every update is a line of its own.
+
+Library functions take ``progress: bool`` (default quiet, as ``jaxsem.load``) and build
+their reporter with ``Progress.maybe``; kernels take an optional ``progress(done, total)``
+callback (as ``Grid.evaluate``), called from a Python loop between compiled calls, and
+``chunks`` splits a count into the pieces such a loop runs.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Iterator
 from typing import TextIO
+
+# Items (draws, permutations, ...) per piece of ``chunks`` by default: a fraction of a second
+# of work each, so a loop that reports after every piece is never silent for long.
+DEFAULT_CHUNK = 100
+# What kernels accept: ``progress(done, total)`` after each piece of work (a ``Progress`` is one).
+Callback = Callable[[int, int], None]
 
 
 def _si(x: float) -> str:
@@ -45,6 +59,25 @@ def _is_main_process() -> bool:
     return True
 
 
+def _is_tty(stream) -> bool:
+  try:
+    return bool(stream.isatty())
+  except Exception:  # noqa: BLE001 - a stream without isatty is not a terminal
+    return False
+
+
+def chunks(total: int, size: int = DEFAULT_CHUNK) -> Iterator[tuple[int, int]]:
+  """``(start, stop)`` of consecutive pieces of ``range(total)`` of at most ``size`` items.
+
+  Raises:
+    ValueError: ``size < 1``.
+  """
+  if size < 1:
+    raise ValueError(f"A chunk holds at least one item, got size={size}.")
+  for start in range(0, int(total), int(size)):
+    yield start, min(start + int(size), int(total))
+
+
 class Progress:
   """Reports ``done / total`` with rate and ETA.
 
@@ -55,20 +88,27 @@ class Progress:
     every: least seconds between two printed lines.
     enabled: print at all (default: only on process 0).
     resumed: units finished by an earlier run (see ``resume``).
+    redraw: redraw one line in place (default: when the stream is a terminal).
   """
 
   def __init__(self, what: str, total: int, unit: str = "items", every: float = 2.0,
                stream: TextIO | None = None, enabled: bool | None = None,
-               clock=time.perf_counter):
+               clock=time.perf_counter, redraw: bool | None = None):
     self.what, self.total, self.unit, self.every = what, int(total), unit, float(every)
     self.resumed = 0
     self.stream = stream if stream is not None else sys.stderr
     self.enabled = _is_main_process() if enabled is None else enabled
+    self.redraw = _is_tty(self.stream) if redraw is None else bool(redraw)
     self._clock = clock
     self._start = clock()
     self._last_print = None
     self.done = 0
     self.lines: list[str] = []
+
+  @classmethod
+  def maybe(cls, show: bool, what: str, total: int, unit: str = "items", **kwargs) -> Progress:
+    """A ``Progress`` that prints (on process 0) only when ``show``; it keeps its lines either way."""
+    return cls(what, total, unit, enabled=None if show else False, **kwargs)
 
   def line(self) -> str:
     """The current progress line."""
@@ -98,16 +138,23 @@ class Progress:
       self._emit(now)
 
   def close(self) -> None:
-    """Prints the final line unless the last update already did."""
+    """Prints the final line unless the last update already did (and ends a redrawn line)."""
     if self._last_print is None or self.done < self.total:
-      self._emit(self._clock())
+      self._emit(self._clock(), final=True)
 
-  def _emit(self, now: float) -> None:
+  def _emit(self, now: float, final: bool = False) -> None:
     self._last_print = now
     text = self.line()
     self.lines.append(text)
-    if self.enabled:
+    if not self.enabled:
+      return
+    if not self.redraw:
       print(text, file=self.stream, flush=True)
+      return
+    end = "\n" if final or self.done >= self.total else ""
+    # "\r" back to the line's start, then the text, then clear what a longer line left.
+    self.stream.write(f"\r{text}\x1b[K{end}")
+    self.stream.flush()
 
   def __call__(self, done: int, total: int | None = None) -> None:
     self.update(done, total)

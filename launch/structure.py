@@ -13,8 +13,9 @@ from jaxsem import cli
 from jaxsem.analyses import experiments
 from jaxsem.report import writers
 
-cli.define_model_flags()
-cli.define_analysis_flags(scales="osgood28", out_dir="out/structure")
+_DEFAULT = cli.define_config("structure")
+cli.define_model_flags(_DEFAULT.load)
+cli.define_analysis_flags(_DEFAULT)
 flags.adopt_module_key_flags(cli)  # --help lists the shared flags too
 
 

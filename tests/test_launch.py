@@ -49,8 +49,13 @@ def test_bad_mesh_names_the_flag():
 @pytest.mark.slow
 def test_main_job_writes_summary(tmp_path):
   out = tmp_path / "main"
+  small = ["--config.align.n_boot=50", "--config.align.n_null=50", "--config.align.n_null_pairs=30",
+           "--config.structure.n_pair_sets=40", "--config.structure.n_tag_perms=60",
+           "--steer_words=32", "--config.steer.grid_words=12", "--config.steer.n_random=4",
+           "--config.steer.fit_steps=40", "--config.steer.refine=0", "--config.steer.n_boot=50",
+           "--config.steer.n_perm=50", "--config.steer.rating_check=false"]
   proc = _run("launch.main", "--models=smollm2-135m-instruct", f"--out_dir={out}", "--max_new_tokens=3",
-              "--prompt=The capital of France is")
+              "--prompt=The capital of France is", *small)
   assert proc.returncode == 0, proc.stderr[-3000:]
   import json
 
@@ -77,15 +82,20 @@ def test_main_job_writes_summary(tmp_path):
   assert code["source"] in ("checkout", "package") and code["jaxsem_version"]
   assert all(len(n["sha256"]) == 64 for n in align["provenance"]["norms_files"])
   assert len(align["provenance"]["scales_sha256"]) == 64
-  assert structure["pair_null"]["n_sets"] >= 200 and 0 <= structure["pair_null"]["percentile"] <= 100
-  assert structure["epa_null"]["n_perms"] >= 1000 and structure["conclusion"]
+  # The sizes asked for on the command line are the sizes used, and the resolved config is recorded.
+  config = structure["provenance"]["config"]
+  assert config["models"] == ["smollm2-135m-instruct"] and config["steer"]["n_words"] == 32
+  assert structure["pair_null"]["n_sets"] == config["structure"]["n_pair_sets"] == 40
+  assert 0 <= structure["pair_null"]["percentile"] <= 100
+  assert structure["epa_null"]["n_perms"] == 60 and structure["conclusion"]
   assert "conclusion:" in proc.stdout
   steer = json.loads((out / "smollm2-135m-instruct" / "steer" / "summary.json").read_text())
   for readout in ("offtarget", "offtarget_disjoint"):
     direct = steer[readout]["direct_path"]
     assert -1 <= direct["partial_r"] <= 1 and len(direct["partial_ci"]) == 2
     assert steer[readout]["ci_resampling"] == "words+steered_scales"
-  assert steer["controls"]["random_directions"]["n_directions"] >= 64
+  assert steer["controls"]["random_directions"]["n_directions"] == 4
+  assert steer["provenance"]["config"] == config and doc["provenance"]["config"] == config
   assert steer["methods"]["heldout_readout"]["reduction_vs_plain"]
   assert steer["methods"]["disjoint_readout"]["reduction_vs_plain"]
   assert steer["provenance"]["scales_file"].endswith("osgood28.json")

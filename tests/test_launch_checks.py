@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import pytest
 
 from jaxsem import cli
+from jaxsem.analyses import steer
 from jaxsem.errors import InputError
 from jaxsem.io import assets
 from jaxsem.io import cache
@@ -177,11 +178,11 @@ def test_did_you_mean_only_for_near_names():
                      r"smollm2-135m-instruct\?\)"):
     cli.check_model("smolm2-135m-instruct", flag="--models")
   with pytest.raises(InputError, match=r"--words=anwe is not a norm table \(did you mean anew\?\)"):
-    cli.check_words(["anwe"])
+    steer.check_options(steer.SteerOptions(words=("anwe",)))
   with pytest.raises(InputError, match="at least 4"):
-    cli.check_words(["good", "bad"])
-  cli.check_words(["dal"])
-  cli.check_words(["good", "bad", "fast", "slow"])
+    steer.check_options(steer.SteerOptions(words=("good", "bad")))
+  steer.check_options(steer.SteerOptions(words=("dal",)))
+  steer.check_options(steer.SteerOptions(words=("good", "bad", "fast", "slow")))
   with pytest.raises(InputError, match="--norms is empty"):
     cli.check_norms([])
 

@@ -2,7 +2,10 @@
 
 import io
 
+import pytest
+
 from jaxsem.progress import Progress
+from jaxsem.progress import chunks
 
 
 class _Clock:
@@ -56,3 +59,58 @@ def test_resumed_work_counts_as_done_but_not_in_the_rate():
   p.update(700)  # 100 tokens in 2 s: 50/s, 300 left -> 6 s
   assert p.lines[-1] == ("sweep: 700/1000 tokens (70.0%) 50.0 tokens/s, 2.0 s elapsed, 600 resumed, "
                          "ETA 6.0 s")
+
+
+class _Tty(io.StringIO):
+  def isatty(self):
+    return True
+
+
+def test_a_terminal_gets_one_redrawn_line_ended_by_a_newline():
+  clock, out = _Clock(), _Tty()
+  p = Progress("probe", 10, unit="folds", every=0.0, stream=out, enabled=True, clock=clock)
+  for done in (2, 5, 10):
+    clock.t += 1.0
+    p.update(done)
+  p.close()
+  text = out.getvalue()
+  assert p.redraw and text.count("\r") == 3 and text.count("\n") == 1 and text.endswith("\n")
+  assert text.split("\r")[-1].startswith("probe: 10/10 folds (100.0%)")
+  assert "\x1b[K" in text  # a shorter line clears what a longer one left
+
+
+def test_a_terminal_line_closed_early_still_ends_with_a_newline():
+  clock, out = _Clock(), _Tty()
+  p = Progress("fit", 100, unit="steps", stream=out, enabled=True, clock=clock)
+  clock.t = 1.0
+  p.update(40)
+  assert not out.getvalue().endswith("\n")
+  p.close()
+  assert out.getvalue().endswith("\n") and out.getvalue().count("\n") == 1
+
+
+def test_a_redirected_stream_gets_a_line_per_update():
+  clock, out = _Clock(), io.StringIO()
+  p = Progress("probe", 10, unit="folds", every=0.0, stream=out, enabled=True, clock=clock)
+  for done in (2, 5, 10):
+    clock.t += 1.0
+    p.update(done)
+  assert not p.redraw and "\r" not in out.getvalue()
+  assert out.getvalue().splitlines() == p.lines and len(p.lines) == 3
+
+
+def test_maybe_is_quiet_unless_asked():
+  out = io.StringIO()
+  quiet = Progress.maybe(False, "nulls", 4, unit="draws", stream=out)
+  quiet.update(4)
+  assert out.getvalue() == "" and quiet.lines and "4/4 draws" in quiet.lines[-1]
+  loud = Progress.maybe(True, "nulls", 4, unit="draws", stream=out)
+  loud.update(4)
+  assert "nulls: 4/4 draws" in out.getvalue()
+
+
+def test_chunks_cover_the_range_once():
+  assert list(chunks(7, 3)) == [(0, 3), (3, 6), (6, 7)]
+  assert list(chunks(0, 3)) == []
+  with pytest.raises(ValueError):
+    list(chunks(5, 0))

@@ -35,6 +35,7 @@ from jaxsem.kernels import hierarchical
 from jaxsem.kernels import probe as probe_k
 from jaxsem.kernels import projection
 from jaxsem.kernels import stats
+from jaxsem.progress import Progress
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +58,10 @@ class NormWords:
 
 
 def norm_words(model, space, name: str, *, policy: str = "single", min_coverage: float = 0.5,
-               case_variants: bool = False, max_words: int | None = None) -> NormWords:
-  """Reads norm table ``name``, resolves its words, embeds the covered ones.
+               case_variants: bool = False, max_words: int | None = None,
+               progress: bool = False) -> NormWords:
+  """Reads norm table ``name``, resolves its words, embeds the covered ones (``progress``: print the
+  hidden space's progress lines).
 
   Raises:
     InputError: unknown table, or coverage below ``min_coverage`` (naming the table).
@@ -69,7 +72,7 @@ def norm_words(model, space, name: str, *, policy: str = "single", min_coverage:
   wt = lexicon.resolve_words(model.tokenizer, words, policy, case_variants=case_variants)
   lexicon.require_coverage(wt, min_coverage, f"{name} norms")
   used = np.asarray(wt.used)
-  vectors = spaces_lib.word_vectors(model, wt, space)
+  vectors = spaces_lib.word_vectors(model, wt, space, progress=progress)
   return NormWords(name=name, words=tuple(wt.used_words), vectors=vectors,
                    columns={c: np.asarray(v)[used] for c, v in columns.items()}, report=wt.report())
 
@@ -117,7 +120,7 @@ def _ci(dist) -> list[float]:
   return [float(v) for v in np.asarray(stats.percentile_ci(dist))]
 
 
-def _intervals(proj, y, draws, words, key) -> dict[str, Any]:
+def _intervals(proj, y, draws, words, key, step=lambda: None) -> dict[str, Any]:
   """Hierarchical and words-only intervals of one scale x column, and its leave-one-pole-word-out range.
 
   Args:
@@ -127,8 +130,11 @@ def _intervals(proj, y, draws, words, key) -> dict[str, Any]:
     draws: ``hierarchical.RatingDraws`` of this column (shared by every scale).
     words: ``([B] pearson, [B] spearman)`` words-only draws, used when ``proj`` is None.
     key: PRNG key of the pole-word draws.
+    step: called after each of the two bootstraps (for progress).
   """
   if proj is None:
+    step()
+    step()
     return {"pearson_ci": _ci(words[0]), "spearman_ci": _ci(words[1]), "pearson_ci_words": _ci(words[0]),
             "spearman_ci_words": _ci(words[1]), "leave_one_pole_out": None, "ci_resampling": "words"}
   k = proj.scores.shape[1]
@@ -137,18 +143,29 @@ def _intervals(proj, y, draws, words, key) -> dict[str, Any]:
   # The words-only draws on the kernel's own scores: the same word draws, ratings prepared once.
   fixed = jnp.broadcast_to(hierarchical.pole_mean_weights(n_pos, n_neg), (n_boot, k))
   wp, ws = hierarchical.distribution(proj, draws, fixed)
+  words_ci = _ci(wp), _ci(ws)
+  step()
   resampled = hierarchical.resample_pole_weights(key, n_pos, n_neg, n_boot)
   hp, hs = hierarchical.distribution(proj, draws, resampled)
-  return {"pearson_ci": _ci(hp), "spearman_ci": _ci(hs), "pearson_ci_words": _ci(wp),
-          "spearman_ci_words": _ci(ws), "leave_one_pole_out": hierarchical.leave_one_out_range(proj, y),
+  both_ci = _ci(hp), _ci(hs)
+  step()
+  return {"pearson_ci": both_ci[0], "spearman_ci": both_ci[1], "pearson_ci_words": words_ci[0],
+          "spearman_ci_words": words_ci[1], "leave_one_pole_out": hierarchical.leave_one_out_range(proj, y),
           # Poles of one word each cannot be resampled: the interval is then the words-only one.
           "ci_resampling": "words+pole_words" if max(n_pos, n_neg) > 1 else "words"}
+
+
+def _columns(nw: NormWords):
+  """``(index, column, finite mask, float32 ratings)`` of every column of a norm table, sorted by name."""
+  for ci_idx, (column, ratings) in enumerate(sorted(nw.columns.items())):
+    ok = np.isfinite(ratings)
+    yield ci_idx, column, ok, ratings[ok].astype(np.float32)
 
 
 def align(dirs: scale_directions.Directions, norms: Sequence[NormWords], *,
           key: jax.Array, n_boot: int = 1000, n_null: int = 1000,
           null_pairs: scale_directions.Directions | None = None, metric: str = "cosine",
-          probe_folds: int = 5) -> dict[str, Any]:
+          probe_folds: int = 5, progress: bool = False) -> dict[str, Any]:
   """Correlates every direction with every norm column.
 
   Args:
@@ -161,6 +178,8 @@ def align(dirs: scale_directions.Directions, norms: Sequence[NormWords], *,
     null_pairs: optional directions of random WordNet antonym pairs (second null).
     metric: "cosine" or "dot" projection.
     probe_folds: outer (and inner) folds of the probe's cross-validation.
+    progress: print progress lines (rate, ETA) of the nulls, the probe and the bootstrap;
+      the results do not depend on it.
 
   Returns:
     ``{"results": [...], "probe": {...}, "nulls": {...}, "settings": {...}}``. Each result
@@ -176,17 +195,51 @@ def align(dirs: scale_directions.Directions, norms: Sequence[NormWords], *,
   k_null, k_boot, k_probe = jax.random.split(key, 3)
   k_poles = jax.random.fold_in(key, 3)
   null_dirs = dir_k.random_directions(k_null, n_null, d)
-  results, probes, nulls = [], {}, {}
+  n_pairs = 0 if null_pairs is None else len(null_pairs.names)
+  n_columns = sum(len(nw.columns) for nw in norms)
+  null_r, pairs_r, probes, nulls = {}, {}, {}, {}
+
+  # 1. The nulls: every column against the random directions and the random WordNet pairs.
+  bar = Progress.maybe(progress, "align nulls", n_columns * (n_null + n_pairs), unit="directions")
+  bar.update(0)
   for nw in norms:
-    scores = np.asarray(projection.project(nw.vectors, dirs.vectors, metric))
     null_scores = np.asarray(projection.project(nw.vectors, null_dirs, metric))
     pair_scores = (np.asarray(projection.project(nw.vectors, null_pairs.vectors, metric))
                    if null_pairs is not None else None)
-    poles = _pole_projections(dirs, nw.vectors, metric)
+    for _, column, ok, y in _columns(nw):
+      null_r[nw.name, column] = np.asarray(stats.null_distribution(null_scores[ok], y))
+      bar.update(bar.done + n_null)
+      if pair_scores is not None:
+        pairs_r[nw.name, column] = np.asarray(stats.null_distribution(pair_scores[ok], y))
+        bar.update(bar.done + n_pairs)
+      for kind, r in (("wordnet_pairs", pairs_r.get((nw.name, column))), ("random", null_r[nw.name, column])):
+        if r is not None:
+          nulls[f"{nw.name}:{column}:{kind}"] = {"n": int(r.size), "p95": float(np.percentile(np.abs(r), 95)),
+                                                 "mean_abs_r": float(np.mean(np.abs(r)))}
+  bar.close()
+
+  # 2. The probe: a nested cross-validated ridge fit per column (progress per outer fold).
+  fits = probe_folds * (probe_folds + 1)
+  bar = Progress.maybe(progress, "align probe", n_columns * fits, unit="fits")
+  bar.update(0)
+  for nw in norms:
     x_all = np.asarray(nw.vectors)
-    for ci_idx, (column, ratings) in enumerate(sorted(nw.columns.items())):
-      ok = np.isfinite(ratings)
-      y = ratings[ok].astype(np.float32)
+    for ci_idx, column, ok, y in _columns(nw):
+      offset = bar.done
+      pr = probe_k.cv_probe_r(x_all[ok], y, jax.random.fold_in(k_probe, ci_idx), k=probe_folds,
+                              solver="closed", progress=lambda done, _, o=offset: bar.update(o + done))
+      probes[f"{nw.name}:{column}"] = {"r": float(pr.r), "r_per_fold": np.asarray(pr.r_per_fold).tolist(),
+                                        "best_l2": np.asarray(pr.best_l2).tolist(), "n": int(pr.n)}
+  bar.close()
+
+  # 3. The bootstrap intervals: words-only and hierarchical draws of every scale x column.
+  results = []
+  bar = Progress.maybe(progress, "align bootstrap", n_columns * len(dirs.names) * 2 * n_boot, unit="draws")
+  bar.update(0)
+  for nw in norms:
+    scores = np.asarray(projection.project(nw.vectors, dirs.vectors, metric))
+    poles = _pole_projections(dirs, nw.vectors, metric)
+    for ci_idx, column, ok, y in _columns(nw):
       x = scores[ok]
       kb = jax.random.fold_in(k_boot, ci_idx)
       pear = np.asarray(stats.pearson_columns(x, y))
@@ -200,29 +253,15 @@ def align(dirs: scale_directions.Directions, norms: Sequence[NormWords], *,
         wp = np.asarray(stats.bootstrap_distribution(x[:, need_words], y, idx, "pearson"))
         ws = np.asarray(stats.bootstrap_distribution(x[:, need_words], y, idx, "spearman"))
         words = {s: (wp[:, j], ws[:, j]) for j, s in enumerate(need_words)}
-      null_r = np.asarray(stats.null_distribution(null_scores[ok], y))
-      rand = stats.null_summary(pear, null_r)
-      pairs = None
-      if pair_scores is not None:
-        pairs_r = np.asarray(stats.null_distribution(pair_scores[ok], y))
-        pairs = stats.null_summary(pear, pairs_r)
-        nulls[f"{nw.name}:{column}:wordnet_pairs"] = {
-            "n": int(pairs_r.size), "p95": float(np.percentile(np.abs(pairs_r), 95)),
-            "mean_abs_r": float(np.mean(np.abs(pairs_r)))}
-      nulls[f"{nw.name}:{column}:random"] = {
-          "n": int(null_r.size), "p95": float(np.percentile(np.abs(null_r), 95)),
-          "mean_abs_r": float(np.mean(np.abs(null_r)))}
-      pr = probe_k.cv_probe_r(x_all[ok], y, jax.random.fold_in(k_probe, ci_idx), k=probe_folds,
-                              solver="closed")
-      probe_r = float(pr.r)
-      probes[f"{nw.name}:{column}"] = {"r": probe_r, "r_per_fold": np.asarray(pr.r_per_fold).tolist(),
-                                        "best_l2": np.asarray(pr.best_l2).tolist(), "n": int(pr.n)}
+      rand = stats.null_summary(pear, null_r[nw.name, column])
+      pairs = stats.null_summary(pear, pairs_r[nw.name, column]) if (nw.name, column) in pairs_r else None
+      probe_r = probes[f"{nw.name}:{column}"]["r"]
       for s, name in enumerate(dirs.names):
         proj = poles.get(name)
         if proj is not None:
           proj = proj._replace(scores=proj.scores[ok])
-        ci = _intervals(proj, y, draws, words.get(s),
-                        jax.random.fold_in(jax.random.fold_in(k_poles, ci_idx), s))
+        k_scale = jax.random.fold_in(jax.random.fold_in(k_poles, ci_idx), s)
+        ci = _intervals(proj, y, draws, words.get(s), k_scale, step=lambda: bar.update(bar.done + n_boot))
         tag = dirs.norms[s]
         results.append({
             "scale": name, "factor": dirs.factors[s], "scale_norm_tag": tag,
@@ -235,6 +274,7 @@ def align(dirs: scale_directions.Directions, norms: Sequence[NormWords], *,
             "probe_r": probe_r,
             "share_of_probe": float(abs(pear[s]) / probe_r) if probe_r > 0 else None,
         })
+  bar.close()
   settings = {
       "probe": {"folds": probe_folds, "inner_folds": probe_folds, "l2_grid": list(probe_k.DEFAULT_L2_GRID),
                 "solver": "closed", "standardised": True},

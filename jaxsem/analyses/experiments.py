@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxsem import experiment_config
 from jaxsem.analyses import align as align_lib
 from jaxsem.analyses import scale_directions
 from jaxsem.analyses import spaces as spaces_lib
@@ -22,6 +23,7 @@ from jaxsem.io import scales as scales_io
 
 
 @dataclasses.dataclass(frozen=True)
+@experiment_config.config_defaults("analysis")
 class Options:
   """What to measure and how (the analysis flags).
 
@@ -46,32 +48,32 @@ class Options:
     template: hidden-space template with one ``{word}`` slot.
   """
 
-  scales: str = "osgood28"
-  norms: tuple[str, ...] = ("warriner",)
-  space: str = "input_embedding"
-  layer: int | None = None
-  centre: bool = True
-  whiten: bool = False
-  policy: str = "single"
-  method: str = "pole_mean"
-  metric: str = "cosine"
-  min_coverage: float = 0.5
-  seed: int = 0
-  n_boot: int = 1000
-  n_null: int = 1000
-  n_null_pairs: int = 300
-  n_pair_sets: int = 200
-  n_tag_perms: int = 1000
-  template: str = spaces_lib.DEFAULT_TEMPLATE
+  scales: str
+  norms: tuple[str, ...]
+  space: str
+  layer: int | None
+  centre: bool
+  whiten: bool
+  policy: str
+  method: str
+  metric: str
+  min_coverage: float
+  seed: int
+  n_boot: int
+  n_null: int
+  n_null_pairs: int
+  n_pair_sets: int
+  n_tag_perms: int
+  template: str
 
   def provenance(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 
 
-def _space(model, opts: Options, whiten: bool | None = None):
+def _space(model, opts: Options, whiten: bool | None = None, progress: bool = False):
   return spaces_lib.make_space(model, opts.space, layer=opts.layer, centre=opts.centre,
                                whiten=opts.whiten if whiten is None else whiten,
-                               template=opts.template, seed=opts.seed)
+                               template=opts.template, seed=opts.seed, progress=progress)
 
 
 def _pairs(model, space, opts: Options, key):
@@ -103,25 +105,26 @@ def _take(dirs: scale_directions.Directions, n: int, key) -> scale_directions.Di
                              poles={n_: dirs.poles[n_] for n_ in names if n_ in dirs.poles})
 
 
-def _inputs(model, opts: Options, space):
+def _inputs(model, opts: Options, space, progress: bool = False):
   scale_set = scales_io.load_scales(opts.scales)
   missing = "drop" if len(scale_set) > 200 else "error"
   dirs = scale_directions.build(model, space, list(scale_set), policy=opts.policy, method=opts.method,
                                 missing=missing, what=scale_set.name)
-  norms = [align_lib.norm_words(model, space, n, policy=opts.policy, min_coverage=opts.min_coverage)
-           for n in opts.norms]
+  norms = [align_lib.norm_words(model, space, n, policy=opts.policy, min_coverage=opts.min_coverage,
+                                progress=progress) for n in opts.norms]
   return scale_set, dirs, norms
 
 
-def run_align(model, opts: Options) -> dict[str, Any]:
-  """Human alignment of every scale with every norm column (see ``analyses.align``)."""
+def run_align(model, opts: Options, progress: bool = True) -> dict[str, Any]:
+  """Human alignment of every scale with every norm column (see ``analyses.align``); ``progress``
+  prints the nulls', the probe's and the bootstrap's progress lines (on process 0)."""
   start = time.perf_counter()
   key = jax.random.key(opts.seed)
-  space = _space(model, opts)
-  scale_set, dirs, norms = _inputs(model, opts, space)
+  space = _space(model, opts, progress=progress)
+  scale_set, dirs, norms = _inputs(model, opts, space, progress)
   pairs = _pairs(model, space, opts, jax.random.fold_in(key, 1))
   out = align_lib.align(dirs, norms, key=jax.random.fold_in(key, 2), n_boot=opts.n_boot,
-                        n_null=opts.n_null, null_pairs=pairs, metric=opts.metric)
+                        n_null=opts.n_null, null_pairs=pairs, metric=opts.metric, progress=progress)
   out["directions"] = dirs.report()
   out["coverage"] = {nw.name: nw.report for nw in norms}
   out["space"] = space.provenance()
@@ -130,8 +133,10 @@ def run_align(model, opts: Options) -> dict[str, Any]:
   return out
 
 
-def run_structure(model, opts: Options, whitening_control: bool = True) -> dict[str, Any]:
-  """Structure of the scales in the chosen space and, as a control, whitened.
+def run_structure(model, opts: Options, whitening_control: bool = True,
+                  progress: bool = True) -> dict[str, Any]:
+  """Structure of the scales in the chosen space and, as a control, whitened (``progress``: print
+  the nulls' progress lines on process 0).
 
   Each run draws its pair null from the WordNet pairs covered in its own space (the
   control's ``pair_null``, ``epa_null`` and ``conclusion`` sit in ``control``).
@@ -142,8 +147,8 @@ def run_structure(model, opts: Options, whitening_control: bool = True) -> dict[
   runs = {}
   scale_set = None
   for whiten in variants:
-    space = _space(model, opts, whiten)
-    scale_set, dirs, norms = _inputs(model, opts, space)
+    space = _space(model, opts, whiten, progress)
+    scale_set, dirs, norms = _inputs(model, opts, space, progress)
     pool = _pair_pool(model, space, opts) if opts.n_pair_sets > 0 else None
     if pool is None:
       pairs = _pairs(model, space, opts, jax.random.fold_in(key, 1))
@@ -151,7 +156,8 @@ def run_structure(model, opts: Options, whitening_control: bool = True) -> dict[
       pairs = _take(pool, opts.n_null_pairs, jax.random.fold_in(key, 1)) if opts.n_null_pairs > 0 else None
     res = structure_lib.structure(dirs, norms[0], key=jax.random.fold_in(key, 3), pair_dirs=pairs,
                                   metric=opts.metric, pair_pool=pool, n_pair_sets=opts.n_pair_sets,
-                                  n_tag_perms=opts.n_tag_perms, seed=opts.seed, scale_set=scale_set.name)
+                                  n_tag_perms=opts.n_tag_perms, seed=opts.seed, scale_set=scale_set.name,
+                                  progress=progress, what="structure whitened" if whiten else "structure")
     res["directions"] = dirs.report()
     res["coverage"] = {nw.name: nw.report for nw in norms}
     res["space"] = space.provenance()

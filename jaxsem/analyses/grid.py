@@ -28,6 +28,9 @@ from jaxsem.models import interventions as iv_lib
 from jaxsem.models.kv_cache import PrefixCache, prefix_cache
 
 _prefix_cache_jit = jax.jit(prefix_cache, static_argnames=("config",))
+# Readout columns differentiated per compiled call of the Jacobian: a call (one forward pass,
+# then one backward pass per column) over a 256-word batch takes a few seconds on 2 CPU cores.
+_JACOBIAN_COLUMNS = 4
 
 
 @dataclasses.dataclass
@@ -41,6 +44,8 @@ class Grid:
       their pole log-odds).
     site: intervention site.
     batch_size: rows per call (rounded up to the mesh's data axis).
+    kernel_readout: the readout's part in the kernel (``Readout.kernel_readout``), its
+      arrays replicated over the model's mesh; set on construction.
   """
 
   model: object
@@ -49,6 +54,8 @@ class Grid:
   site: str
   batch_size: int = 256
   cache: PrefixCache = dataclasses.field(init=False, repr=False)
+  # The readout's arrays on the devices, as the kernel takes them.
+  kernel_readout: steering_k.KernelReadout = dataclasses.field(init=False, repr=False)
   # Rows taken from checkpoints by ``evaluate`` and rows computed, over this grid's life.
   rows_resumed: int = dataclasses.field(init=False, default=0)
   rows_computed: int = dataclasses.field(init=False, default=0)
@@ -72,9 +79,7 @@ class Grid:
     self._word_last = np.array([p[-1] for p in self.prompts.word_positions], np.int32)
     data = 1 if m.mesh is None else m.mesh.shape[dict(sharding.LOGICAL_AXIS_RULES)["batch"]]
     self.batch_size = -(-int(self.batch_size) // data) * data
-    self._static = (jnp.asarray(self.poles.rows), jnp.asarray(self.poles.positive),
-                    jnp.asarray(self.poles.negative),
-                    None if self.read_dirs is None else jnp.asarray(self.read_dirs, jnp.float32))
+    self.kernel_readout = self.readout.kernel_readout(m.mesh)
 
   @property
   def poles(self) -> readouts.PoleTokens:
@@ -131,7 +136,8 @@ class Grid:
     width = j + (0 if self.read_site is None else len(self.readout.names))
     ckpt = None
     if checkpoint_dir is not None and n:
-      ckpt = row_checkpoint.RowCheckpoint(checkpoint_dir, name, self.fingerprint(word_index, vectors), n, width, b)
+      key = self.fingerprint(word_index, vectors)
+      ckpt = row_checkpoint.RowCheckpoint(checkpoint_dir, name, key, n, width, b)
       self.rows_resumed += ckpt.committed_rows
       if ckpt.committed and hasattr(progress, "resume"):
         progress.resume(ckpt.committed_rows)
@@ -147,9 +153,8 @@ class Grid:
       if len(rows) < b:  # pad to the compiled batch with unsteered copies of word 0
         vec = np.concatenate([vec, np.zeros((b - len(rows), vec.shape[1]), np.float32)])
         rows = np.concatenate([rows, np.zeros(b - len(rows), np.int64)])
-      r, rep = steering_k.steered_readout(
-          m.params, m.config, self.cache, *self.batch_inputs(rows), self._put(vec), *self._static,
-          site=self.site, read_site=self.read_site, raw_logits=self.raw_logits)
+      r, rep = steering_k.steered_readout(m.params, m.config, self.cache, *self.batch_inputs(rows),
+                                          self._put(vec), self.kernel_readout, site=self.site)
       block = distributed.to_host(r)[:k]
       if rep is not None:
         block = np.concatenate([block, distributed.to_host(rep)[:k]], axis=1)
@@ -171,10 +176,10 @@ class Grid:
     """Digest of everything that determines ``evaluate``'s outputs for these rows."""
     p = self.model.provenance
     return row_checkpoint.digest(
-        "grid/1", p.get("sha256") or p.get("path"), p.get("dtype"), self.site, self.read_site, self.raw_logits,
-        self.batch_size, np.asarray(self.prompts.prefix), self._ids, self._mask, self._word, self.poles.rows,
-        self.poles.positive, self.poles.negative, np.zeros(0) if self.read_dirs is None else self.read_dirs,
-        word_index, vectors)
+        "grid/1", p.get("sha256") or p.get("path"), p.get("dtype"), self.site, self.read_site,
+        self.raw_logits, self.batch_size, np.asarray(self.prompts.prefix), self._ids, self._mask, self._word,
+        self.poles.rows, self.poles.positive, self.poles.negative,
+        np.zeros(0) if self.read_dirs is None else self.read_dirs, word_index, vectors)
 
 
 def grid_rows(n_words: int, directions: np.ndarray,
@@ -210,7 +215,7 @@ def check_finite(ratings: np.ndarray, strengths: Sequence[float], what: str = "-
 
 def jacobian(grid: Grid, word_index: Sequence[int] | np.ndarray, batch_size: int = 32,
              checkpoint_dir: str | os.PathLike | None = None, name: str = "jacobian",
-             columns: int | None = None) -> np.ndarray:
+             columns: int | None = None, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
   """``[N, J, D]``: d rating_j / d steering vector of each (unsteered) word's row.
 
   The rows are independent, so the gradient of the batch sum of rating ``j`` with
@@ -221,6 +226,8 @@ def jacobian(grid: Grid, word_index: Sequence[int] | np.ndarray, batch_size: int
   Args:
     columns: differentiate only the first ``columns`` pole log-odds (default: all), so
       readout columns the caller will not fit on cost no backward passes.
+    progress: ``progress(gradients_done, N * J)`` after each call (a few readout columns of a
+      batch of words); a ``Progress`` also learns the gradients taken from the checkpoint.
   """
   m = grid.model
   word_index = np.asarray(word_index, np.int64)
@@ -229,8 +236,7 @@ def jacobian(grid: Grid, word_index: Sequence[int] | np.ndarray, batch_size: int
   j = len(grid.poles.names) if columns is None else int(columns)
   if not 0 < j <= len(grid.poles.names):
     raise InputError(f"The Jacobian's columns must be 1..{len(grid.poles.names)}, got {j}.")
-  rows_, positive, negative = grid._static[:3]  # noqa: SLF001 - the grid's own kernel inputs
-  positive, negative = positive[:j], negative[:j]
+  readout = grid.kernel_readout.pole_columns(j)
   n = len(word_index)
   ckpt = None
   if checkpoint_dir is not None and n:
@@ -238,7 +244,14 @@ def jacobian(grid: Grid, word_index: Sequence[int] | np.ndarray, batch_size: int
                                 *(() if columns is None else ("columns", j)))
     ckpt = row_checkpoint.RowCheckpoint(checkpoint_dir, name, key, n, j * d, b)
     grid.rows_resumed += ckpt.committed_rows
-  out = []
+    if ckpt.committed and hasattr(progress, "resume"):
+      progress.resume(ckpt.committed_rows * j)
+  # A batch's backward passes run a few columns per call, so progress comes every few seconds;
+  # every call has the same shape (the last is padded with zero cotangents, dropped after it).
+  size = -(-j // -(-j // _JACOBIAN_COLUMNS))
+  eye = np.eye(j, dtype=np.float32)
+  cotangents = [np.pad(eye[c:c + size], ((0, max(0, c + size - j)), (0, 0))) for c in range(0, j, size)]
+  out, done = [], (ckpt.committed_rows if ckpt else 0) * j
   for start in range(0, n, b):
     stored = ckpt.get(start) if ckpt else None
     if stored is not None:
@@ -249,9 +262,16 @@ def jacobian(grid: Grid, word_index: Sequence[int] | np.ndarray, batch_size: int
     if k < b:
       rows = np.concatenate([rows, np.zeros(b - k, np.int64)])
     zeros = grid._put(np.zeros((b, d), np.float32))  # noqa: SLF001 - same placement as the rows
-    jac = _jacobian_batch(m.params, m.config, grid.cache, *grid.batch_inputs(rows), zeros, rows_, positive,
-                          negative, site=grid.site)
-    block = distributed.to_host(jac)[:k]
+    inputs = grid.batch_inputs(rows)
+    parts = []
+    for c, cot in zip(range(0, j, size), cotangents):
+      jac = _jacobian_batch(m.params, m.config, grid.cache, *inputs, zeros, readout, jnp.asarray(cot),
+                            site=grid.site)
+      parts.append(distributed.to_host(jac)[:k, :min(size, j - c)])
+      done += k * parts[-1].shape[1]
+      if progress is not None:
+        progress(done, n * j)
+    block = np.concatenate(parts, axis=1)
     if ckpt is not None:
       ckpt.commit(start, block.reshape(k, j * d))
     grid.rows_computed += k
@@ -260,16 +280,16 @@ def jacobian(grid: Grid, word_index: Sequence[int] | np.ndarray, batch_size: int
 
 
 @functools.partial(jax.jit, static_argnames=("config", "site"))
-def _jacobian_batch(params, config, cache, ids, mask, word, read, word_last, vectors, rows, positive,
-                    negative, *, site):
+def _jacobian_batch(params, config, cache, ids, mask, word, read, word_last, vectors, readout, cotangents, *,
+                    site):
   def total(v):
-    r, _ = steering_k.steered_readout(params, config, cache, ids, mask, word, read, word_last, v, rows,
-                                      positive, negative, None, site=site)
+    r, _ = steering_k.steered_readout(params, config, cache, ids, mask, word, read, word_last, v, readout,
+                                      site=site)
     return jnp.sum(r, axis=0)  # [J]; row b's rating depends on row b's vector only
 
-  # One forward pass, then the J backward passes one after another: on a CPU a loop of
-  # single-cotangent passes is ~2x faster than jacrev's vmapped [J, ...] cotangents.
+  # One forward pass, then a backward pass per cotangent (a row of the identity: one readout
+  # column), one after another: on a CPU a loop of single-cotangent passes is ~2x faster than
+  # jacrev's vmapped [J, ...] cotangents.
   out, pullback = jax.vjp(total, vectors)
-  eye = jnp.eye(out.shape[0], dtype=out.dtype)
-  jac = jax.lax.map(lambda e: pullback(e)[0], eye)  # [J, B, D]
-  return jnp.moveaxis(jac, 0, 1)  # [B, J, D]
+  jac = jax.lax.map(lambda e: pullback(e)[0], cotangents.astype(out.dtype))  # [C, B, D]
+  return jnp.moveaxis(jac, 0, 1)  # [B, C, D]

@@ -11,6 +11,10 @@ outputs become ratings ``[N, J]``. Factories build the three kinds:
   answer under the softmax over the answers' tokens.
 * ``representation_readout``: the word's state at a read site projected on unit directions.
 
+``Readout.kernel_readout`` hands the steered kernel its part (``kernels.steering.KernelReadout``):
+the arrays on the devices and the static choices. ``READOUT_FACTORIES`` names the readouts a
+steering run can be asked for (``--readout``): a new readout is one factory there.
+
 Pole log-odds (the default readout): the word sits in a completion template whose next
 token is a describing word, e.g. ``"... {word} is"``; the rating of the word on scale
 ``j`` is
@@ -35,11 +39,15 @@ import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxsem.analyses import scale_directions
 from jaxsem.analyses import spaces as spaces_lib
 from jaxsem.errors import InputError
+from jaxsem.kernels import steering as steering_k
 from jaxsem.kernels.steering import pole_logodds  # noqa: F401 - the readout's rating, re-exported
 
 # Unsteered pole log-odds of 400 random single-token Warriner words track their valence
@@ -49,7 +57,6 @@ DEFAULT_TEMPLATE = "Describe each thing in one word.\nThing: {word}\nDescription
 # A second completion template that plays no part in fitting steering vectors: the methods
 # are compared on it too. Fixed before any result was seen; not to be tuned.
 HELDOUT_TEMPLATE = "Here is a word and a word that describes it.\nWord: {word}\nDescribed as:"
-READOUTS = ("logodds", "representation")
 POLE_WORDS = ("direction", "disjoint")
 # The Warriner column each hypothesised factor is validated against (osgood28 has no
 # per-scale norm tags; the norms set tags its own).
@@ -252,10 +259,10 @@ def _rating_ratings(logits: np.ndarray, representation: np.ndarray | None) -> np
 class Readout:
   """How a steered model's judgement is read: what to prepare, and how outputs become ratings.
 
-  The steered kernel (``kernels.steering.steered_readout``) computes, at the prompt's last
-  position, the logits of ``poles.rows`` (as pole log-odds ``[N, J]``, or raw ``[N, R]``
-  with ``raw_logits``) and, with a ``read_site``, the word's state projected on
-  ``read_dirs`` ``[N, J]``; ``ratings`` turns those into the readout's ratings.
+  The steered kernel (``kernels.steering.steered_readout``) reads ``kernel_readout()``: at
+  the prompt's last position, the logits of ``poles.rows`` (as pole log-odds ``[N, J]``,
+  or raw ``[N, R]`` with ``raw_logits``) and, with a ``read_site``, the word's state
+  projected on ``read_dirs`` ``[N, J]``; ``ratings`` turns those into the readout's ratings.
 
   Attributes:
     kind: ``"logodds"``, ``"rating"`` or ``"representation"``.
@@ -287,6 +294,19 @@ class Readout:
   def ratings(self, outputs: tuple[np.ndarray, np.ndarray | None]) -> np.ndarray:
     """``Grid.evaluate``'s ``(first, representation)`` -> ratings ``[N, J]``."""
     return self.to_ratings(*outputs)
+
+  def kernel_readout(self, mesh: Mesh | None = None) -> steering_k.KernelReadout:
+    """The steered kernel's part of this readout, its arrays replicated over ``mesh`` (if any)."""
+
+    def put(x: np.ndarray, dtype) -> jax.Array:
+      x = np.asarray(x, dtype)
+      return jnp.asarray(x) if mesh is None else jax.device_put(x, NamedSharding(mesh, P()))
+
+    return steering_k.KernelReadout(
+        logit_rows=put(self.poles.rows, np.int32), positive=put(self.poles.positive, np.int32),
+        negative=put(self.poles.negative, np.int32),
+        read_dirs=None if self.read_dirs is None else put(self.read_dirs, np.float32),
+        read_site=self.read_site, raw_logits=self.raw_logits)
 
 
 def logodds_readout(tokenizer, scales: Sequence[Any], words: str = "direction") -> Readout:
@@ -357,6 +377,66 @@ def rating_readout(tokenizer, scale: Any, n: int = 7) -> Readout:
                      negative=np.zeros((1, 1), np.int32), report={})
   return Readout(kind="rating", names=(scale.name,), poles=poles, template=chat_template(tokenizer, question),
                  raw_logits=True, to_ratings=_rating_ratings, report={"question": question, "answers": n})
+
+
+# ----------------------------------------------------------------------------- readouts by name
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadoutRequest:
+  """What a steering run offers the readout it is asked for.
+
+  Attributes:
+    model: the ``jaxsem.Model``.
+    scales: the run's scales (``name``, ``positive``, ``negative``, ...), one column each.
+    site: the steering site.
+    units: ``[J, D]`` unit directions of the scales at ``site``.
+    read_layer: the layer a representation is read at, or None (at ``site``).
+  """
+
+  model: Any
+  scales: Sequence[Any]
+  site: str
+  units: np.ndarray
+  read_layer: int | str | None = None
+
+
+def _requested_logodds(request: ReadoutRequest) -> Readout:
+  return logodds_readout(request.model.tokenizer, request.scales, "direction")
+
+
+def _requested_representation(request: ReadoutRequest) -> Readout:
+  model = request.model
+  if request.read_layer is None:
+    read_site, read_dirs = request.site, request.units
+  else:
+    layer, read_site = spaces_lib.capture_site(model, request.read_layer)
+    space = spaces_lib.make_space(model, "hidden", layer=layer)
+    dirs = np.asarray(scale_directions.build(model, space, request.scales, policy="single").vectors)
+    read_dirs = dirs / np.linalg.norm(dirs, axis=-1, keepdims=True)
+  if read_site.startswith("resid_pre"):
+    raise InputError("--read_layer: read the representation at embed, a block output or -1 (final).")
+  return representation_readout(model.tokenizer, request.scales, read_site, read_dirs)
+
+
+# --readout name -> factory; a new readout is one function here (and one test).
+READOUT_FACTORIES: dict[str, Callable[[ReadoutRequest], Readout]] = {
+    "logodds": _requested_logodds,
+    "representation": _requested_representation,
+}
+READOUTS = tuple(READOUT_FACTORIES)  # the launcher's choices
+
+
+def requested_readout(name: str, request: ReadoutRequest) -> Readout:
+  """The readout called ``name`` in ``READOUT_FACTORIES``, built for ``request``.
+
+  Raises:
+    InputError: naming ``--readout`` and the known names when ``name`` is not one.
+  """
+  factory = READOUT_FACTORIES.get(name)
+  if factory is None:
+    raise InputError(f"--readout={name!r} is not known; use one of {', '.join(READOUT_FACTORIES)}.")
+  return factory(request)
 
 
 def validation_targets(scales: Sequence[Any]) -> dict[str, str]:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,6 +44,7 @@ import numpy as np
 from jaxsem.analyses.lexicon import WordTokens
 from jaxsem.errors import InputError
 from jaxsem.models.model import pad_batch
+from jaxsem.progress import Progress
 
 SPACES = ("input_embedding", "unembedding", "hidden")
 DEFAULT_TEMPLATE = "The word {word}"
@@ -289,7 +291,8 @@ def _read_positions(h: jax.Array, positions: jax.Array) -> jax.Array:
 
 
 def hidden_vectors(model, token_ids: Sequence[Sequence[int]], layer: int | str,
-                   template: str = DEFAULT_TEMPLATE, batch_size: int = 64) -> jax.Array:
+                   template: str = DEFAULT_TEMPLATE, batch_size: int = 64,
+                   progress: Callable[[int, int], None] | None = None) -> jax.Array:
   """Hidden states at the last token of each token sequence placed in ``template``.
 
   Args:
@@ -298,6 +301,7 @@ def hidden_vectors(model, token_ids: Sequence[Sequence[int]], layer: int | str,
     layer: block index, or -1 / "final" (see ``capture_site``).
     template: text with one ``{word}`` slot.
     batch_size: sequences per forward call (sorted by length, right-padded).
+    progress: ``progress(words_done, words_total)`` after each forward call.
 
   Returns:
     ``[len(token_ids), D]`` float32.
@@ -316,6 +320,8 @@ def hidden_vectors(model, token_ids: Sequence[Sequence[int]], layer: int | str,
     positions[:len(rows)] = last[rows]
     out = model.forward(ids, mask, capture=(site,), logits_at="none")
     chunks.append(np.asarray(_read_positions(out.captured[site], jnp.asarray(positions)))[:len(rows)])
+    if progress is not None:
+      progress(start + len(rows), len(order))
   d = model.config.d_model
   result = np.zeros((len(seqs), d), np.float32)
   if chunks:
@@ -339,7 +345,7 @@ def sample_tokens(model, n: int = DEFAULT_STATS_SAMPLE, seed: int = 0) -> np.nda
 def make_space(model, name: str = "input_embedding", *, layer: int | str | None = None,
                centre: bool = False, whiten: bool = False, template: str = DEFAULT_TEMPLATE,
                stats_sample: int = DEFAULT_STATS_SAMPLE, seed: int = 0, eps: float = DEFAULT_EPS,
-               batch_size: int = 64) -> Space:
+               batch_size: int = 64, progress: bool = False) -> Space:
   """A Space, with its centring/whitening statistics fitted when asked for.
 
   Args:
@@ -352,6 +358,7 @@ def make_space(model, name: str = "input_embedding", *, layer: int | str | None 
     stats_sample, seed: hidden only: size and seed of the token sample for the statistics.
     eps: relative eigenvalue floor of the whitening (see ``inverse_sqrt``).
     batch_size: hidden only: sequences per forward call.
+    progress: hidden only: print progress lines of the statistics sample's forward passes.
 
   Returns:
     Space, with ``transform`` set when centring or whitening.
@@ -376,7 +383,10 @@ def make_space(model, name: str = "input_embedding", *, layer: int | str | None 
   transform, n_stats = None, 0
   if stats:
     tokens = sample_tokens(model, stats_sample, seed)
-    vectors = hidden_vectors(model, [(int(t),) for t in tokens], layer_idx, template, batch_size)
+    bar = Progress.maybe(progress, f"hidden states {site} (statistics sample)", len(tokens), unit="words")
+    bar.update(0)
+    vectors = hidden_vectors(model, [(int(t),) for t in tokens], layer_idx, template, batch_size, bar)
+    bar.close()
     _check_finite(np.asarray(vectors), [f"<token {int(t)}>" for t in tokens], "hidden (statistics sample)")
     transform = fit_transform(vectors, centre, whiten, eps)
     n_stats = len(tokens)
@@ -396,7 +406,7 @@ def _check_finite(vectors: np.ndarray, words: Sequence[str], space: str) -> None
 
 def word_vectors(model, word_tokens: WordTokens, space: str | Space = "input_embedding",
                  layer: int | str | None = None, template: str | None = None,
-                 batch_size: int = 64) -> jax.Array:
+                 batch_size: int = 64, progress: bool = False) -> jax.Array:
   """Vectors of the used words of ``word_tokens`` in ``space``.
 
   Embedding spaces average each word's rows per the lexicon policy (``single``: the
@@ -412,6 +422,7 @@ def word_vectors(model, word_tokens: WordTokens, space: str | Space = "input_emb
     layer: with a space name only: block index or -1 / "final" for ``"hidden"``.
     template: with a space name only: the hidden template (default ``DEFAULT_TEMPLATE``).
     batch_size: hidden only: sequences per forward call.
+    progress: hidden only: print progress lines of the forward passes.
 
   Returns:
     ``[word_tokens.n_used, D]`` float32, rows in the order of ``word_tokens.used_words``.
@@ -431,7 +442,10 @@ def word_vectors(model, word_tokens: WordTokens, space: str | Space = "input_emb
   words = word_tokens.used_words
   if name == "hidden":
     ids = word_tokens.used_all_ids or word_tokens.used_token_ids
-    vectors = hidden_vectors(model, ids, layer, template, batch_size)
+    bar = Progress.maybe(progress, "hidden states", len(ids), unit="words")
+    bar.update(0)
+    vectors = hidden_vectors(model, ids, layer, template, batch_size, bar)
+    bar.close()
   else:
     if layer is not None:
       raise InputError(f"--layer={layer} only applies to --space=hidden, not --space={name}.")

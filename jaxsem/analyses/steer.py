@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsem import experiment_config
 from jaxsem.analyses import grid as grid_lib
 from jaxsem.analyses import lexicon
 from jaxsem.analyses import offtarget
@@ -63,6 +64,7 @@ METHODS = ("plain", "orthogonal", "fitted")
 
 
 @dataclasses.dataclass(frozen=True)
+@experiment_config.config_defaults("steer")
 class SteerOptions:
   """What to steer, where, how strongly, and how to read it.
 
@@ -100,32 +102,32 @@ class SteerOptions:
       model's chat format, read as the expected answer) on one scale per factor.
   """
 
-  scales: str = "osgood28"
-  steer: tuple[str, ...] = ()
-  words: tuple[str, ...] = ("warriner",)
-  n_words: int = 256
-  grid_words: int = 96
-  site: str = "embed"
-  layer: int | None = None
-  alphas: tuple[float, ...] = (-1.0, -0.5, 0.5, 1.0)
-  readout: str = "logodds"
-  read_layer: int | None = None
-  methods: tuple[str, ...] = METHODS
-  compare_alpha: float = 0.5
-  orth_basis: str = "others"
-  template: str = readouts.DEFAULT_TEMPLATE
-  heldout_template: str = readouts.HELDOUT_TEMPLATE
-  n_random: int = 64
-  fit_share: float = 0.75
-  fit_steps: int = 500
-  off_weight: float = 3.0
-  fit_ridge: float = 0.01
-  refine: int = 2
-  n_boot: int = 1000
-  n_perm: int = 1000
-  seed: int = 0
-  batch_size: int = 256
-  rating_check: bool = True
+  scales: str
+  steer: tuple[str, ...]
+  words: tuple[str, ...]
+  n_words: int
+  grid_words: int
+  site: str
+  layer: int | None
+  alphas: tuple[float, ...]
+  readout: str
+  read_layer: int | None
+  methods: tuple[str, ...]
+  compare_alpha: float
+  orth_basis: str
+  template: str
+  heldout_template: str
+  n_random: int
+  fit_share: float
+  fit_steps: int
+  off_weight: float
+  fit_ridge: float
+  refine: int
+  n_boot: int
+  n_perm: int
+  seed: int
+  batch_size: int
+  rating_check: bool
 
   def provenance(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -218,13 +220,14 @@ def _validation(base: np.ndarray, names: Sequence[str], targets: dict[str, str],
 
 
 def rating_validation(model, scales, ids, cols, targets: dict[str, str], batch_size: int = 64,
-                      max_scales: int = 3) -> dict[str, Any]:
+                      max_scales: int = 3, progress: bool = False) -> dict[str, Any]:
   """The rating-prompt readout on unsteered words: one scale per hypothesised factor.
 
   Each word is asked for a 1-7 rating in the model's chat format (``readouts.rating_readout``);
   the rating is the expected answer under the softmax over the answer tokens "1".."7".
   Reports its correlation with the scale's human norm and how often the most likely answer
-  is the same digit (a model that always answers "1" carries no signal).
+  is the same digit (a model that always answers "1" carries no signal). ``progress`` prints
+  progress lines (prompts read, rate, ETA).
   """
   chosen, seen = [], set()
   for s in scales:
@@ -233,6 +236,8 @@ def rating_validation(model, scales, ids, cols, targets: dict[str, str], batch_s
       chosen.append(s)
       seen.add(f)
   out = []
+  bar = Progress.maybe(progress, "steer rating check", len(chosen[:max_scales]) * len(ids), unit="prompts")
+  bar.update(0)
   for s in chosen[:max_scales]:
     try:
       readout = readouts.rating_readout(model.tokenizer, s)
@@ -240,7 +245,8 @@ def rating_validation(model, scales, ids, cols, targets: dict[str, str], batch_s
       return {"skipped": str(e)}
     prompts = readouts.build_prompts(model.tokenizer, readout.template, ids)
     g = grid_lib.Grid(model, prompts, readout, "embed", batch_size=batch_size)
-    raw = g.evaluate(np.arange(len(ids)), np.zeros((len(ids), model.config.d_model), np.float32))
+    raw = g.evaluate(np.arange(len(ids)), np.zeros((len(ids), model.config.d_model), np.float32),
+                     progress=lambda done, _, o=bar.done: bar.update(o + done))
     rating = readout.ratings(raw)[:, 0]
     y = cols[targets[s.name].split(":", 1)[1]]
     ok = np.isfinite(y)
@@ -250,22 +256,15 @@ def rating_validation(model, scales, ids, cols, targets: dict[str, str], batch_s
                 "question": readout.report["question"],
                 "most_likely_answer_counts": {str(k + 1): int(c) for k, c in enumerate(top)},
                 "mean_rating": float(rating.mean())})
+  bar.close()
   return {"scales": out}
 
 
 def _readout(model, opts: SteerOptions, scales, site: str, units: np.ndarray) -> readouts.Readout:
-  """The run's readout, from ``opts.readout`` (the one place that names the kinds)."""
-  if opts.readout == "logodds":
-    return readouts.logodds_readout(model.tokenizer, scales, "direction")
-  if opts.read_layer is None:
-    read_site, read_dirs = ("embed", units) if site == "embed" else (site, units)
-  else:
-    layer, read_site = spaces_lib.capture_site(model, opts.read_layer)
-    space = spaces_lib.make_space(model, "hidden", layer=layer)
-    read_dirs = _unit(np.asarray(scale_directions.build(model, space, scales, policy="single").vectors))
-  if read_site.startswith("resid_pre"):
-    raise InputError("--read_layer: read the representation at embed, a block output or -1 (final).")
-  return readouts.representation_readout(model.tokenizer, scales, read_site, read_dirs)
+  """The run's readout: ``opts.readout`` built by its factory in ``readouts.READOUT_FACTORIES``."""
+  request = readouts.ReadoutRequest(model=model, scales=scales, site=site, units=units,
+                                    read_layer=opts.read_layer)
+  return readouts.requested_readout(opts.readout, request)
 
 
 def direct_path(steer_units: np.ndarray, readout_dirs: np.ndarray, on_index) -> np.ndarray:
@@ -328,19 +327,21 @@ SHARED_NOTE = ("the scale file gives no readout words disjoint from the directio
                " shared with the direction words (each scale is read along its own direction)")
 
 
-def run_steer(model, opts: SteerOptions, checkpoint_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-  """Runs the steering grid, its controls and the methods comparison (see the module docstring).
+def check_options(opts: SteerOptions) -> scales_io.ScaleSet:
+  """Checks everything in ``opts`` that needs no model; returns the readout scale set.
 
-  With ``checkpoint_dir``, every finished batch of the grid, the baseline, the controls
-  and the methods' held-out evaluations is kept there, and a run of the same inputs
-  (after being killed, or again) takes them from disk instead of computing them.
+  Launchers call it before loading the model, ``run_steer`` again for library callers.
+
+  Raises:
+    InputError: an unknown method, readout, word table or scale; bad strengths; a
+      held-out template equal to the template.
   """
-  start = time.perf_counter()
   unknown = sorted(set(opts.methods) - set(METHODS))
   if unknown:
     raise InputError(f"--method={unknown[0]!r} is not known; use any of {', '.join(METHODS)}.")
-  if opts.readout not in readouts.READOUTS:
-    raise InputError(f"--readout={opts.readout!r} is not known; use one of {', '.join(readouts.READOUTS)}.")
+  if opts.readout not in readouts.READOUT_FACTORIES:
+    raise InputError(f"--readout={opts.readout!r} is not known; use one of"
+                     f" {', '.join(readouts.READOUT_FACTORIES)}.")
   alphas = np.asarray(opts.alphas, np.float64)
   if alphas.size == 0 or np.any(alphas == 0) or not np.all(np.isfinite(alphas)):
     raise InputError(f"--alphas={list(opts.alphas)}: give nonzero finite strengths (0 is the unsteered"
@@ -348,14 +349,50 @@ def run_steer(model, opts: SteerOptions, checkpoint_dir: str | os.PathLike | Non
   if opts.heldout_template and opts.heldout_template == opts.template:
     raise InputError("--heldout_template is the same as --template, so it is not held out; give another"
                      " template (or an empty one to skip it).")
-  site = site_name(opts.site, opts.layer, model.config.n_layers)
+  _check_words(opts.words)
+  if not opts.scales:
+    raise InputError(f"--scales is empty; give one of {', '.join(scales_io.SCALE_SETS)} or a JSON/TSV file.")
   scale_set = scales_io.load_scales(opts.scales)
+  names = [s.name for s in scale_set]
+  for name in opts.steer:
+    if name not in names:
+      raise InputError(f"--steer: {name!r} is not a scale of --scales={opts.scales}"
+                       f"{assets.did_you_mean(name, names)}; use one of its names.")
+  return scale_set
+
+
+def _check_words(words, least: int = 4) -> None:
+  """--words: one norm table name, or at least ``least`` words; a lone word near a norm
+  table's name is taken for its typo."""
+  words = list(words)
+  if len(words) == 1 and words[0] in assets.NORM_NAMES:
+    return
+  hint = assets.did_you_mean(words[0], assets.NORM_NAMES) if len(words) == 1 else ""
+  if hint:
+    raise InputError(f"--words={words[0]} is not a norm table{hint}; give one of "
+                     f"{', '.join(assets.NORM_NAMES)}, or at least {least} words.")
+  if len(words) < least:
+    raise InputError(f"--words={','.join(words)}: give a norm table ({', '.join(assets.NORM_NAMES)}) or at "
+                     f"least {least} comma-separated words.")
+
+
+def run_steer(model, opts: SteerOptions, checkpoint_dir: str | os.PathLike | None = None,
+              progress: bool = True) -> dict[str, Any]:
+  """Runs the steering grid, its controls and the methods comparison (see the module docstring).
+
+  ``progress`` prints every stage's progress lines (rate, ETA) on process 0.
+
+  With ``checkpoint_dir``, every finished batch of the grid, the baseline, the controls
+  and the methods' held-out evaluations is kept there, and a run of the same inputs
+  (after being killed, or again) takes them from disk instead of computing them.
+  """
+  start = time.perf_counter()
+  scale_set = check_options(opts)
+  alphas = np.asarray(opts.alphas, np.float64)
+  site = site_name(opts.site, opts.layer, model.config.n_layers)
   scales = list(scale_set)
   names = [s.name for s in scales]
   steer = list(opts.steer) or names
-  missing = [s for s in steer if s not in names]
-  if missing:
-    raise InputError(f"--steer: {missing[0]!r} is not a scale of {scale_set.name}; use one of its names.")
   steered_index = np.array([names.index(s) for s in steer])
   words, ids, cols = _words(model, opts)
   tok = model.tokenizer
@@ -368,7 +405,7 @@ def run_steer(model, opts: SteerOptions, checkpoint_dir: str | os.PathLike | Non
   # The disjoint readout words are read in the same pass as the shared ones (more logit rows only).
   _, left_out, _ = readouts.disjoint_scales(tok, scales)
   disjoint = None
-  if opts.readout == "logodds" and len(left_out) < len(scales):
+  if shared.kind == "logodds" and len(left_out) < len(scales):
     disjoint = readouts.logodds_readout(tok, scales, "disjoint")
   readout = shared if disjoint is None else readouts.concat(shared, disjoint)
   grid = grid_lib.Grid(model, prompts, readout, site, batch_size=opts.batch_size)
@@ -376,9 +413,10 @@ def run_steer(model, opts: SteerOptions, checkpoint_dir: str | os.PathLike | Non
   w, s, a, j = len(words), len(steer), len(alphas), len(names)
 
   def rate(word_index, vectors, what):  # (ratings [N, J], pole log-odds [N, J + J'])
-    progress = Progress(f"steer {what}", len(word_index), unit="prompts")
-    out = grid.evaluate(word_index, vectors, progress=progress, checkpoint_dir=checkpoint_dir, name=what)
-    progress.close()
+    bar = Progress.maybe(progress, f"steer {what}", len(word_index), unit="prompts")
+    bar.update(0)
+    out = grid.evaluate(word_index, vectors, progress=bar, checkpoint_dir=checkpoint_dir, name=what)
+    bar.close()
     return readout.ratings(out)[:, :j], out[0]
 
   base, base_lo = rate(np.arange(w), np.zeros((w, model.config.d_model)), "baseline")
@@ -401,7 +439,8 @@ def run_steer(model, opts: SteerOptions, checkpoint_dir: str | os.PathLike | Non
   targets = readouts.validation_targets(scales)
   result["readout_validation"] = _validation(base_lo[:, :j], names, targets, cols)
   if opts.rating_check:
-    result["rating_readout_validation"] = rating_validation(model, scales, ids, cols, targets)
+    result["rating_readout_validation"] = rating_validation(model, scales, ids, cols, targets,
+                                                            progress=progress)
   direct = None
   if shared.kind == "logodds":
     direct = direct_path(units[steered_index], readouts.unembedding_directions(model, shared.poles),
@@ -414,7 +453,7 @@ def run_steer(model, opts: SteerOptions, checkpoint_dir: str | os.PathLike | Non
   info: dict[str, Any] = {"scales": [] if disjoint is None else list(disjoint.names), "left_out": left_out,
                           "words": {} if disjoint is None else disjoint.poles.report}
   if disjoint is None:
-    info["note"] = (SHARED_NOTE if opts.readout == "logodds" else
+    info["note"] = (SHARED_NOTE if shared.kind == "logodds" else
                     "the disjoint readout words are a log-odds readout; this run reads the representation")
   else:
     info["validation"] = _validation(base_lo[:, j:], disjoint.names, targets, cols)
@@ -457,7 +496,7 @@ def run_steer(model, opts: SteerOptions, checkpoint_dir: str | os.PathLike | Non
       heldout = steering_methods.HeldOut(h_grid, h_cols, "disjoint" if dis_cols is not None else "shared")
     result["methods"] = steering_methods.compare(grid, opts, units, steered_index, unit, (base, base_lo), w,
                                                  checkpoint_dir=checkpoint_dir, n_shared=j, disjoint=dis_cols,
-                                                 heldout=heldout)
+                                                 heldout=heldout, progress=progress)
   result["resumed"] = {"checkpoint_dir": None if checkpoint_dir is None else str(checkpoint_dir),
                        "rows_from_checkpoint": sum(g.rows_resumed for g in grids),
                        "rows_computed": sum(g.rows_computed for g in grids)}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
+from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,10 +74,11 @@ def orthogonal_directions(directions: np.ndarray, steered_index: Sequence[int], 
   return _unit(out)
 
 
-def fit_vectors(jac: np.ndarray, plain: np.ndarray, steered_index: Sequence[int], *, steps: int = 500,
-                off_weight: float = 1.0, ridge: float = 0.05, learning_rate: float = 0.05,
+def fit_vectors(jac: np.ndarray, plain: np.ndarray, steered_index: Sequence[int], *, steps: int,
+                off_weight: float, ridge: float, learning_rate: float = 0.05,
                 offset: np.ndarray | None = None, target: np.ndarray | None = None,
-                init: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+                init: np.ndarray | None = None,
+                progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
   """Steering vectors that reach the plain vectors' on-target change with less off-target change.
 
   Args:
@@ -93,6 +95,7 @@ def fit_vectors(jac: np.ndarray, plain: np.ndarray, steered_index: Sequence[int]
       nonlinear remainder, for the chord refinement in ``fitted_vectors``).
     target: ``[S]`` on-target change to reach (default: the linear prediction of ``plain``).
     init: ``[S, D]`` starting vectors (default ``plain``).
+    progress: ``progress(steps_done, steps)`` after each step.
 
   Returns:
     ``([S, D] fitted vectors, fit report)``. Loss per scale (normalised by the target
@@ -132,8 +135,11 @@ def fit_vectors(jac: np.ndarray, plain: np.ndarray, steered_index: Sequence[int]
     return optax.apply_updates(z, updates), state, per
 
   _, first = loss_fn(z)
-  for _ in range(steps):
+  for i in range(steps):
     z, state, per = step(z, state)
+    if progress is not None:
+      jax.block_until_ready(z)  # report steps done, not steps dispatched
+      progress(i + 1, steps)
   _, last = loss_fn(z)
   v = np.asarray(z * scale, np.float64)
   return v, {"steps": steps, "optimizer": f"optax.adam({learning_rate})", "off_weight": off_weight,
@@ -154,14 +160,15 @@ def calibrate(vectors: np.ndarray, jac: np.ndarray, plain: np.ndarray, steered_i
 # ----------------------------------------------------------------------------- the run
 
 
-def fitted_vectors(jac: np.ndarray, plain: np.ndarray, steered_index, measure, opts):
+def fitted_vectors(jac: np.ndarray, plain: np.ndarray, steered_index, measure, opts, progress: bool = False):
   """``fit_vectors`` refined against the real model on the training words (a chord method).
 
   The linear model ``E = G . v`` is exact only for small vectors. After each fit the
   training words are run with the fitted vectors; the difference between the measured
   and the linearly predicted effects is kept as an offset and the fit is repeated with
   it (the Jacobian stays fixed), ``opts.refine`` times. The on-target target is the
-  plain vectors' measured on-target change.
+  plain vectors' measured on-target change. ``progress`` prints each fit's progress lines
+  (optax steps, rate, ETA).
 
   Returns:
     ``([S, D] vectors, report)``.
@@ -170,9 +177,11 @@ def fitted_vectors(jac: np.ndarray, plain: np.ndarray, steered_index, measure, o
   measured_plain = measure(plain)
   target = np.take_along_axis(measured_plain, idx[None, :, None], axis=2)[..., 0].mean(0)
   offset, v, history = None, plain, []
-  for _ in range(opts.refine + 1):
+  for r in range(opts.refine + 1):
+    bar = Progress.maybe(progress, f"steer fit {r + 1}/{opts.refine + 1}", opts.fit_steps, unit="steps")
     v, fit = fit_vectors(jac, plain, idx, steps=opts.fit_steps, off_weight=opts.off_weight,
-                         ridge=opts.fit_ridge, offset=offset, target=target, init=v)
+                         ridge=opts.fit_ridge, offset=offset, target=target, init=v, progress=bar)
+    bar.close()
     e = measure(v)
     on = np.take_along_axis(e, idx[None, :, None], axis=2)[..., 0].mean(0)
     off = float(np.abs(e)[:, np.arange(e.shape[2])[None, :] != idx[:, None]].mean())
@@ -217,16 +226,17 @@ class HeldOut:
   words: str
 
 
-def _evaluate(grid, words: np.ndarray, vectors: np.ndarray, what: str, checkpoint_dir):
-  progress = Progress(f"steer {what}", len(words), unit="prompts")
-  out = grid.evaluate(words, vectors, progress=progress, checkpoint_dir=checkpoint_dir, name=what)
-  progress.close()
+def _evaluate(grid, words: np.ndarray, vectors: np.ndarray, what: str, checkpoint_dir, progress: bool = True):
+  bar = Progress.maybe(progress, f"steer {what}", len(words), unit="prompts")
+  bar.update(0)
+  out = grid.evaluate(words, vectors, progress=bar, checkpoint_dir=checkpoint_dir, name=what)
+  bar.close()
   return out
 
 
 def compare(grid, opts, units: np.ndarray, steered_index, unit: float, base, w: int,
             checkpoint_dir=None, *, n_shared: int | None = None, disjoint: Columns | None = None,
-            heldout: HeldOut | None = None) -> dict[str, Any]:
+            heldout: HeldOut | None = None, progress: bool = True) -> dict[str, Any]:
   """Plain vs orthogonalised vs fitted steering on held-out words at equal on-target effect.
 
   The fitted vectors see only the first ``n_shared`` pole log-odds (the shared readout):
@@ -247,6 +257,7 @@ def compare(grid, opts, units: np.ndarray, steered_index, unit: float, base, w: 
     n_shared: the fitted-on pole log-odds columns (default: all).
     disjoint: columns of the pole log-odds compared as ``disjoint_readout``.
     heldout: the other template, compared as ``heldout_readout``.
+    progress: print every stage's progress lines (the Jacobian, the fit, the evaluations).
 
   Returns:
     ``steering_compare.compare_methods``'s output on the run's readout plus the fit's report, and
@@ -262,7 +273,11 @@ def compare(grid, opts, units: np.ndarray, steered_index, unit: float, base, w: 
     raise InputError(f"--fit_share={opts.fit_share} leaves {len(test)} held-out words; use more words.")
   plain = units[steered_index] * unit * opts.compare_alpha  # [S, D]
   t0 = time.perf_counter()
-  jac = grid_lib.jacobian(grid, train, checkpoint_dir=checkpoint_dir, columns=n_shared)  # [Wtr, J, D]
+  bar = Progress.maybe(progress, "steer jacobian", len(train) * n_shared, unit="gradients")
+  bar.update(0)
+  jac = grid_lib.jacobian(grid, train, checkpoint_dir=checkpoint_dir, columns=n_shared,
+                          progress=bar)  # [Wtr, J, D]
+  bar.close()
   vectors = {"plain": plain}
   report: dict[str, Any] = {"train_words": len(train), "test_words": len(test),
                             "strength": opts.compare_alpha, "fitted_on": f"the first {n_shared} pole log-odds"
@@ -277,29 +292,29 @@ def compare(grid, opts, units: np.ndarray, steered_index, unit: float, base, w: 
   calls = itertools.count()
 
   def measure(words, v):  # real (nonlinear) effects [len(words), S, J] of vectors v [S, D]
-    r, _ = grid.evaluate(np.repeat(words, s), np.tile(v, (len(words), 1)), checkpoint_dir=checkpoint_dir,
-                         name=f"fit_measure_{next(calls)}")
+    r, _ = _evaluate(grid, np.repeat(words, s), np.tile(v, (len(words), 1)), f"fit_measure_{next(calls)}",
+                     checkpoint_dir, progress)
     return r.reshape(len(words), s, -1)[..., :n_shared] - base_logodds[words][:, None, :n_shared]
 
   if "fitted" in opts.methods:
     vectors["fitted"], report["fit"] = fitted_vectors(jac, plain, steered_index, lambda v: measure(train, v),
-                                                      opts)
+                                                      opts, progress=progress)
   effects, effects_disjoint, effects_heldout = {}, {}, {}
   wi = np.repeat(test, s)
   if heldout is not None:
     h_base = heldout.grid.readout.ratings(_evaluate(heldout.grid, test, np.zeros((len(test), plain.shape[1]),
                                                                                    np.float32),
-                                                    "heldout_baseline", checkpoint_dir))
+                                                    "heldout_baseline", checkpoint_dir, progress))
   for name, v in vectors.items():
     vec = np.tile(v, (len(test), 1))
-    out = _evaluate(grid, wi, vec, f"method_{name}", checkpoint_dir)
+    out = _evaluate(grid, wi, vec, f"method_{name}", checkpoint_dir, progress)
     ratings = grid.readout.ratings(out)[:, :base.shape[1]]  # the run's readout; disjoint columns below
     effects[name] = ratings.reshape(len(test), s, -1) - base[test][:, None, :]
     if disjoint is not None:
       e = out[0].reshape(len(test), s, -1) - base_logodds[test][:, None, :]
       effects_disjoint[name] = disjoint.view(e)
     if heldout is not None:
-      out = _evaluate(heldout.grid, wi, vec, f"heldout_method_{name}", checkpoint_dir)
+      out = _evaluate(heldout.grid, wi, vec, f"heldout_method_{name}", checkpoint_dir, progress)
       r = heldout.grid.readout.ratings(out)
       effects_heldout[name] = heldout.columns.view(r.reshape(len(test), s, -1) - h_base[:, None, :])
     report.setdefault("vector_norms", {})[name] = np.linalg.norm(v, axis=1).tolist()

@@ -28,6 +28,7 @@ from jaxsem.analyses import structure_nulls
 from jaxsem.kernels import directions as dir_k
 from jaxsem.kernels import projection
 from jaxsem.kernels import subspace
+from jaxsem.progress import Progress
 
 
 def _offdiag_abs_mean(m: np.ndarray) -> float:
@@ -74,7 +75,8 @@ def epa_congruence(varimax_loadings: np.ndarray, factors) -> dict[str, Any] | No
 def structure(dirs, norm_words, *, key: jax.Array, pair_dirs=None, metric: str = "cosine",
               k: int = 3, human_columns=("valence", "arousal", "dominance"), pair_pool=None,
               n_pair_sets: int = 200, n_tag_perms: int = 1000, seed: int = 0,
-              scale_set: str = "the scale set") -> dict[str, Any]:
+              scale_set: str = "the scale set", progress: bool = False,
+              what: str = "structure") -> dict[str, Any]:
   """Runs the structure analysis (see module docstring).
 
   Args:
@@ -94,6 +96,9 @@ def structure(dirs, norm_words, *, key: jax.Array, pair_dirs=None, metric: str =
     n_tag_perms: tag permutations in ``epa_null`` (0 = no E/P/A null).
     seed: seed of the pair sets and tag permutations.
     scale_set: name of the scale set, for the conclusion.
+    progress: print progress lines (rate, ETA) of the pair null and the E/P/A null;
+      the results do not depend on it.
+    what: the start of those lines.
 
   Returns:
     JSON-friendly dict with ``cosine``, ``correlation``, ``pca``, ``random_pca``,
@@ -103,6 +108,11 @@ def structure(dirs, norm_words, *, key: jax.Array, pair_dirs=None, metric: str =
     ``settings`` (see ``structure_nulls.settings``).
   """
   s = len(dirs.names)
+  # Announced before the PCA baselines so that the stage is never silent for long.
+  pair_bar = (Progress.maybe(progress, f"{what} pair null", n_pair_sets, unit="sets")
+              if pair_pool is not None and n_pair_sets > 0 else None)
+  if pair_bar is not None:
+    pair_bar.update(0)
   k_dirs, k_rand = jax.random.split(key)
   cos = np.asarray(dir_k.direction_cosines(dirs.vectors))
   rand_dirs = dir_k.random_directions(k_dirs, s, int(dirs.vectors.shape[1]))
@@ -141,10 +151,17 @@ def structure(dirs, norm_words, *, key: jax.Array, pair_dirs=None, metric: str =
   if pair_pool is not None and n_pair_sets > 0:
     pool, excluded = structure_nulls.exclude_scale_pairs(pair_pool, dirs)
     pool_scores = np.asarray(projection.project(norm_words.vectors, pool.vectors, metric))
-    pair = structure_nulls.pair_null(pool_scores, pca["cumulative"], s, n_sets=n_pair_sets, seed=seed, k=k)
+    pair = structure_nulls.pair_null(pool_scores, pca["cumulative"], s, n_sets=n_pair_sets, seed=seed, k=k,
+                                     progress=pair_bar)
     pair.update(pool="wordnet", excluded_scale_pairs=excluded)
-  epa = (structure_nulls.epa_null(np.asarray(pca["varimax_loadings"]), dirs.factors, n_perms=n_tag_perms,
-                                  seed=seed) if n_tag_perms > 0 else None)
+    pair_bar.close()
+  epa = None
+  if n_tag_perms > 0:
+    bar = Progress.maybe(progress, f"{what} E/P/A null", n_tag_perms, unit="permutations")
+    epa = structure_nulls.epa_null(np.asarray(pca["varimax_loadings"]), dirs.factors, n_perms=n_tag_perms,
+                                   seed=seed, progress=bar)
+    if epa is not None:  # None: too few tags, nothing was drawn
+      bar.close()
   return {
       "scales": list(dirs.names),
       "factors": list(dirs.factors),

@@ -31,12 +31,15 @@ import numpy as np
 
 from jaxsem.errors import InputError
 from jaxsem.kernels import subspace
+from jaxsem.progress import Callback
+from jaxsem.progress import chunks
 
 FACTORS = ("E", "P", "A")
 # The varimax of every structure result; recorded in ``settings`` (Kaiser normalisation:
 # rows scaled to unit communality before the rotation and scaled back after it).
 VARIMAX = {"gamma": 1.0, "max_iter": 500, "tol": 1e-6, "normalize": True}
 SPECIFIC_P = 0.05  # a null p below this reads "specific" in the conclusion
+PERM_CHUNK = 200  # tag permutations scored per progress report
 
 
 def hypothesis_matrix(factors) -> np.ndarray:
@@ -79,7 +82,7 @@ def exclude_scale_pairs(pool, dirs) -> tuple[Any, list[str]]:
 
 
 def pair_null_cumulative(pool_scores: np.ndarray, n_pairs: int, n_sets: int, seed: int,
-                         k: int = 3) -> tuple[np.ndarray, np.ndarray]:
+                         k: int = 3, progress: Callback | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Standardised-PCA cumulative variance of random column sets of the pool.
 
   Each set takes ``n_pairs`` distinct columns; its explained-variance ratios are the
@@ -92,6 +95,7 @@ def pair_null_cumulative(pool_scores: np.ndarray, n_pairs: int, n_sets: int, see
     n_sets: random sets.
     seed: seed of the numpy generator that draws the sets.
     k: leading components kept.
+    progress: ``progress(sets_done, n_sets)`` after each set.
 
   Returns:
     ``(sets [n_sets, n_pairs] column indices, cumulative [n_sets, k])``.
@@ -114,6 +118,8 @@ def pair_null_cumulative(pool_scores: np.ndarray, n_pairs: int, n_sets: int, see
     zs = z[:, idx].astype(np.float64)
     eig = np.linalg.eigvalsh(zs.T @ zs / (n - 1))[::-1]
     cumulative[i] = np.cumsum(eig)[:k] / eig.sum()
+    if progress is not None:
+      progress(i + 1, n_sets)
   return sets, cumulative
 
 
@@ -124,7 +130,8 @@ def _p_value(null: np.ndarray, observed: float) -> tuple[float, bool]:
 
 
 def pair_null(pool_scores: np.ndarray, observed_cumulative: Sequence[float], n_pairs: int, *,
-              n_sets: int = 200, seed: int = 0, k: int = 3) -> dict[str, Any]:
+              n_sets: int = 200, seed: int = 0, k: int = 3,
+              progress: Callback | None = None) -> dict[str, Any]:
   """Where the scales' ``k``-component cumulative variance falls among random pair sets.
 
   Args:
@@ -134,6 +141,7 @@ def pair_null(pool_scores: np.ndarray, observed_cumulative: Sequence[float], n_p
     n_sets: random sets.
     seed: generator seed of the sets.
     k: components summarised (3 for E/P/A).
+    progress: ``progress(sets_done, n_sets)`` after each set.
 
   Returns:
     ``{"n_sets", "n_pairs_per_set", "pool_size" (non-constant pool columns),
@@ -143,7 +151,7 @@ def pair_null(pool_scores: np.ndarray, observed_cumulative: Sequence[float], n_p
     observed}) / (1 + n_sets)), "p_at_floor", "seed"}``.
   """
   k = min(k, n_pairs)
-  _, cum = pair_null_cumulative(pool_scores, n_pairs, n_sets, seed, k)
+  _, cum = pair_null_cumulative(pool_scores, n_pairs, n_sets, seed, k, progress)
   obs = float(observed_cumulative[k - 1])
   null = cum[:, k - 1]
   p, floor = _p_value(null, obs)
@@ -192,7 +200,7 @@ def matched_congruence(loadings: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def epa_null(varimax_loadings: np.ndarray, factors, *, n_perms: int = 1000,
-             seed: int = 0) -> dict[str, Any] | None:
+             seed: int = 0, progress: Callback | None = None) -> dict[str, Any] | None:
   """The E/P/A match against tags shuffled over the scales and a uniform general factor.
 
   Args:
@@ -200,6 +208,8 @@ def epa_null(varimax_loadings: np.ndarray, factors, *, n_perms: int = 1000,
     factors: ``[S]`` tag per scale ("E"/"P"/"A" or None).
     n_perms: tag permutations in the null (the loadings stay fixed).
     seed: generator seed of the permutations.
+    progress: ``progress(permutations_done, n_perms)`` after each chunk of ``PERM_CHUNK``
+      permutations (the null does not depend on the chunks).
 
   Returns:
     None where fewer than two tags or factors exist (as ``epa_congruence``); else
@@ -215,7 +225,11 @@ def epa_null(varimax_loadings: np.ndarray, factors, *, n_perms: int = 1000,
   observed = float(matched_congruence(lo, target[None])[0])
   rng = np.random.default_rng(seed)
   perms = np.stack([rng.permutation(target.shape[0]) for _ in range(n_perms)])
-  null = matched_congruence(lo, target[perms])
+  null = np.empty(n_perms)
+  for start, stop in chunks(n_perms, PERM_CHUNK):
+    null[start:stop] = matched_congruence(lo, target[perms[start:stop]])
+    if progress is not None:
+      progress(stop, n_perms)
   p, floor = _p_value(null, observed)
   uniform = np.asarray(subspace.tucker_congruence_matrix(np.ones((target.shape[0], 1)), target))[0]
   return {

@@ -29,6 +29,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxsem import experiment_config
 from jaxsem.analyses import align as align_lib
 from jaxsem.analyses import row_checkpoint
 from jaxsem.analyses import scale_directions
@@ -49,6 +50,7 @@ ZARR_NAME = "projections.zarr"
 
 
 @dataclasses.dataclass(frozen=True)
+@experiment_config.config_defaults("sweep")
 class SweepOptions:
   """What the sweep projects and compares.
 
@@ -74,22 +76,22 @@ class SweepOptions:
       (one made from the same inputs is resumed, or reused when complete).
   """
 
-  scales: str = "wordnet"
-  space: str = "input_embedding"
-  centre: bool = True
-  whiten: bool = False
-  policy: str = "mean"
-  method: str = "pole_mean"
-  metric: str = "cosine"
-  standardize: bool = True
-  chunk_rows: int = 8192
-  baselines: tuple[str, ...] = BASELINES
-  norms: tuple[str, ...] = ("warriner",)
-  min_coverage: float = 0.2
-  seed: int = 0
-  write_zarr: bool = True
-  whitening_control: bool = True
-  overwrite: bool = False
+  scales: str
+  space: str
+  centre: bool
+  whiten: bool
+  policy: str
+  method: str
+  metric: str
+  standardize: bool
+  chunk_rows: int
+  baselines: tuple[str, ...]
+  norms: tuple[str, ...]
+  min_coverage: float
+  seed: int
+  write_zarr: bool
+  whitening_control: bool
+  overwrite: bool
 
   def provenance(self) -> dict[str, Any]:
     return dataclasses.asdict(self)

@@ -37,6 +37,7 @@ words), so it is a conservative ceiling, never an inflated one.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -299,20 +300,34 @@ def _masked_pearson(a: Array, b: Array, mask: Array) -> Array:
   return jnp.sum(ac * bc) / jnp.sqrt(jnp.sum(ac * ac) * jnp.sum(bc * bc))
 
 
-@functools.partial(jax.jit, static_argnames=("k", "inner_k") + _SOLVER_ARGS)
-def _cv_core(X, y, key, grid, k, inner_k, solver, steps, lr, tol):
-  X = jnp.asarray(X, jnp.float32)
-  y = jnp.asarray(y, jnp.float32)
-  n = X.shape[0]
+@functools.partial(jax.jit, static_argnames=("n", "k", "inner_k"))
+def _cv_masks(key, n, k, inner_k):
+  """``(outer [N], inner [k, N], masks [k * (inner_k + 1), N])``: the folds, and the training
+  words of every fit (the inner fits of outer fold 0, ..., then the ``k`` outer fits)."""
   outer, inner = nested_kfold_indices(key, n, k, inner_k)  # [N], [k, N]
   train = outer[None, :] != jnp.arange(k)[:, None]  # [k, N]
   folds = jnp.arange(inner_k)[None, :, None]
   inner_train = train[:, None, :] & (inner[:, None, :] != folds)  # [k, inner_k, N]
-  inner_val = inner[:, None, :] == folds
   masks = jnp.concatenate([inner_train.reshape(k * inner_k, n), train], axis=0).astype(jnp.float32)
+  return outer, inner, masks
 
-  fit = functools.partial(_fit_path, X, y, grid=grid, solver=solver, steps=steps, lr=lr, tol=tol)
-  W, b = jax.lax.map(lambda m: fit(mask=m), masks)  # [F, L, D], [F, L]
+
+@functools.partial(jax.jit, static_argnames=_SOLVER_ARGS)
+def _cv_fits(X, y, masks, grid, solver, steps, lr, tol):
+  """``(W [F, L, D], b [F, L])``: the ridge path of every mask, one fit after another."""
+  fit = functools.partial(_fit_path, jnp.asarray(X, jnp.float32), jnp.asarray(y, jnp.float32), grid=grid,
+                          solver=solver, steps=steps, lr=lr, tol=tol)
+  return jax.lax.map(lambda m: fit(mask=m), masks)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "inner_k"))
+def _cv_score(X, y, outer, inner, W, b, grid, k, inner_k):
+  """Chooses each outer fold's l2 on its inner folds and scores the pooled out-of-fold predictions."""
+  X = jnp.asarray(X, jnp.float32)
+  y = jnp.asarray(y, jnp.float32)
+  n = X.shape[0]
+  train = outer[None, :] != jnp.arange(k)[:, None]  # [k, N]
+  inner_val = inner[:, None, :] == jnp.arange(inner_k)[None, :, None]  # [k, inner_k, N]
   preds = jnp.einsum("nd,fld->fln", X, W, precision=_HIGHEST) + b[..., None]  # [F, L, N]
   inner_preds = preds[:k * inner_k].reshape(k, inner_k, -1, n)  # [k, inner_k, L, N]
   sq_err = jnp.sum(inner_val[:, :, None, :] * jnp.square(inner_preds - y), axis=(1, 3))  # [k, L]
@@ -325,9 +340,26 @@ def _cv_core(X, y, key, grid, k, inner_k, solver, steps, lr, tol):
   return r, r_per_fold, grid[best], oof
 
 
+def _cv_core(X, y, key, grid, k, inner_k, solver, steps, lr, tol, progress=None):
+  """The nested CV: ``k * (inner_k + 1)`` fits, run ``inner_k + 1`` per compiled call (one call's
+  worth between two ``progress(fits_done, fits_total)`` reports), then the scoring."""
+  outer, inner, masks = _cv_masks(key, int(np.shape(y)[0]), k, inner_k)
+  total, size = masks.shape[0], inner_k + 1
+  W, b = [], []
+  for start in range(0, total, size):
+    w_, b_ = _cv_fits(X, y, masks[start:start + size], grid, solver, steps, lr, tol)
+    W.append(w_)
+    b.append(b_)
+    if progress is not None:
+      jax.block_until_ready(w_)  # report fits done, not fits dispatched
+      progress(min(start + size, total), total)
+  return _cv_score(X, y, outer, inner, jnp.concatenate(W), jnp.concatenate(b), grid, k, inner_k)
+
+
 def cv_probe_r(X: Array, y: Array, key: Array, k: int = 5, l2_grid=DEFAULT_L2_GRID,
                inner_k: int | None = None, solver: str = "optax", steps: int = 500,
-               lr: float | None = None, tol: float = 1e-6) -> ProbeResult:
+               lr: float | None = None, tol: float = 1e-6,
+               progress: Callable[[int, int], None] | None = None) -> ProbeResult:
   """Nested cross-validated ridge probe: how well ``X`` predicts ``y`` on held-out words.
 
   See the module docstring for the scheme (``l2`` chosen on training words only; ``r``
@@ -346,6 +378,8 @@ def cv_probe_r(X: Array, y: Array, key: Array, k: int = 5, l2_grid=DEFAULT_L2_GR
     steps: iteration cap for the optax solver.
     lr: ``None`` for L-BFGS; a float for Adam (see ``fit_ridge_optax``).
     tol: gradient-norm tolerance of L-BFGS.
+    progress: ``progress(fits_done, fits_total)`` after each outer fold's ``inner_k + 1``
+      fits (``k * (inner_k + 1)`` in all); the result does not depend on it.
 
   Returns:
     A ``ProbeResult``.
@@ -370,5 +404,5 @@ def cv_probe_r(X: Array, y: Array, key: Array, k: int = 5, l2_grid=DEFAULT_L2_GR
     raise InputError(f"The ratings are constant over all {n} words, so a probe has nothing to predict.")
   grid = jnp.asarray(np.sort(np.asarray(l2_grid, np.float32).reshape(-1)))
   r, r_per_fold, best_l2, oof = _cv_core(X, y, key, grid, k, inner_k, solver, int(steps),
-                                         None if lr is None else float(lr), float(tol))
+                                         None if lr is None else float(lr), float(tol), progress)
   return ProbeResult(r=r, r_per_fold=r_per_fold, best_l2=best_l2, n=n, predictions=oof)

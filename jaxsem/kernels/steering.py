@@ -5,10 +5,16 @@ cached prefix) with its own steering vector added at the word's positions at one
 A grid of words x directions x strengths is flattened into such rows, so the whole
 grid is a few calls of one compiled program, its batch sharded over the mesh's data
 axis. Only the logits of the readout's pole tokens are computed, at the last position.
+
+What is read is one ``KernelReadout``: its arrays (the tokens whose logits are computed,
+the pole indices, the read directions) are the program's inputs, its choices (the read
+site, raw logits or pole log-odds) part of the compiled program, and its ``read`` turns
+the forward pass's outputs into the kernel's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -41,13 +47,68 @@ def pole_logodds(logits: jax.Array, positive: jax.Array, negative: jax.Array) ->
   return _pole_lse(logits, positive) - _pole_lse(logits, negative)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "site", "read_site", "raw_logits"))
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class KernelReadout:
+  """What the steered pass reads, as a pytree: device arrays as leaves, the choices static.
+
+  Attributes:
+    logit_rows: ``[R]`` token ids whose next-token logits are computed.
+    positive: ``[J, K]`` int indices into ``logit_rows`` of each column's positive pole (-1 = none).
+    negative: ``[J, K]`` same for the negative pole.
+    read_dirs: ``[J', D]`` unit directions the representation is projected on, or None.
+    read_site: capture site of the representation (static), or None to read none.
+    raw_logits: return the ``[B, R]`` logits of ``logit_rows`` instead of the pole
+      log-odds (static), for readouts that are not pole log-odds (e.g. expected ratings).
+  """
+
+  logit_rows: jax.Array
+  positive: jax.Array
+  negative: jax.Array
+  read_dirs: jax.Array | None = None
+  read_site: str | None = dataclasses.field(default=None, metadata=dict(static=True))
+  raw_logits: bool = dataclasses.field(default=False, metadata=dict(static=True))
+
+  @property
+  def capture(self) -> tuple[str, ...]:
+    """The sites whose states the forward pass must return."""
+    return () if self.read_site is None else (self.read_site,)
+
+  def read(self, logits: jax.Array, captured: dict[str, jax.Array],
+           word_last: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+    """The forward pass's outputs -> the kernel's outputs.
+
+    Args:
+      logits: ``[B, R]`` next-token logits of ``logit_rows`` at the read position.
+      captured: site -> ``[B, T, D]`` states (``capture``'s sites).
+      word_last: ``[B]`` suffix position of the word's last token.
+
+    Returns:
+      ``(logodds [B, J] or logits [B, R] float32, representation [B, J'] or None)``; the
+      representation is the word's last-token state at ``read_site`` on ``read_dirs``.
+    """
+    if self.raw_logits:
+      first = logits.astype(jnp.float32)
+    else:
+      first = pole_logodds(logits, self.positive, self.negative)
+    if self.read_site is None:
+      return first, None
+    if self.read_dirs is None:
+      raise ValueError(f"A readout at {self.read_site!r} needs its read directions.")
+    h = jnp.take_along_axis(captured[self.read_site], word_last[:, None, None], axis=1)[:, 0]
+    return first, jnp.einsum("bd,jd->bj", h.astype(jnp.float32), self.read_dirs, precision=_HI)
+
+  def pole_columns(self, n: int) -> KernelReadout:
+    """The first ``n`` pole log-odds alone (no raw logits, no representation), e.g. to differentiate."""
+    return KernelReadout(logit_rows=self.logit_rows, positive=self.positive[:n], negative=self.negative[:n])
+
+
+@functools.partial(jax.jit, static_argnames=("config", "site"))
 def steered_readout(params: dict, config: ModelConfig, prefix: PrefixCache, suffix_ids: jax.Array,
                     mask: jax.Array, word_mask: jax.Array, read_pos: jax.Array, word_last: jax.Array,
-                    vectors: jax.Array, logit_rows: jax.Array, positive: jax.Array, negative: jax.Array,
-                    read_dirs: jax.Array | None, *, site: str, read_site: str | None = None,
-                    raw_logits: bool = False) -> tuple[jax.Array, jax.Array | None]:
-  """Ratings of a batch of steered prompts.
+                    vectors: jax.Array, readout: KernelReadout, *,
+                    site: str) -> tuple[jax.Array, jax.Array | None]:
+  """Readout of a batch of steered prompts.
 
   Args:
     params: params pytree.
@@ -59,26 +120,14 @@ def steered_readout(params: dict, config: ModelConfig, prefix: PrefixCache, suff
     read_pos: ``[B]`` suffix position whose next-token logits are read (the last token).
     word_last: ``[B]`` suffix position of the word's last token (representation readout).
     vectors: ``[B, D]`` steering vector of each row, strength included (zeros = unsteered).
-    logit_rows: ``[R]`` token ids of the pole tokens.
-    positive, negative: ``[J, K]`` pole indices into ``logit_rows``.
-    read_dirs: ``[J, D]`` unit directions for the representation readout, or None.
+    readout: what is read (its static fields are part of the compiled program).
     site: intervention site ("embed", "resid_pre.{l}", "resid_post.{l}").
-    read_site: capture site of the representation readout, or None to skip it.
-    raw_logits: return the ``[B, R]`` logits of ``logit_rows`` instead of the log-odds
-      (for readouts that are not pole log-odds, e.g. expected ratings over digits).
 
   Returns:
-    ``(logodds [B, J] or logits [B, R], representation [B, J] or None)``; the
-    representation is the word's last-token state at ``read_site`` projected on ``read_dirs``.
+    ``readout.read``'s ``(logodds [B, J] or logits [B, R], representation [B, J'] or None)``.
   """
   iv = iv_lib.Intervention(mask=word_mask.astype(jnp.float32), vector=vectors,
                            strength=jnp.ones((), jnp.float32), site=site, op="add")
-  capture = (read_site,) if read_site is not None else ()
-  out = forward(params, config, suffix_ids, mask, logit_positions=read_pos, capture=capture,
-                interventions=(iv,), prefix=prefix, logit_rows=logit_rows)
-  ratings = out.logits.astype(jnp.float32) if raw_logits else pole_logodds(out.logits, positive, negative)
-  rep = None
-  if read_site is not None:
-    h = jnp.take_along_axis(out.captured[read_site], word_last[:, None, None], axis=1)[:, 0]
-    rep = jnp.einsum("bd,jd->bj", h.astype(jnp.float32), read_dirs, precision=_HI)
-  return ratings, rep
+  out = forward(params, config, suffix_ids, mask, logit_positions=read_pos, capture=readout.capture,
+                interventions=(iv,), prefix=prefix, logit_rows=readout.logit_rows)
+  return readout.read(out.logits, out.captured, word_last)

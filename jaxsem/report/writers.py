@@ -51,6 +51,11 @@ def _provenance(result: dict[str, Any], opts) -> dict[str, Any]:
   return prov
 
 
+def _config(config: dict | None) -> dict[str, Any]:
+  """The resolved experiment config, for provenance, when a launcher gives one."""
+  return {} if config is None else {"config": config}
+
+
 def _title(model, result) -> str:
   s = result["space"]
   bits = [model.provenance.get("name", "?"), s.get("name", "?")]
@@ -62,7 +67,7 @@ def _title(model, result) -> str:
   return " · ".join(bits)
 
 
-def write_align(out_dir, result: dict[str, Any], model, opts) -> Path:
+def write_align(out_dir, result: dict[str, Any], model, opts, config: dict | None = None) -> Path:
   """``out_dir/summary.json`` plus one bars figure per norm table."""
   out = Path(out_dir)
   rows = result["results"]
@@ -74,7 +79,8 @@ def write_align(out_dir, result: dict[str, Any], model, opts) -> Path:
         null_p95=np.array([r["null_p95"] for r in sel]), probe_r=np.array([r["probe_r"] for r in sel]),
         title=f"{_title(model, result)} · {norm} norms")
   doc = {k: v for k, v in result.items() if k not in ("space", "coverage", "directions", "scales_file")}
-  return summary.write(out, align_tests({"job": "align", **doc}), model=model, **_provenance(result, opts))
+  return summary.write(out, align_tests({"job": "align", **doc}), model=model, **_provenance(result, opts),
+                       **_config(config))
 
 
 def align_tests(doc: dict[str, Any]) -> dict[str, Any]:
@@ -98,7 +104,7 @@ def align_tests(doc: dict[str, Any]) -> dict[str, Any]:
   return pvalues.add_families({**doc, "results": rows}, pvalues.ALIGN_FAMILIES)
 
 
-def write_structure(out_dir, result: dict[str, Any], model, opts) -> Path:
+def write_structure(out_dir, result: dict[str, Any], model, opts, config: dict | None = None) -> Path:
   """``out_dir/summary.json`` plus cosine heatmap, scree and loadings figures."""
   out = Path(out_dir)
   title = _title(model, result)
@@ -122,7 +128,7 @@ def write_structure(out_dir, result: dict[str, Any], model, opts) -> Path:
                    title=f"{title} · varimax loadings", components=("F1", "F2", "F3"))
   doc = {k: v for k, v in result.items() if k not in ("space", "coverage", "directions", "scales_file")}
   doc = pvalues.add_families({"job": "structure", **doc}, pvalues.STRUCTURE_FAMILIES)
-  return summary.write(out, doc, model=model, **_provenance(result, opts))
+  return summary.write(out, doc, model=model, **_provenance(result, opts), **_config(config))
 
 
 def align_digest(result: dict[str, Any], top: int = 6) -> list[str]:
@@ -171,7 +177,7 @@ def structure_digest(result: dict[str, Any]) -> list[str]:
   return lines
 
 
-def write_sweep(out_dir, result: dict[str, Any], model, opts) -> Path:
+def write_sweep(out_dir, result: dict[str, Any], model, opts, config: dict | None = None) -> Path:
   """``out_dir/summary.json`` plus the cumulative-variance figure of every direction set."""
   out = Path(out_dir)
   curves = {f"{name} ({rep['n_directions']})": rep["cumulative"] for name, rep in result["spectra"].items()}
@@ -186,7 +192,8 @@ def write_sweep(out_dir, result: dict[str, Any], model, opts) -> Path:
     figures.cumulative_curves(out / f"cumulative_{name}.png", curves,
                               title=f"{_title(model, result)} · control: {name}")
   doc = {k: v for k, v in result.items() if k not in ("space", "coverage", "directions", "scales_file")}
-  return summary.write(out, {"job": "sweep", **doc}, model=model, **_provenance(result, opts))
+  return summary.write(out, {"job": "sweep", **doc}, model=model, **_provenance(result, opts),
+                       **_config(config))
 
 
 def sweep_digest(result: dict[str, Any]) -> list[str]:
@@ -217,7 +224,7 @@ def _spectra_lines(sets: dict[str, Any]) -> list[str]:
   return lines
 
 
-def write_steer(out_dir, result: dict[str, Any], model, opts) -> Path:
+def write_steer(out_dir, result: dict[str, Any], model, opts, config: dict | None = None) -> Path:
   """``out_dir/summary.json`` plus the D-vs-cosine scatter, the D heatmap and dose-response curves."""
   out = Path(out_dir)
   title = f"{model.provenance.get('name', '?')} · {result['site']} · {result['readout']}"
@@ -264,7 +271,7 @@ def write_steer(out_dir, result: dict[str, Any], model, opts) -> Path:
           "centred": False, "whitened": False, "seed": opts.seed, "options": opts.provenance(),
           "scales_file": scales_file, "scales_sha256": _sha256(scales_file),
           "norms_files": _norms_files(tables)}
-  return summary.write(out, steer_tests({"job": "steer", **result}), model=model, **prov)
+  return summary.write(out, steer_tests({"job": "steer", **result}), model=model, **prov, **_config(config))
 
 
 def steer_tests(doc: dict[str, Any]) -> dict[str, Any]:

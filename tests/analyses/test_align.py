@@ -335,3 +335,23 @@ def test_pole_resampling_widens_the_interval_and_leave_one_out(pole_case):
     assert len(rs) == len(pos) * (len(pos) > 1) + len(neg) * (len(neg) > 1)
     np.testing.assert_allclose(row["leave_one_pole_out"], [min(rs), max(rs)], atol=1e-5)
     assert row["leave_one_pole_out"][0] <= row["pearson"] + 0.05
+
+
+def test_progress_names_each_stage_and_leaves_the_results_unchanged(case, capsys):
+  """progress=True prints the nulls', the probe's and the bootstrap's lines, ending at 100%; the
+  results are those of the quiet run (same key)."""
+  out = align.align(case["dirs"], [case["nw"]], key=jax.random.key(0), n_boot=N_BOOT, n_null=N_NULL,
+                    null_pairs=case["pair_dirs"], progress=True)
+  lines = capsys.readouterr().err.splitlines()
+  at = {}
+  for stage, total in (("align nulls", 2 * (N_NULL + 12)), ("align probe", 2 * 30),
+                       ("align bootstrap", 2 * 2 * 2 * N_BOOT)):
+    at[stage] = [i for i, line in enumerate(lines) if line.startswith(stage + ":")]
+    first, last = lines[at[stage][0]], lines[at[stage][-1]]
+    assert first.startswith(f"{stage}: 0/{total} ") and last.startswith(f"{stage}: {total}/{total} ")
+  # Each stage finishes before the next starts.
+  assert at["align nulls"][-1] < at["align probe"][0] and at["align probe"][-1] < at["align bootstrap"][0]
+  a = case["out"]
+  assert out["results"] == a["results"] and out["nulls"] == a["nulls"] and out["probe"] == a["probe"]
+  assert list(out["nulls"]) == ["toy:planted:wordnet_pairs", "toy:planted:random",
+                                "toy:unrelated:wordnet_pairs", "toy:unrelated:random"]

@@ -1,13 +1,23 @@
-"""Readout helpers and the Readout factories: prompts, pole tokens, disjoint words, ratings."""
+"""Readout helpers and the Readout factories: prompts, pole tokens, disjoint words, ratings; each readout
+through the grid against whole prompts, sharded and not; readouts by name."""
 
+import dataclasses
 import types
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxsem import sharding
+from jaxsem.analyses import grid as grid_lib
 from jaxsem.analyses import readouts
 from jaxsem.errors import InputError
 from jaxsem.io.scales import Scale
+from jaxsem.models import interventions as iv_lib
+from jaxsem.models.forward import forward_jit
+from jaxsem.models.model import Model
+from tests import toy
 from tests.analyses import toy_tokenizer
 
 
@@ -170,3 +180,163 @@ def test_unembedding_directions_are_pole_mean_differences():
     m = matrix
     want = np.stack([(m[3] + m[7]) / 2 - m[11], m[11] - (m[20] + m[3]) / 2])
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)  # no embed_scale on the output side
+
+
+# ----------------------------------------------------------------------------- readouts through the grid
+
+# "kindness" is two tokens (▁kind + ness): the word mask covers two positions and suffixes differ in length.
+GRID_WORDS = ("kind", "cruel", "good", "bad", "hot", "cold", "kindness")
+GRID_SCALES = (Scale("kind-cruel", ("kind",), ("cruel",)), Scale("good-bad", ("good", "Happy"), ("bad",)),
+               Scale("hot-cold", ("hot",), ("cold", "ice")))
+SITE = "resid_pre.1"
+
+
+def _toy_model(mesh=None):
+  cfg = toy.CONFIGS["gemma3"]()
+  params = toy.params_for(cfg, seed=1)
+  if mesh is not None:
+    params = sharding.shard_params(jax.tree.map(np.asarray, params), mesh)
+  return Model(config=cfg, params=params, tokenizer=toy_tokenizer(), provenance={"name": "toy"}, mesh=mesh)
+
+
+@pytest.fixture(scope="module")
+def models():
+  return {"unsharded": _toy_model(), "sharded": _toy_model(sharding.make_mesh("data:2,model:4"))}
+
+
+def _prompts(tok):
+  return readouts.build_prompts(tok, readouts.DEFAULT_TEMPLATE,
+                                [tok.encode(" " + w, add_special_tokens=False) for w in GRID_WORDS])
+
+
+def _rows(d, n=11, seed=0):
+  rng = np.random.default_rng(seed)
+  wi = rng.integers(0, len(GRID_WORDS), size=n)
+  vec = (rng.normal(size=(n, d)) * 4.0).astype(np.float32)
+  vec[::4] = 0.0  # unsteered rows among them
+  return wi, vec
+
+
+def _reference(model, prompts, readout, wi, vec):
+  """Whole prompts (no prefix cache), full-vocabulary logits, the vector added at the word's
+  positions at ``SITE``; the readout's outputs in numpy from there."""
+  pre = list(prompts.prefix)
+  seqs = [pre + list(prompts.suffixes[i]) for i in wi]
+  n, t = len(seqs), max(len(q) for q in seqs)
+  ids, mask, word = np.zeros((n, t), np.int32), np.zeros((n, t), np.int32), np.zeros((n, t), np.float32)
+  for r, (q, i) in enumerate(zip(seqs, wi)):
+    ids[r, :len(q)] = q
+    mask[r, :len(q)] = 1
+    word[r, [len(pre) + p for p in prompts.word_positions[i]]] = 1.0
+  iv = iv_lib.Intervention(mask=jnp.asarray(word), vector=jnp.asarray(vec),
+                           strength=jnp.ones((), jnp.float32), site=SITE, op="add")
+  capture = () if readout.read_site is None else (readout.read_site,)
+  out = forward_jit(model.params, model.config, jnp.asarray(ids), jnp.asarray(mask), logits_at="all",
+                    capture=capture, interventions=(iv,))
+  logits = np.asarray(out.logits, np.float64)[np.arange(n), mask.sum(1) - 1]  # [N, V]
+  rows = logits[:, readout.poles.rows]
+  first = rows if readout.raw_logits else _numpy_logodds(rows, readout.poles.positive, readout.poles.negative)
+  if readout.read_site is None:
+    return first, None
+  last = [len(pre) + prompts.word_positions[i][-1] for i in wi]
+  h = np.asarray(out.captured[readout.read_site], np.float64)[np.arange(n), last]
+  return first, h @ np.asarray(readout.read_dirs, np.float64).T
+
+
+def _numpy_logodds(logits, positive, negative):
+  def lse(index):
+    cols = []
+    for row in index:
+      x = logits[:, row[row >= 0]]
+      m = x.max(axis=1, keepdims=True)
+      cols.append(m[:, 0] + np.log(np.exp(x - m).sum(axis=1)))
+    return np.stack(cols, axis=1)
+
+  return lse(positive) - lse(negative)
+
+
+def _make_readout(kind, model):
+  if kind == "logodds":
+    return readouts.logodds_readout(model.tokenizer, GRID_SCALES)
+  if kind == "representation":
+    dirs = np.random.default_rng(3).normal(size=(len(GRID_SCALES), model.config.d_model))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    return readouts.representation_readout(model.tokenizer, GRID_SCALES, "resid_post.2", dirs)
+  return readouts.rating_readout(_ChatTokenizer(), GRID_SCALES[0])  # answers "1".."7" = ids 101..107
+
+
+@pytest.mark.parametrize("mesh", ["unsharded", "sharded"])
+@pytest.mark.parametrize("kind", ["logodds", "representation", "rating"])
+def test_each_readout_through_the_grid_matches_whole_prompts(models, kind, mesh):
+  """The kernel (prefix cache, pole-row logits, the readout's ``read``) against a plain reference."""
+  model, plain = models[mesh], models["unsharded"]
+  prompts = _prompts(plain.tokenizer)
+  readout = _make_readout(kind, plain)
+  grid = grid_lib.Grid(model, prompts, readout, SITE, batch_size=4)  # 11 rows: two full batches, one padded
+  wi, vec = _rows(model.config.d_model)
+  first, rep = grid.evaluate(wi, vec)
+  want_first, want_rep = _reference(plain, prompts, readout, wi, vec)
+  assert first.shape == want_first.shape == (len(wi), readout.n_columns)
+  np.testing.assert_allclose(first, want_first, rtol=1e-5, atol=1e-5)
+  if kind == "representation":
+    assert rep.shape == (len(wi), len(GRID_SCALES))
+    np.testing.assert_allclose(rep, want_rep, rtol=1e-5, atol=1e-5)
+  else:
+    assert rep is None
+  want = readout.ratings((want_first, want_rep))
+  np.testing.assert_allclose(grid.rate(wi, vec), want, rtol=1e-5, atol=1e-5)
+  # Ratings differ between rows and steering moves them, so the comparisons can fail.
+  assert np.ptp(want, axis=0).min() > 1e-4
+  unsteered = readout.ratings(_reference(plain, prompts, readout, wi, np.zeros_like(vec)))
+  assert np.abs(want - unsteered).max() > 1e-3
+
+
+def _margin_readout(request: readouts.ReadoutRequest) -> readouts.Readout:
+  """Margin of the top pole: each scale's largest positive-pole logit minus its largest negative one."""
+  poles = readouts.pole_tokens(request.model.tokenizer, request.scales)
+
+  def top(logits, index):
+    return np.where(index >= 0, logits[:, np.maximum(index, 0)], -np.inf).max(axis=-1)
+
+  def ratings(logits, representation):
+    del representation
+    return top(logits, poles.positive) - top(logits, poles.negative)
+
+  return readouts.Readout(kind="margin", names=poles.names, poles=poles, raw_logits=True, to_ratings=ratings)
+
+
+def test_a_new_readout_is_one_function(models, monkeypatch):
+  model = models["sharded"]
+  monkeypatch.setitem(readouts.READOUT_FACTORIES, "margin", _margin_readout)
+  d = model.config.d_model
+  units = np.eye(len(GRID_SCALES), d, dtype=np.float32)
+  readout = readouts.requested_readout("margin", readouts.ReadoutRequest(model, GRID_SCALES, SITE, units))
+  prompts = _prompts(model.tokenizer)
+  grid = grid_lib.Grid(model, prompts, readout, SITE, batch_size=8)
+  wi, vec = _rows(d, seed=1)
+  got = grid.rate(wi, vec)
+  # Independently: full-vocabulary logits, the pole words' first tokens looked up by id.
+  logits, _ = _reference(models["unsharded"], prompts, dataclasses.replace(readout, poles=dataclasses.replace(
+      readout.poles, rows=np.arange(model.config.vocab_size, dtype=np.int32))), wi, vec)
+  tok = model.tokenizer
+  want = np.stack([logits[:, [_first(tok, w) for w in s.positive]].max(1)
+                   - logits[:, [_first(tok, w) for w in s.negative]].max(1) for s in GRID_SCALES], axis=1)
+  assert got.shape == (len(wi), len(GRID_SCALES))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  assert np.ptp(want, axis=0).min() > 1e-4
+
+
+def test_readouts_by_name():
+  assert readouts.READOUTS == tuple(readouts.READOUT_FACTORIES) == ("logodds", "representation")
+  model = _toy_model()
+  units = np.eye(len(GRID_SCALES), model.config.d_model)
+  request = readouts.ReadoutRequest(model, GRID_SCALES, "resid_post.1", units)
+  assert readouts.requested_readout("logodds", request).kind == "logodds"
+  rep = readouts.requested_readout("representation", request)
+  assert rep.kind == "representation" and rep.read_site == "resid_post.1"
+  np.testing.assert_array_equal(rep.read_dirs, units.astype(np.float32))
+  assert rep.kernel_readout().capture == ("resid_post.1",)
+  with pytest.raises(InputError, match="--readout='margin' is not known; use one of logodds, representation"):
+    readouts.requested_readout("margin", request)
+  with pytest.raises(InputError, match="--read_layer"):
+    readouts.requested_readout("representation", dataclasses.replace(request, site="resid_pre.1"))

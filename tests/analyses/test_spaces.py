@@ -209,9 +209,8 @@ def test_sharded_equals_unsharded(family):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["gemma3-270m", "smollm2-135m-instruct"])
-def test_real_model_hidden_space_runs(name):
-  import jaxsem
-  model = jaxsem.load(name)
+def test_real_model_hidden_space_runs(embedded_models, name):
+  model = embedded_models(name)
   wt = lexicon.resolve_words(model.tokenizer, ["kind", "cruel", "hot", "cold", "happy"])
   assert wt.coverage == 1.0
   layer = model.config.n_layers // 2
@@ -222,3 +221,19 @@ def test_real_model_hidden_space_runs(name):
   space = spaces.make_space(model, "input_embedding", centre=True, whiten=True)
   white = np.asarray(spaces.word_vectors(model, wt, space))
   assert white.shape == (5, model.config.d_model) and np.isfinite(white).all()
+
+
+def test_hidden_states_report_progress_per_forward_call(model, capsys):
+  """A callback hears after each batch; progress=True prints the hidden states' lines, same vectors."""
+  words = ["kind", "good", "cruel", "hot", "cold"]
+  wt = lexicon.resolve_words(model.tokenizer, words, policy="mean")
+  seen = []
+  ids = wt.used_all_ids or wt.used_token_ids
+  spaces.hidden_vectors(model, ids, 1, batch_size=2, progress=lambda *a: seen.append(a))
+  assert seen == [(2, 5), (4, 5), (5, 5)]
+  quiet = np.asarray(spaces.word_vectors(model, wt, "hidden", layer=1, batch_size=2))
+  assert capsys.readouterr().err == ""
+  loud = np.asarray(spaces.word_vectors(model, wt, "hidden", layer=1, batch_size=2, progress=True))
+  np.testing.assert_array_equal(loud, quiet)
+  lines = capsys.readouterr().err.splitlines()
+  assert lines[0].startswith("hidden states: 0/5 words") and lines[-1].startswith("hidden states: 5/5 words")

@@ -264,7 +264,8 @@ def test_fitted_vector_cancels_a_planted_offtarget_direction():
   g[1] += 3.0 * np.linalg.norm(g[1]) * plain_dirs[0]  # scale 1 moves strongly with scale 0's plain vector
   train, test = _planted_jacobians(40, g, 1), _planted_jacobians(40, g, 2)
 
-  fitted, report = steering_methods.fit_vectors(train, plain, steered_index, steps=500)
+  fitted, report = steering_methods.fit_vectors(train, plain, steered_index, steps=500, off_weight=1.0,
+                                                 ridge=0.05)
   assert report["loss_end"][0] < 0.05 * report["loss_start"][0]
   fitted = steering_methods.calibrate(fitted, train, plain, steered_index)
 
@@ -351,7 +352,7 @@ def test_site_name():
     (dict(alphas=()), ["--alphas"]),
     (dict(alphas=(0.5, 1e38)), ["--alphas", "strength 1e+38", "NaN or inf"]),
     (dict(steer=("kind-cruel", "loud-quiet")), ["--steer", "'loud-quiet'"]),
-    (dict(words=("kind", "good", "bad")), ["--words", "only 3 usable words"]),
+    (dict(words=("kind", "good", "bad")), ["--words", "at least 4"]),
     (dict(methods=("plain", "magic")), ["--method='magic'"]),
     (dict(readout="vibes"), ["--readout='vibes'"]),
     # The last block's output at the word never reaches the read position (the template's tail

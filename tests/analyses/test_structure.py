@@ -178,3 +178,18 @@ def test_hypothesis_matrix_and_congruence_edge_cases():
   flipped = structure.epa_congruence(-loadings, ["E", "E", "A", "A"])
   assert flipped["matched"]["E"]["sign"] == -1 and flipped["matched"]["E"]["congruence"] < -0.9
 
+
+
+def test_progress_prints_the_nulls_and_leaves_the_result_unchanged(case, capsys):
+  """progress=True prints each null's lines under ``what``, ending at 100%; the result is the quiet one."""
+  rng = np.random.default_rng(1)
+  pool = _directions(rng.normal(size=(60, D)), prefix="pair")
+  kw = dict(key=jax.random.key(0), pair_pool=pool, n_pair_sets=20, n_tag_perms=300, seed=2)
+  quiet = structure.structure(case["d"], case["nw"], **kw)
+  assert capsys.readouterr().err == ""
+  loud = structure.structure(case["d"], case["nw"], progress=True, what="structure toy", **kw)
+  lines = capsys.readouterr().err.splitlines()
+  assert lines[0].startswith("structure toy pair null: 0/20 sets")
+  assert any(line.startswith("structure toy pair null: 20/20 sets (100.0%)") for line in lines)
+  assert lines[-1].startswith("structure toy E/P/A null: 300/300 permutations (100.0%)")
+  assert loud == quiet

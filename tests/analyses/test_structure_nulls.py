@@ -226,3 +226,20 @@ def test_conclusion_wording():
   assert "at the 100th percentile" in text and "this share is specific to osgood28 (p ≤ 0.0034)" in text
   assert "at the 11th" in structure_nulls.conclusion(dict(pair, percentile=11.2), None, "x")
   assert "at the 23rd" in structure_nulls.conclusion(dict(pair, percentile=23.0), None, "x")
+
+
+def test_nulls_report_progress_and_chunks_leave_the_null_unchanged(monkeypatch):
+  """The E/P/A null scores its permutations in chunks (a report after each) and equals the
+  null scored in one piece; the pair null reports after every set."""
+  rng = np.random.default_rng(3)
+  lo = _planted_loadings(np.repeat([0, 1, 2], 6), rng)
+  tags = ["EPA"[i % 3] for i in range(18)]
+  seen = []
+  chunked = structure_nulls.epa_null(lo, tags, n_perms=450, seed=4, progress=lambda *a: seen.append(a))
+  assert seen == [(200, 450), (400, 450), (450, 450)]
+  monkeypatch.setattr(structure_nulls, "PERM_CHUNK", 10_000)
+  assert structure_nulls.epa_null(lo, tags, n_perms=450, seed=4) == chunked
+  sets = []
+  structure_nulls.pair_null(rng.normal(size=(50, 30)), [0.3, 0.5, 0.6], 6, n_sets=7, seed=1,
+                            progress=lambda *a: sets.append(a))
+  assert sets == [(i, 7) for i in range(1, 8)]

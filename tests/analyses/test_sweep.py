@@ -6,7 +6,6 @@ import jax
 import numpy as np
 import pytest
 
-import jaxsem
 from jaxsem import sharding
 from jaxsem.analyses import lexicon, sweep
 from jaxsem.errors import InputError
@@ -95,10 +94,10 @@ def test_bad_options_fail_before_writing(tmp_path):
 
 
 @pytest.mark.slow
-def test_smollm2_sweep_spectra_match_numpy_on_the_written_matrix(tmp_path):
+def test_smollm2_sweep_spectra_match_numpy_on_the_written_matrix(embedded_models, tmp_path):
   """osgood28 on SmolLM2: the antonym spectrum equals numpy's PCA of the matrix read back from
   zarr, and the rated-words spectrum equals numpy's PCA of the rated words' rows of it."""
-  model = jaxsem.load("smollm2-135m-instruct")
+  model = embedded_models("smollm2-135m-instruct")
   opts = sweep.SweepOptions(scales="osgood28", policy="single", chunk_rows=4096, whitening_control=False)
   result = sweep.run_sweep(model, opts, tmp_path)
   p = zarr_out.open_for_read(tmp_path / sweep.ZARR_NAME).read().result()

@@ -154,3 +154,20 @@ def test_bad_input_raises(call):
   X, y, _ = _planted(9, n=30, d=4)
   with pytest.raises(InputError):
     call(X, y)
+
+
+def test_cv_reports_progress_per_outer_fold_and_equals_one_call():
+  """The fits run one outer fold (its inner fits and its refit) per compiled call, with a report
+  after each; the result is bit for bit that of every fit in one call."""
+  X, y, _ = _planted(6, n=90, d=12, noise=1.0)
+  key, grid = jax.random.key(2), jax.numpy.asarray(probe.DEFAULT_L2_GRID, jax.numpy.float32)
+  seen = []
+  res = probe.cv_probe_r(X, y, key, k=4, inner_k=3, solver="closed", progress=lambda *a: seen.append(a))
+  assert seen == [(4, 16), (8, 16), (12, 16), (16, 16)]
+  outer, inner, masks = probe._cv_masks(key, 90, 4, 3)
+  W, b = probe._cv_fits(X, y, masks, grid, "closed", 500, None, 1e-6)  # all 16 fits at once
+  whole = probe._cv_score(X, y, outer, inner, W, b, grid, 4, 3)
+  for got, want in zip((res.r, res.r_per_fold, res.best_l2, res.predictions), whole):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  quiet = probe.cv_probe_r(X, y, key, k=4, inner_k=3, solver="closed")
+  np.testing.assert_array_equal(np.asarray(quiet.predictions), np.asarray(res.predictions))

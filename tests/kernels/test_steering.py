@@ -1,4 +1,5 @@
-"""Steered readout kernel: identity at zero, the prefix-cache path, signs, linearity, pole log-odds."""
+"""Steered readout kernel: identity at zero, the prefix-cache path, signs, linearity, pole log-odds,
+the readout as a pytree."""
 
 import types
 
@@ -54,13 +55,18 @@ class _Setup:
     self.read = self.mask.sum(1).astype(np.int32) - 1
     self.word_last = np.array([p[-1] for p in self.prompts.word_positions], np.int32)
 
-  def readout(self, vectors, *, site="embed", read_site=None, read_dirs=None):
+  def kernel_readout(self, *, read_site=None, read_dirs=None, raw_logits=False):
+    return steering.KernelReadout(
+        logit_rows=jnp.asarray(self.poles.rows), positive=jnp.asarray(self.poles.positive),
+        negative=jnp.asarray(self.poles.negative),
+        read_dirs=None if read_dirs is None else jnp.asarray(read_dirs, jnp.float32), read_site=read_site,
+        raw_logits=raw_logits)
+
+  def readout(self, vectors, *, site="embed", **readout):
     r, rep = steering.steered_readout(
         self.params, self.cfg, self.cache, jnp.asarray(self.ids), jnp.asarray(self.mask),
         jnp.asarray(self.word), jnp.asarray(self.read), jnp.asarray(self.word_last),
-        jnp.asarray(vectors, jnp.float32), jnp.asarray(self.poles.rows), jnp.asarray(self.poles.positive),
-        jnp.asarray(self.poles.negative), None if read_dirs is None else jnp.asarray(read_dirs, jnp.float32),
-        site=site, read_site=read_site)
+        jnp.asarray(vectors, jnp.float32), self.kernel_readout(**readout), site=site)
     return np.asarray(r), None if rep is None else np.asarray(rep)
 
   def zeros(self):
@@ -209,3 +215,60 @@ def test_pole_logodds_matches_numpy_with_padded_slots():
   got16 = steering.pole_logodds(jnp.asarray(logits, jnp.bfloat16), jnp.asarray(positive),
                                 jnp.asarray(negative))
   assert got16.dtype == jnp.float32
+
+
+# ----------------------------------------------------------------------------- the kernel's readout
+
+
+def test_kernel_readout_is_a_pytree_with_static_choices():
+  rows, pos, neg = jnp.arange(4), jnp.array([[0, 1]]), jnp.array([[2, -1]])
+  logodds = steering.KernelReadout(rows, pos, neg)
+  leaves, tree = jax.tree.flatten(logodds)
+  assert len(leaves) == 3  # no read directions: no leaf
+  # Arrays are leaves: new values, same program; choices are static: another program.
+  same = steering.KernelReadout(rows + 1, pos, neg)
+  assert jax.tree.structure(same) == tree
+  raw = steering.KernelReadout(rows, pos, neg, raw_logits=True)
+  rep = steering.KernelReadout(rows, pos, neg, jnp.ones((1, 8)), read_site="embed")
+  assert len({tree, jax.tree.structure(raw), jax.tree.structure(rep)}) == 3
+  back = jax.tree.unflatten(jax.tree.structure(rep), jax.tree.leaves(rep))
+  assert back.read_site == "embed" and not back.raw_logits and back.read_dirs.shape == (1, 8)
+  assert rep.capture == ("embed",) and logodds.capture == ()
+  cols = steering.KernelReadout(rows, jnp.array([[0, 1], [3, -1]]), jnp.array([[2, -1], [1, 0]]),
+                                jnp.ones((2, 8)), read_site="embed", raw_logits=True).pole_columns(1)
+  assert cols.positive.shape == (1, 2) and cols.read_site is None and cols.read_dirs is None
+  assert not cols.raw_logits
+
+
+def test_kernel_readout_reads_log_odds_raw_logits_and_the_representation():
+  rng = np.random.default_rng(5)
+  b, t, d = 3, 4, 8
+  logits = rng.normal(size=(b, 5)).astype(np.float32)
+  states = rng.normal(size=(b, t, d)).astype(np.float32)
+  dirs = rng.normal(size=(2, d)).astype(np.float32)
+  word_last = np.array([0, 2, 3], np.int32)
+  pos, neg = np.array([[0, 1], [4, -1]], np.int32), np.array([[2, -1], [3, 0]], np.int32)
+  base = steering.KernelReadout(jnp.arange(5), jnp.asarray(pos), jnp.asarray(neg))
+  first, none = base.read(jnp.asarray(logits), {}, jnp.asarray(word_last))
+  assert none is None
+  np.testing.assert_allclose(first, _numpy_pole_logodds(logits, pos, neg), rtol=1e-5, atol=1e-5)
+  raw = steering.KernelReadout(jnp.arange(5), jnp.asarray(pos), jnp.asarray(neg), raw_logits=True)
+  np.testing.assert_array_equal(raw.read(jnp.asarray(logits), {}, jnp.asarray(word_last))[0], logits)
+  rep = steering.KernelReadout(jnp.arange(5), jnp.asarray(pos), jnp.asarray(neg), jnp.asarray(dirs),
+                               read_site="resid_post.0")
+  _, got = rep.read(jnp.asarray(logits), {"resid_post.0": jnp.asarray(states)}, jnp.asarray(word_last))
+  np.testing.assert_allclose(got, states[np.arange(b), word_last] @ dirs.T, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="read directions"):
+    steering.KernelReadout(jnp.arange(5), jnp.asarray(pos), jnp.asarray(neg), read_site="embed").read(
+        jnp.asarray(logits), {"embed": jnp.asarray(states)}, jnp.asarray(word_last))
+
+
+def test_raw_logits_readout_returns_the_pole_rows_logits(setup):
+  """The raw-logits readout is the same pass: its logits give the log-odds readout's ratings."""
+  s = setup
+  v = np.random.default_rng(7).normal(size=(len(WORDS), s.cfg.d_model)).astype(np.float32)
+  raw, _ = s.readout(v, site="resid_post.0", raw_logits=True)
+  logodds, _ = s.readout(v, site="resid_post.0")
+  assert raw.shape == (len(WORDS), len(s.poles.rows))
+  np.testing.assert_allclose(_numpy_pole_logodds(raw, s.poles.positive, s.poles.negative), logodds,
+                             rtol=1e-5, atol=1e-5)

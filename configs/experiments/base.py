@@ -1,0 +1,112 @@
+"""The defaults of every option, written once; each experiment config starts from these.
+
+Each function returns one section of an experiment config (an ``ml_collections``
+``ConfigDict``). The library's option classes (``experiments.Options``,
+``steer.SteerOptions``, ``sweep.SweepOptions``) take their defaults from here too
+(``jaxsem.experiment_config.config_defaults``), so a value changed here changes the
+library, every launcher and every config built on it.
+"""
+
+from ml_collections import config_dict
+
+from jaxsem.analyses import readouts
+from jaxsem.analyses import spaces
+
+DEFAULT_MODEL = "gemma3-270m"
+
+
+def load(with_model: bool = True) -> config_dict.ConfigDict:
+  """Which model, and how it is loaded (the main job names its models in ``models`` instead)."""
+  section = config_dict.ConfigDict({
+      "mesh": config_dict.placeholder(str),  # e.g. "data:2,model:4"; None: one device
+      "dtype": "float32",  # float32 or bfloat16
+      "params_cache": True,  # keep the loaded params in the jaxsem cache
+  })
+  if with_model:
+    section.model = DEFAULT_MODEL  # embedded name, .gguf file or Hugging Face snapshot directory
+  return section
+
+
+def analysis(scales: str = "osgood28") -> config_dict.ConfigDict:
+  """Alignment and structure (``jaxsem.analyses.experiments.Options``)."""
+  return config_dict.ConfigDict({
+      "scales": scales,  # osgood28, norms, wordnet, or a JSON/TSV file
+      "norms": ("warriner",),  # human norm tables: warriner, anew, dal
+      "space": "input_embedding",  # input_embedding, unembedding or hidden
+      "layer": config_dict.placeholder(int),  # hidden space: block index (-1: after the final norm)
+      "centre": True,  # subtract the vocabulary mean
+      "whiten": False,  # whiten with the vocabulary covariance (causal inner product)
+      "policy": "single",  # word -> token policy: single, mean, first
+      "method": "pole_mean",  # direction construction: pole_mean, pair_mean, semaxis
+      "metric": "cosine",  # projection metric: cosine or dot
+      "min_coverage": 0.5,  # least share of a norm table's words the policy must cover
+      "seed": 0,  # bootstraps, nulls, probe folds, random baselines
+      "n_boot": 1000,  # bootstrap resamples
+      "n_null": 1000,  # random directions in the null
+      "n_null_pairs": 300,  # random WordNet antonym pairs in the second null (0: skip)
+      "n_pair_sets": 200,  # structure: random sets of WordNet pairs in the pair null (0: skip)
+      "n_tag_perms": 1000,  # structure: E/P/A tag permutations in the shuffled-tag null (0: skip)
+      "template": spaces.DEFAULT_TEMPLATE,  # hidden space: template with one {word} slot
+  })
+
+
+def steer() -> config_dict.ConfigDict:
+  """Steered forward passes (``jaxsem.analyses.steer.SteerOptions``)."""
+  return config_dict.ConfigDict({
+      "scales": "osgood28",  # readout scales (and directions)
+      "steer": (),  # scales steered along (empty: every readout scale)
+      "words": ("warriner",),  # a norm table to sample words from, or the words themselves
+      "n_words": 256,  # words sampled from a norm table (random order)
+      "grid_words": 96,  # the first N words run the off-target grid (0: all)
+      "site": "embed",  # embed, resid_pre or resid_post
+      "layer": config_dict.placeholder(int),  # block of a resid_pre/resid_post site
+      "alphas": (-1.0, -0.5, 0.5, 1.0),  # strengths, in units of the site's median norm
+      "readout": "logodds",  # logodds or representation
+      "read_layer": config_dict.placeholder(int),  # representation readout layer (-1: final norm)
+      "methods": ("plain", "orthogonal", "fitted"),  # steering methods compared on held-out words
+      "compare_alpha": 0.5,  # strength of the methods comparison
+      "orth_basis": "others",  # what orthogonal steering projects out: others or top3
+      "template": readouts.DEFAULT_TEMPLATE,  # completion template with one {word} slot
+      "heldout_template": readouts.HELDOUT_TEMPLATE,  # second template, in no fit (empty: skip)
+      "n_random": 64,  # random directions in the control
+      "fit_share": 0.75,  # share of words the fitted vector is trained on
+      "fit_steps": 500,  # optax steps of the fitted vector
+      "off_weight": 3.0,  # weight of the off-target term in the fit
+      "fit_ridge": 0.01,  # pull of the fitted vector towards the plain one
+      "refine": 2,  # refinements of the fitted vector against the real model
+      "n_boot": 1000,  # bootstrap resamples over words
+      "n_perm": 1000,  # shuffled-label permutations
+      "seed": 0,  # word sampling, splits, random directions, bootstraps
+      "batch_size": 256,  # prompts per compiled call
+      "rating_check": True,  # also validate the rating-prompt readout
+  })
+
+
+def sweep() -> config_dict.ConfigDict:
+  """The whole-vocabulary sweep (``jaxsem.analyses.sweep.SweepOptions``)."""
+  return config_dict.ConfigDict({
+      "scales": "wordnet",  # scale set name or file
+      "space": "input_embedding",  # input_embedding or unembedding
+      "centre": True,  # subtract the vocabulary mean
+      "whiten": False,  # whiten with the vocabulary covariance
+      "policy": "mean",  # pole-word policy (mean keeps every WordNet pair)
+      "method": "pole_mean",  # direction construction
+      "metric": "cosine",  # cosine or dot
+      "standardize": True,  # PCA of the standardized projections
+      "chunk_rows": 8192,  # vocabulary rows per block and zarr chunk
+      "baselines": ("gaussian", "token_pairs"),  # random direction sets to compare with
+      "norms": ("warriner",),  # norm tables whose rated words give the rated-words comparison
+      "min_coverage": 0.2,  # least share of scales with usable poles
+      "seed": 0,  # seed of the random baselines
+      "write_zarr": True,  # stream the projection matrix to out_dir/projections.zarr
+      "whitening_control": True,  # also the spectra in the whitened space
+      "overwrite": False,  # replace a projection matrix made from other inputs
+  })
+
+
+def generate() -> config_dict.ConfigDict:
+  """The main job's greedy continuations (the model loaded and talking)."""
+  return config_dict.ConfigDict({
+      "prompts": ("The capital of France is", "The opposite of good is"),
+      "max_new_tokens": 8,
+  })
