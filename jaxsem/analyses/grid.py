@@ -77,9 +77,14 @@ class Grid:
       self._word[i, list(pos)] = 1.0
     self._read = self._mask.sum(1).astype(np.int32) - 1
     self._word_last = np.array([p[-1] for p in self.prompts.word_positions], np.int32)
-    data = 1 if m.mesh is None else m.mesh.shape[dict(sharding.LOGICAL_AXIS_RULES)["batch"]]
-    self.batch_size = -(-int(self.batch_size) // data) * data
+    self.batch_size = -(-int(self.batch_size) // self.data_size) * self.data_size
     self.kernel_readout = self.readout.kernel_readout(m.mesh)
+
+  @property
+  def data_size(self) -> int:
+    """Devices on the mesh's data axis (batches are a multiple of it)."""
+    mesh = self.model.mesh
+    return 1 if mesh is None else mesh.shape[dict(sharding.LOGICAL_AXIS_RULES)["batch"]]
 
   @property
   def poles(self) -> readouts.PoleTokens:
@@ -213,7 +218,7 @@ def check_finite(ratings: np.ndarray, strengths: Sequence[float], what: str = "-
                      " ratings NaN or inf (the steered activations overflow); use smaller strengths.")
 
 
-def jacobian(grid: Grid, word_index: Sequence[int] | np.ndarray, batch_size: int = 32,
+def jacobian(grid: Grid, word_index: Sequence[int] | np.ndarray,
              checkpoint_dir: str | os.PathLike | None = None, name: str = "jacobian",
              columns: int | None = None, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
   """``[N, J, D]``: d rating_j / d steering vector of each (unsteered) word's row.
@@ -231,7 +236,9 @@ def jacobian(grid: Grid, word_index: Sequence[int] | np.ndarray, batch_size: int
   """
   m = grid.model
   word_index = np.asarray(word_index, np.int64)
-  b = grid.batch_size
+  # Batches of the grid's size, but no bigger than the words need (rounded to the data axis):
+  # fewer words than a batch are not padded to a whole one.
+  b = min(grid.batch_size, -(-max(len(word_index), 1) // grid.data_size) * grid.data_size)
   d = m.config.d_model
   j = len(grid.poles.names) if columns is None else int(columns)
   if not 0 < j <= len(grid.poles.names):
