@@ -1,6 +1,14 @@
-"""Test set-up: 8 fake CPU devices so every test exercises sharding."""
+"""Test set-up: 8 fake CPU devices so every test exercises sharding, and no network.
+
+Every test leaves ``os.environ`` as it found it (``monkeypatch.setenv`` does that); a test
+that does not fails at teardown. The quick subset (``-m "not slow"``) imports neither torch
+nor transformers: whatever needs them is marked ``slow`` and imports them itself.
+"""
 
 import os
+import warnings
+
+import pytest
 
 # Must happen before JAX initialises its backends.
 os.environ["JAX_PLATFORMS"] = "cpu"
@@ -16,6 +24,95 @@ import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", False)
 
+# The reference implementation (transformers) must never reach a hub. huggingface_hub reads
+# these once, when first imported, so they hold for the whole run and are restored after it.
+_OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+_before_run: dict[str, str | None] = {}
+
+
+# Test processes when pytest-xdist is installed and neither -n nor -p no:xdist is given. Whole files go
+# to one worker (--dist loadfile), so a module's shared fixtures are built once.
+DEFAULT_WORKERS = 2
+
+
+def _default_workers(config) -> None:
+  """``-n 2 --dist loadfile`` unless the command line says otherwise (as ``-n``/``--tx`` do)."""
+  if not config.pluginmanager.hasplugin("xdist") or hasattr(config, "workerinput"):
+    return  # xdist disabled or missing, or this is already a worker
+  option = config.option
+  if option.numprocesses is not None or option.tx or option.dist != "no" or config.getoption("collectonly"):
+    return
+  if config.getoption("usepdb", False):
+    return
+  workers = min(DEFAULT_WORKERS, len(os.sched_getaffinity(0)))
+  if workers > 1:
+    option.numprocesses, option.dist, option.tx = workers, "loadfile", ["popen"] * workers
+
 
 def pytest_configure(config):
-  config.addinivalue_line("markers", "slow: loads a real embedded model or the reference implementation")
+  config.addinivalue_line("markers", "slow: loads a real embedded model or the reference implementation "
+                                     "(torch, transformers); deselect with -m 'not slow'")
+  _default_workers(config)
+  for key, value in _OFFLINE.items():
+    _before_run[key] = os.environ.get(key)
+    os.environ[key] = value
+
+
+def pytest_unconfigure(config):
+  for key, value in _before_run.items():
+    if value is None:
+      os.environ.pop(key, None)
+    else:
+      os.environ[key] = value
+
+
+# Set by pytest itself, or by a library for its own later use (torch, on first compile).
+_NOT_THE_TESTS = ("PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR")
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored():
+  """Fails the test that changed ``os.environ`` without restoring it, and restores it."""
+  before = dict(os.environ)
+  yield
+  after = dict(os.environ)
+  changed = sorted(k for k in before.keys() | after.keys()
+                   if before.get(k) != after.get(k) and k not in _NOT_THE_TESTS)
+  if changed:
+    for key in changed:
+      if key in before:
+        os.environ[key] = before[key]
+      else:
+        del os.environ[key]
+    pytest.fail(f"the test changed os.environ {changed} and did not restore it; use monkeypatch.setenv")
+
+
+class EmbeddedModels:
+  """``jaxsem.load(name)`` of the embedded models, each loaded once per test process.
+
+  A test that only reads a model shares this copy; one that needs another dtype or mesh loads
+  its own. ``load_warnings(name)`` are the warnings the load gave.
+  """
+
+  def __init__(self):
+    self._models = {}
+    self._warnings = {}
+
+  def __call__(self, name: str):
+    if name not in self._models:
+      import jaxsem
+      with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        self._models[name] = jaxsem.load(name, params_cache=False)
+      self._warnings[name] = [str(w.message) for w in record]
+    return self._models[name]
+
+  def load_warnings(self, name: str) -> list[str]:
+    self(name)
+    return self._warnings[name]
+
+
+@pytest.fixture(scope="session")
+def embedded_models() -> EmbeddedModels:
+  """The embedded models, loaded on first use and shared by every test of this process."""
+  return EmbeddedModels()

@@ -7,14 +7,9 @@ wrong transpose or a missing ``+1`` cannot pass unnoticed.
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
+import numpy as np
+import torch
+import transformers
 
 _COMMON = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_attention_heads=4,
                head_dim=16, max_position_embeddings=256, bos_token_id=1, eos_token_id=2,

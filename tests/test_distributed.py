@@ -259,7 +259,7 @@ def _volatile(path) -> bool:
   """Timing, throughput, file paths and the provenance of the run's layout, not of its numbers."""
   keys = [k for k in path if isinstance(k, str)]
   return any("seconds" in k or k.endswith("per_second")
-             or k in ("path", "devices", "mesh", "params_cache", "resumed") for k in keys)
+             or k in ("path", "out_dir", "devices", "mesh", "params_cache", "resumed") for k in keys)
 
 
 def _assert_same_numbers(a: dict, b: dict, *, rtol: float = 0.0, atol: float = 0.0) -> int:
@@ -342,7 +342,7 @@ def test_sweep_only_process_0_prints_and_writes(sweeps):
   for r in (first, second):
     assert "Traceback" not in r.stderr and "error:" not in r.stderr
   assert sorted(p.name for p in (tmp / "2x4").iterdir() if not p.name.startswith(".")) == [
-      "cumulative.png", "cumulative_whitened.png", "projections.zarr", "summary.json"]
+      "cumulative.png", "cumulative_whitened.png", "projections.zarr", "report.html", "summary.json"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -387,9 +387,15 @@ def test_coordinator_out_of_reach_fails_after_the_timeout(process_id, reason):
   address = f"127.0.0.1:{_free_port()}"  # nobody listens there (process 0 starts the coordinator itself)
   r = _run_one(SWEEP[0], *SWEEP[1:], "--out_dir=/nonexistent/never-written",
                f"--coordinator_address={address}", "--num_processes=2", f"--process_id={process_id}",
-               "--distributed_timeout=5", devices=4, timeout=60)
+               "--distributed_timeout=5", devices=4, timeout=300)
   _assert_clean_failure(r, address, "within 5 s", reason, "--distributed_timeout")
-  assert r.returncode == 2 and 5 <= r.seconds < 40, r.seconds
+  assert r.returncode == 2 and r.seconds >= 5, r.seconds  # it waited for the timeout
+
+
+# The runs below must fail at once, not after --distributed_timeout: the timeout is set far beyond
+# the harness's, so a run that waited for it is killed and the test fails as a hang. No test
+# bounds wall time more tightly (a busy machine would make that flaky).
+_AT_ONCE = ("--distributed_timeout=900", 300)  # (flag, harness timeout in seconds)
 
 
 def test_coordinator_port_in_use_fails_at_once():
@@ -399,37 +405,33 @@ def test_coordinator_port_in_use_fails_at_once():
     address = f"127.0.0.1:{busy.getsockname()[1]}"
     r = _run_one(SWEEP[0], *SWEEP[1:], "--out_dir=/nonexistent/never-written",
                  f"--coordinator_address={address}", "--num_processes=2", "--process_id=0",
-                 "--distributed_timeout=30", devices=4, timeout=60)
+                 _AT_ONCE[0], devices=4, timeout=_AT_ONCE[1])
   _assert_clean_failure(r, f"--coordinator_address={address}", "already in use")
-  assert r.seconds < 30
 
 
 def test_mesh_for_one_process_fails_on_both(tmp_path):
   """data:1,model:4 fits one process's 4 devices but not the run's 8."""
   runs = _run_group(SWEEP[0], [*SWEEP[1:], "--mesh=data:1,model:4", f"--out_dir={tmp_path / 'out'}",
-                               "--distributed_timeout=30"], tmp_path, timeout=120)
+                               "--distributed_timeout=30"], tmp_path, timeout=300)
   for r in runs:
     _assert_clean_failure(r, "--mesh", "8")
   assert not (tmp_path / "out").exists()  # process 0 removes the out_dir it created
 
 
 def test_different_num_processes_fails_on_both(tmp_path):
-  runs = _run_group(SWEEP[0], [*SWEEP[1:], f"--out_dir={tmp_path / 'out'}", "--distributed_timeout=30"],
-                    tmp_path, extra={1: ["--num_processes=3"]}, timeout=120)
+  runs = _run_group(SWEEP[0], [*SWEEP[1:], f"--out_dir={tmp_path / 'out'}", _AT_ONCE[0]],
+                    tmp_path, extra={1: ["--num_processes=3"]}, timeout=_AT_ONCE[1])
   for r in runs:
     _assert_clean_failure(r, "--num_processes=3", "2 processes joined")
-    assert r.seconds < 30  # told at once, not after --distributed_timeout
   assert not (tmp_path / "out").exists()
 
 
 def test_out_dir_that_is_a_file_fails_on_both(tmp_path):
   out = tmp_path / "out"
   out.write_text("not a directory\n")
-  runs = _run_group(SWEEP[0], [*SWEEP[1:], f"--out_dir={out}", "--distributed_timeout=30"], tmp_path,
-                    timeout=120)
+  runs = _run_group(SWEEP[0], [*SWEEP[1:], f"--out_dir={out}", _AT_ONCE[0]], tmp_path, timeout=_AT_ONCE[1])
   for r in runs:
     _assert_clean_failure(r, f"--out_dir={out}", "is a file")
-    assert r.seconds < 30
   assert out.read_text() == "not a directory\n"
 
 
@@ -441,7 +443,7 @@ def test_out_dir_held_by_another_run_fails_on_both(tmp_path):
     lock.flush()
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     runs = _run_group(SWEEP[0], [*SWEEP[1:], f"--out_dir={out}", "--distributed_timeout=30"], tmp_path,
-                      timeout=120)
+                      timeout=300)
   for r in runs:
     _assert_clean_failure(r, f"--out_dir={out}", "in use by jaxsem run pid 4242 on elsewhere")
   assert sorted(p.name for p in out.iterdir()) == [".jaxsem.lock"]

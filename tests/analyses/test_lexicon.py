@@ -126,9 +126,8 @@ ADJECTIVES = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["gemma3-270m", "smollm2-135m-instruct"])
-def test_real_models_cover_common_adjectives(name):
-  import jaxsem
-  model = jaxsem.load(name)
+def test_real_models_cover_common_adjectives(embedded_models, name):
+  model = embedded_models(name)
   wt = lexicon.resolve_words(model.tokenizer, ADJECTIVES)
   print(f"{name}: single-token coverage {wt.coverage:.1%}; dropped {wt.dropped}")
   assert wt.coverage > 0.8

@@ -3,7 +3,6 @@
 import gc
 import math
 import os
-import time
 import weakref
 import zlib
 
@@ -299,106 +298,6 @@ def _real_path(name):
   return assets.resolve_model(name).path
 
 
-def _hf_as_params(sd, config):
-  """A transformers state dict in jaxsem's layout (Gemma norms left as HF's offsets)."""
-  d, h, k, dh = config.d_model, config.n_heads, config.n_kv_heads, config.head_dim
-
-  def stack(name, fn=lambda w: w):
-    return np.stack([fn(sd[f"model.layers.{i}.{name}"]) for i in range(config.n_layers)])
-  blocks = {
-      "attn_norm": stack("input_layernorm.weight"),
-      "q": stack("self_attn.q_proj.weight", lambda w: w.T.reshape(d, h, dh)),
-      "k": stack("self_attn.k_proj.weight", lambda w: w.T.reshape(d, k, dh)),
-      "v": stack("self_attn.v_proj.weight", lambda w: w.T.reshape(d, k, dh)),
-      "o": stack("self_attn.o_proj.weight", lambda w: w.T.reshape(h, dh, d)),
-      "gate": stack("mlp.gate_proj.weight", lambda w: w.T),
-      "up": stack("mlp.up_proj.weight", lambda w: w.T),
-      "down": stack("mlp.down_proj.weight", lambda w: w.T),
-  }
-  if config.family == "gemma3":
-    blocks.update(q_norm=stack("self_attn.q_norm.weight"), k_norm=stack("self_attn.k_norm.weight"),
-                  post_attn_norm=stack("post_attention_layernorm.weight"),
-                  mlp_norm=stack("pre_feedforward_layernorm.weight"),
-                  post_mlp_norm=stack("post_feedforward_layernorm.weight"))
-  else:
-    blocks["mlp_norm"] = stack("post_attention_layernorm.weight")
-  out = {"embed": sd["model.embed_tokens.weight"], "final_norm": sd["model.norm.weight"], "blocks": blocks}
-  if not config.tie_embeddings:
-    out["unembed"] = sd["lm_head.weight"]
-  return out
-
-
-@pytest.fixture(scope="module", params=REAL_MODELS)
-def real(request):
-  """(name, path, config, params, provenance, load seconds, transformers model)."""
-  before = os.environ.get("HF_HUB_OFFLINE")
-  os.environ["HF_HUB_OFFLINE"] = "1"  # the reference must never reach a hub; restored below
-  import torch
-  import transformers
-  path = _real_path(request.param)
-  start = time.perf_counter()
-  config, params, provenance = gp.load_gguf(path)
-  seconds = time.perf_counter() - start
-  hf = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                         dtype=torch.float32)
-  yield request.param, path, config, params, provenance, seconds, hf
-  del hf, params
-  gc.collect()
-  if before is None:
-    os.environ.pop("HF_HUB_OFFLINE", None)
-  else:
-    os.environ["HF_HUB_OFFLINE"] = before
-
-
-@pytest.mark.slow
-def test_real_model_matches_transformers_state_dict(real):
-  name, path, config, params, _, seconds, hf = real
-  sd = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
-  want = _leaves(_hf_as_params(sd, config))
-  got = _leaves(params)
-  assert set(got) == set(want)
-  for leaf, w in want.items():
-    g = got[leaf]
-    assert g.shape == w.shape, (leaf, g.shape, w.shape)
-    if config.family == "gemma3" and leaf.endswith("norm"):
-      # The file holds 1 + w; transformers subtracts the 1 again.
-      np.testing.assert_array_equal(g - np.float32(1), w, err_msg=leaf)
-    else:
-      np.testing.assert_array_equal(g, w, err_msg=leaf)
-  if config.tie_embeddings:
-    np.testing.assert_array_equal(sd["lm_head.weight"], params["embed"])
-  print(f"\n{name}: load_gguf {seconds:.2f} s")
-
-
-@pytest.mark.slow
-def test_real_model_config_matches_transformers(real):
-  _, _, config, params, provenance, _, hf = real
-  c = hf.config
-  assert (config.vocab_size, config.d_model, config.n_layers) == (c.vocab_size, c.hidden_size,
-                                                                   c.num_hidden_layers)
-  assert (config.n_heads, config.n_kv_heads, config.head_dim, config.d_ff) == (
-      c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size)
-  assert math.isclose(config.norm_eps, c.rms_norm_eps, rel_tol=1e-6)
-  assert config.bos_token_id == c.bos_token_id and c.eos_token_id in config.eos_token_ids
-  assert config.tie_embeddings == c.tie_word_embeddings and provenance["tied"]
-  assert params["embed"].shape == (config.vocab_size, config.d_model)
-  assert provenance["unused_tensors"] == [] and provenance["embed_type"] == "Q8_0"
-  if config.family == "gemma3":
-    assert config.local_layers == tuple(t == "sliding_attention" for t in c.layer_types)
-    assert config.sliding_window == c.sliding_window
-    assert math.isclose(config.query_scale, c.query_pre_attn_scalar ** -0.5)
-    assert math.isclose(config.embed_scale, c.hidden_size ** 0.5)
-    assert config.rope_theta == c.rope_parameters["full_attention"]["rope_theta"]
-    assert config.rope_local_theta == c.rope_parameters["sliding_attention"]["rope_theta"]
-    assert config.final_softcap == c.final_logit_softcapping
-    assert provenance["quant_types"] == {"F32": 109, "Q4_K": 27, "Q5_0": 81, "Q6_K": 9, "Q8_0": 10}
-    assert provenance["norms_include_plus_one"] and not provenance["qk_unpermuted"]
-  else:
-    assert config.rope_theta == c.rope_parameters["rope_theta"] and config.rope_scaling is None
-    assert provenance["quant_types"] == {"F32": 61, "Q4_1": 210, "Q8_0": 1}
-    assert provenance["qk_unpermuted"]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", REAL_MODELS)
 def test_real_model_dequant_matches_gguf_reference(name):
@@ -421,7 +320,8 @@ def test_real_model_dequant_matches_gguf_reference(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", REAL_MODELS)
 def test_real_model_loads_every_param(name):
-  """Timing lives in benchmarks/bench_load.py; here only what is loaded."""
+  """Timing lives in benchmarks/bench_load.py; here only what is loaded; transformers' copy of the
+  same file is compared with it in tests/models/test_parity_real.py."""
   config, params, _ = gp.load_gguf(_real_path(name))
   n = sum(v.size for v in _leaves(params).values())
   assert n == config.n_params

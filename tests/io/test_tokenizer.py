@@ -33,8 +33,6 @@ from jaxsem.errors import InputError
 from jaxsem.io import tokenizer as tk
 from jaxsem.io.gguf_file import GGUFFile
 
-os.environ["HF_HUB_OFFLINE"] = "1"  # The reference must never reach the network.
-
 # ---------------------------------------------------------------------------------------
 # Test strings.
 

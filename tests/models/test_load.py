@@ -1,6 +1,5 @@
 """jaxsem.load on the embedded models: dtypes, meshes, provenance."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -13,8 +12,8 @@ PROMPTS = ["The capital of France is", "The opposite of good is", "One, two, thr
 
 
 @pytest.fixture(scope="module")
-def f32():
-  return jaxsem.load("smollm2-135m-instruct")
+def f32(embedded_models):
+  return embedded_models("smollm2-135m-instruct")
 
 
 def test_bfloat16_agrees_with_float32(f32):

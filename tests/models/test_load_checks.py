@@ -17,6 +17,7 @@ from tokenizers import pre_tokenizers
 
 import jaxsem
 from tests import gguf_fixtures as gf
+from tests import hf_snapshots
 
 REPO = Path(__file__).resolve().parents[2]
 ROWS = 64  # embedding rows of the snapshots built here
@@ -33,14 +34,9 @@ def _word_tokenizer(n_ids: int) -> tokenizers.Tokenizer:
 @pytest.fixture(scope="module")
 def weights_dir(tmp_path_factory) -> Path:
   """A tiny random llama snapshot (``ROWS`` embedding rows, 16-token context), no tokenizer yet."""
-  fx = pytest.importorskip("tests.hf_fixtures")
-  import transformers
-
-  config = transformers.LlamaConfig(
-      vocab_size=ROWS, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-      num_key_value_heads=2, head_dim=8, max_position_embeddings=16, bos_token_id=1, eos_token_id=2,
-      pad_token_id=0, tie_word_embeddings=True)
-  return Path(fx.save(fx.build(config), str(tmp_path_factory.mktemp("weights"))))
+  config = dict(hf_snapshots.LLAMA, vocab_size=ROWS, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                head_dim=8, max_position_embeddings=16, tie_word_embeddings=True)
+  return Path(hf_snapshots.write(tmp_path_factory.mktemp("weights"), config)[0])
 
 
 def _snapshot(weights_dir: Path, tmp_path: Path, n_ids: int) -> Path:
@@ -110,11 +106,9 @@ def test_gguf_token_list_shorter_than_the_embedding_warns(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["gemma3-270m", "smollm2-135m-instruct"])
-def test_embedded_models_have_no_unused_rows(name):
-  with warnings.catch_warnings(record=True) as record:
-    warnings.simplefilter("always")
-    model = jaxsem.load(name)
-  assert _vocab_warnings(record) == []
+def test_embedded_models_have_no_unused_rows(embedded_models, name):
+  model = embedded_models(name)
+  assert [w for w in embedded_models.load_warnings(name) if "token ids" in w] == []
   assert model.tokenizer.vocab_size == model.config.vocab_size
 
 

@@ -1,4 +1,7 @@
-"""Logits parity with transformers on tiny random models loaded from HF snapshots."""
+"""Logits parity with transformers on tiny random models loaded from HF snapshots.
+
+Slow: transformers (and torch) compute the reference logits.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsem import sharding
-from jaxsem.io import hf_checkpoint as hc
-from jaxsem.models.forward import forward
-from tests import hf_fixtures as fx
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from jaxsem import sharding  # noqa: E402
+from jaxsem.io import hf_checkpoint as hc  # noqa: E402
+from jaxsem.models.forward import forward  # noqa: E402
+from tests import hf_fixtures as fx  # noqa: E402
+
+pytestmark = pytest.mark.slow
 
 SEQ_LEN = 12  # longer than every sliding window in the fixtures (4 and 5)
 LENGTHS = [12, 7, 3, 10]  # right padding, different lengths
