@@ -1,9 +1,15 @@
-"""Shared helpers for analysis tests: a tiny tokenizer with a word-initial marker."""
+"""Shared helpers for analysis tests: a tiny tokenizer with a word-initial marker, and a
+toy Gemma-3-like model that speaks it."""
 
+import jax
+import numpy as np
 from tokenizers import Tokenizer as Backend
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
+from jaxsem import sharding
 from jaxsem.io.tokenizer import Tokenizer
+from jaxsem.models.model import Model
+from tests import toy
 
 SPECIALS = ("<pad>", "<eos>", "<bos>", "<unk>")
 # Pieces of the toy vocabulary ("_" stands for the word-initial marker); every prefix of
@@ -41,3 +47,21 @@ def toy_tokenizer(marker: str = "\u2581") -> Tokenizer:
   backend.add_special_tokens(list(SPECIALS))
   return Tokenizer(backend, kind="toy", source="toy", pre_tokenizer="toy", word_initial_marker=marker,
                    bos_id=2, eos_ids=(1,), pad_id=0)
+
+
+def toy_model(mesh=None, seed: int = 1, embed_offset: float = 0.0) -> Model:
+  """The toy gemma3 config with random params (seed ``seed``) and ``toy_tokenizer``.
+
+  Args:
+    mesh: shard the params on it (None: one device).
+    seed: params seed.
+    embed_offset: added to every embedding entry (a large vocabulary mean).
+  """
+  cfg = toy.CONFIGS["gemma3"]()
+  params = toy.params_for(cfg, seed=seed)
+  if embed_offset:
+    params = {k: (v + embed_offset if k == "embed" else v) for k, v in params.items()}
+  if mesh is not None:
+    params = sharding.shard_params(jax.tree.map(np.asarray, params), mesh)
+  return Model(config=cfg, params=params, tokenizer=toy_tokenizer(), provenance={"name": "toy"}, mesh=mesh)
+

@@ -4,7 +4,6 @@ through the grid against whole prompts, sharded and not; readouts by name."""
 import dataclasses
 import types
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -16,9 +15,7 @@ from jaxsem.errors import InputError
 from jaxsem.io.scales import Scale
 from jaxsem.models import interventions as iv_lib
 from jaxsem.models.forward import forward_jit
-from jaxsem.models.model import Model
-from tests import toy
-from tests.analyses import toy_tokenizer
+from tests.analyses import toy_model, toy_tokenizer
 
 
 def test_expected_rating_is_the_softmax_mean_of_the_answers():
@@ -191,17 +188,9 @@ GRID_SCALES = (Scale("kind-cruel", ("kind",), ("cruel",)), Scale("good-bad", ("g
 SITE = "resid_pre.1"
 
 
-def _toy_model(mesh=None):
-  cfg = toy.CONFIGS["gemma3"]()
-  params = toy.params_for(cfg, seed=1)
-  if mesh is not None:
-    params = sharding.shard_params(jax.tree.map(np.asarray, params), mesh)
-  return Model(config=cfg, params=params, tokenizer=toy_tokenizer(), provenance={"name": "toy"}, mesh=mesh)
-
-
 @pytest.fixture(scope="module")
 def models():
-  return {"unsharded": _toy_model(), "sharded": _toy_model(sharding.make_mesh("data:2,model:4"))}
+  return {"unsharded": toy_model(), "sharded": toy_model(sharding.make_mesh("data:2,model:4"))}
 
 
 def _prompts(tok):
@@ -328,7 +317,7 @@ def test_a_new_readout_is_one_function(models, monkeypatch):
 
 def test_readouts_by_name():
   assert readouts.READOUTS == tuple(readouts.READOUT_FACTORIES) == ("logodds", "representation")
-  model = _toy_model()
+  model = toy_model()
   units = np.eye(len(GRID_SCALES), model.config.d_model)
   request = readouts.ReadoutRequest(model, GRID_SCALES, "resid_post.1", units)
   assert readouts.requested_readout("logodds", request).kind == "logodds"

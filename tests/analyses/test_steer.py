@@ -5,7 +5,6 @@ import inspect
 import json
 import types
 
-import jax
 import numpy as np
 import pytest
 
@@ -14,10 +13,8 @@ from jaxsem.analyses import grid as grid_lib
 from jaxsem.analyses import offtarget, readouts, steer, steering_methods
 from jaxsem.errors import InputError
 from jaxsem.io import scales as scales_io
-from jaxsem.models.model import Model
 from jaxsem.report import writers
-from tests import toy
-from tests.analyses import toy_tokenizer
+from tests.analyses import toy_model
 from tests.test_launch import _assert_one_line_error, _run  # shared subprocess helpers
 from tests.test_launch_analyses import _assert_png
 
@@ -33,17 +30,9 @@ NAMES = tuple(x["name"] for x in TOY_SCALES["scales"])
 SUBSET = ("kind-cruel", "good-bad", "hot-cold")
 
 
-def _toy_model(mesh=None):
-  cfg = toy.CONFIGS["gemma3"]()
-  params = toy.params_for(cfg, seed=1)
-  if mesh is not None:
-    params = sharding.shard_params(jax.tree.map(np.asarray, params), mesh)
-  return Model(config=cfg, params=params, tokenizer=toy_tokenizer(), provenance={"name": "toy"}, mesh=mesh)
-
-
 @pytest.fixture(scope="module")
 def model():
-  return _toy_model()
+  return toy_model()
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +120,7 @@ def test_sharded_equals_unsharded(model):
   wi, vec = _random_rows(d, n_rows=19, seed=5)
   dirs = _unit_dirs(len(TOY_SCALES["scales"]), d, 6)
   plain = _grid(model, 8, dirs)
-  sharded_model = _toy_model(sharding.make_mesh("data:2,model:4"))
+  sharded_model = toy_model(sharding.make_mesh("data:2,model:4"))
   sharded = _grid(sharded_model, 7, dirs)
   assert sharded.batch_size == 8  # rounded up to the data axis
   r0, rep0 = plain.evaluate(wi, vec)

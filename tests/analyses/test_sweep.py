@@ -2,7 +2,6 @@
 
 import json
 
-import jax
 import numpy as np
 import pytest
 
@@ -10,10 +9,8 @@ from jaxsem import sharding
 from jaxsem.analyses import lexicon, sweep
 from jaxsem.errors import InputError
 from jaxsem.kernels import zarr_out
-from jaxsem.models.model import Model
 from jaxsem.report import writers
-from tests import toy
-from tests.analyses import toy_tokenizer
+from tests.analyses import toy_model
 
 TOY_SCALES = {"name": "toy", "scales": [
     {"name": "kind-cruel", "positive": ["kind"], "negative": ["cruel"]},
@@ -25,12 +22,7 @@ TOY_SCALES = {"name": "toy", "scales": [
 
 
 def _toy_model(mesh=None):
-  cfg = toy.CONFIGS["gemma3"]()
-  params = toy.params_for(cfg)
-  params = {k: (v + 0.3 if k == "embed" else v) for k, v in params.items()}  # a large vocabulary mean
-  if mesh is not None:
-    params = sharding.shard_params(jax.tree.map(np.asarray, params), mesh)
-  return Model(config=cfg, params=params, tokenizer=toy_tokenizer(), provenance={"name": "toy"}, mesh=mesh)
+  return toy_model(mesh, seed=0, embed_offset=0.3)  # a large vocabulary mean
 
 
 def _numpy_corr_ratios(p):
