@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 
 from jaxsem.errors import InputError
+from jaxsem.io.scales import FACTORS
 from jaxsem.kernels import subspace
 from jaxsem.progress import Callback
 from jaxsem.progress import chunks
 
-FACTORS = ("E", "P", "A")
 # The varimax of every structure result; recorded in ``settings`` (Kaiser normalisation:
 # rows scaled to unit communality before the rotation and scaled back after it).
 VARIMAX = {"gamma": 1.0, "max_iter": 500, "tol": 1e-6, "normalize": True}
