@@ -33,18 +33,29 @@ _NOT_INPUTS = frozenset({"out_dir", "load.params_cache", "load.mesh", "steer.bat
 # Short flag -> (dotted config field, converter): each short flag, when given, overrides that
 # field of the --config file (after its --config.* overrides).
 _SHORTCUTS: dict[str, tuple[str, Callable | None]] = {}
+# The top-level keys of the launcher's default config: a --config file must have them all.
+_SECTIONS: list[str] = []
+_NAME: list[str] = ["quick"]  # the launcher's default config
 
 
 def define_config(name: str):
   """--config (default ``configs/experiments/<name>.py``, dotted overrides ``--config.a.b=v``)
   and --config_print; returns the default config, whose values are the short flags' defaults."""
-  config_flags.DEFINE_config_file(
-      "config", experiment_config.path_of(name),
-      f"Experiment config file with get_config() (default: configs/experiments/{name}.py); override a "
-      "field with --config.<section>.<field>=value. The short flags below override it too.",
-      lock_config=True)
+  try:
+    # config_flags reads the --config.* overrides from sys.argv here, at definition time.
+    config_flags.DEFINE_config_file(
+        "config", experiment_config.path_of(name),
+        f"Experiment config file with get_config() (default: configs/experiments/{name}.py); override a "
+        "field with --config.<section>.<field>=value. The short flags below override it too.",
+        lock_config=True)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    fail(f"a --config.* override names a field the config does not have ({_one_line(e).strip(chr(34))}); "
+         f"see --config_print for the fields of configs/experiments/{name}.py.")
   flags.DEFINE_bool("config_print", False, "Print the resolved config (JSON) and exit without running.")
-  return experiment_config.get_config(name)
+  default = experiment_config.get_config(name)
+  _SECTIONS[:] = sorted(default.keys())
+  _NAME[:] = [name]
+  return default
 
 
 def shortcut(flag: str, field: str, convert: Callable | None = None) -> None:
@@ -67,7 +78,19 @@ def config():
   With --config_print, prints it as JSON and exits 0.
   """
   f = flags.FLAGS
-  resolved = f.config.copy_and_resolve_references()
+  filename = f["config"].config_filename
+  if not os.path.isfile(filename):
+    raise InputError(f"--config={filename}: no such file; give a Python file with get_config(), e.g. "
+                     f"configs/experiments/{_NAME[0]}.py.")
+  try:
+    resolved = f.config.copy_and_resolve_references()
+  except Exception as e:  # config_flags reports a file it could not load (or run) only when read
+    raise InputError(f"--config={filename}: cannot load it ({_one_line(e)[:300]}); give a "
+                     "Python file with get_config(), e.g. one in configs/experiments/.") from None
+  missing = [key for key in _SECTIONS if key not in resolved]
+  if missing:
+    raise InputError(f"--config={filename}: it has no {missing[0]!r}, which this launcher "
+                     f"needs (it needs {', '.join(_SECTIONS)}); start from its default config.")
   resolved.unlock()
   for flag, (field, convert) in _SHORTCUTS.items():
     if flag in f and f[flag].present:

@@ -243,3 +243,29 @@ def test_out_dir_that_cannot_be_made_does_not_offer_to_resume():
   proc = _run("launch.steer", "--out_dir=/proc/jaxsem-out", "--words=warriner")
   _assert_one_line_error(proc, "--out_dir=/proc/jaxsem-out", "cannot write there")
   assert "rerun" not in proc.stderr and "load " not in proc.stderr
+
+
+@pytest.mark.parametrize("launcher,args,needles", [
+    ("launch.main", ["--config=configs/experiments/nope.py"], ["--config=configs/experiments/nope.py",
+                                                               "no such file"]),
+    ("launch.steer", ["--config.steer.nonfield=1"], ["'nonfield'", "--config_print"]),
+    ("launch.steer", ["--config.steer.n_words=abc"], ["--config.steer.n_words=abc"]),
+    ("launch.align", ["--config=configs/experiments/steer.py"], ["no 'analysis'", "start from"]),
+], ids=["missing-file", "unknown-field", "bad-value", "wrong-sections"])
+def test_config_errors_are_one_line_before_any_model_loads(tmp_path, launcher, args, needles):
+  out = tmp_path / "out"
+  proc = _run(launcher, f"--out_dir={out}", *args)
+  _assert_one_line_error(proc, *needles)
+  assert proc.returncode == 2 and "load " not in proc.stderr and not out.exists()
+
+
+def test_config_print_shows_overrides_in_order_of_precedence():
+  """File < --config.* override < short flag; --config_print prints the result and exits 0."""
+  proc = _run("launch.steer", "--config=configs/experiments/steer.py", "--config.steer.n_words=64",
+              "--config.steer.n_boot=77", "--n_boot=33", "--config_print")
+  assert proc.returncode == 0, proc.stderr
+  resolved = json.loads(proc.stdout)
+  assert resolved["steer"]["n_words"] == 64 and resolved["steer"]["n_boot"] == 33
+  assert resolved["steer"]["n_perm"] == steer.SteerOptions().n_perm  # untouched: the file's value
+  assert resolved["load"]["model"] == "gemma3-270m" and resolved["out_dir"] == "out/steer"
+
