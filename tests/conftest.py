@@ -50,8 +50,9 @@ def _default_workers(config) -> None:
 
 
 def pytest_configure(config):
-  config.addinivalue_line("markers", "slow: loads a real embedded model or the reference implementation "
-                                     "(torch, transformers); deselect with -m 'not slow'")
+  config.addinivalue_line("markers", "slow: loads a real embedded model, runs the reference implementation "
+                                     "(torch, transformers) or runs whole analyses in launcher processes; "
+                                     "deselect with -m 'not slow'")
   _default_workers(config)
   for key, value in _OFFLINE.items():
     _before_run[key] = os.environ.get(key)
@@ -116,3 +117,12 @@ class EmbeddedModels:
 def embedded_models() -> EmbeddedModels:
   """The embedded models, loaded on first use and shared by every test of this process."""
   return EmbeddedModels()
+
+
+@pytest.fixture(scope="session")
+def word_model(tmp_path_factory) -> str:
+  """Path of a tiny GGUF model that has every rated, pole and readout word as one token
+  (``tests/word_model.py``): launcher plumbing tests run on it in seconds."""
+  from tests import word_model as word_model_lib
+
+  return word_model_lib.write(tmp_path_factory.mktemp("word_model") / "words.gguf")

@@ -3,6 +3,7 @@
 The multi-process tests start real launcher processes on this machine, each with its own fake CPU
 devices (``XLA_FLAGS``), joined by ``jax.distributed`` on a free localhost port with gloo collectives:
 ``2 processes x 4 devices`` must give the numbers of ``1 process x 8 devices`` and of one device.
+They run on the tiny word model (``tests/word_model.py``): what is tested is the layout, not the model.
 """
 
 import dataclasses
@@ -22,7 +23,6 @@ from jaxsem import distributed
 from jaxsem.errors import InputError
 from tests.test_launch import REPO, _assert_one_line_error
 
-SMOL = "--model=smollm2-135m-instruct"
 # Everything that could make a child process (or resolve() here) join a run it was not told to join.
 _RUN_ENV = (distributed.ENV_ADDRESS, distributed.ENV_PROCESSES, distributed.ENV_PROCESS_ID, "SLURM_JOB_ID",
             "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES")
@@ -256,10 +256,10 @@ def _leaves(doc, path=()):
 
 
 def _volatile(path) -> bool:
-  """Timing, throughput, file paths and the provenance of the run's layout, not of its numbers."""
+  """Timing, throughput, file paths, the code checkout and the run's layout, not its numbers."""
   keys = [k for k in path if isinstance(k, str)]
   return any("seconds" in k or k.endswith("per_second")
-             or k in ("path", "out_dir", "devices", "mesh", "params_cache", "resumed") for k in keys)
+             or k in ("path", "out_dir", "devices", "mesh", "params_cache", "resumed", "code") for k in keys)
 
 
 def _assert_same_numbers(a: dict, b: dict, *, rtol: float = 0.0, atol: float = 0.0) -> int:
@@ -284,13 +284,22 @@ def _assert_same_numbers(a: dict, b: dict, *, rtol: float = 0.0, atol: float = 0
 # ---------------------------------------------------------------------------------------------------------
 # The sweep: 2 processes x 4 devices, 1 process x 8 devices and 1 device give the same numbers.
 
-SWEEP = ["launch.sweep", SMOL, "--scales=osgood28", "--baselines=gaussian,token_pairs"]
+@pytest.fixture(scope="module")
+def sweep_cmd(word_model):
+  return ["launch.sweep", f"--model={word_model}", "--scales=osgood28", "--baselines=gaussian,token_pairs"]
 
 
 @pytest.fixture(scope="module")
-def sweeps(tmp_path_factory):
+def vocab_rows(word_model):
+  from jaxsem.io import gguf_file
+
+  return len(gguf_file.GGUFFile(word_model).metadata["tokenizer.ggml.tokens"])
+
+
+@pytest.fixture(scope="module")
+def sweeps(sweep_cmd, tmp_path_factory):
   tmp = tmp_path_factory.mktemp("sweeps")
-  module, *args = SWEEP
+  module, *args = sweep_cmd
   mesh = "--mesh=data:2,model:4"
   runs = {
       "2x4": _run_group(module, [*args, mesh, f"--out_dir={tmp / '2x4'}"], tmp, devices=4),
@@ -305,7 +314,7 @@ def sweeps(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_sweep_summary_is_the_same_on_any_layout(sweeps):
+def test_sweep_summary_is_the_same_on_any_layout(sweeps, vocab_rows):
   _, _, docs = sweeps
   devices = {name: doc["provenance"]["devices"] for name, doc in docs.items()}
   assert devices["2x4"] == {"platform": "cpu", "count": 8, "processes": 2}
@@ -315,18 +324,18 @@ def test_sweep_summary_is_the_same_on_any_layout(sweeps):
   n = _assert_same_numbers(docs["2x4"], docs["1x8"], rtol=1e-5, atol=1e-7)
   _assert_same_numbers(docs["2x4"], docs["1x1"], rtol=1e-5, atol=1e-7)
   assert n > 150  # compared the spectra, not an empty document
-  assert docs["2x4"]["n_tokens"] == 49152
+  assert docs["2x4"]["n_tokens"] == vocab_rows
   assert set(docs["2x4"]["spectra"]) == {"antonym", "gaussian", "token_pairs"}
 
 
 @pytest.mark.slow
-def test_sweep_projection_matrix_is_the_same_on_any_layout(sweeps):
+def test_sweep_projection_matrix_is_the_same_on_any_layout(sweeps, vocab_rows):
   from jaxsem.kernels import zarr_out
 
   tmp, _, _ = sweeps
   m = {name: zarr_out.open_for_read(tmp / name / "projections.zarr").read().result()
        for name in ("2x4", "1x8", "1x1")}
-  assert m["2x4"].shape == (49152, 28) and np.isfinite(m["2x4"]).all()
+  assert m["2x4"].shape == (vocab_rows, 28) and np.isfinite(m["2x4"]).all()
   np.testing.assert_allclose(m["2x4"], m["1x8"], rtol=0, atol=1e-6)
   np.testing.assert_allclose(m["2x4"], m["1x1"], rtol=0, atol=1e-6)
 
@@ -348,13 +357,13 @@ def test_sweep_only_process_0_prints_and_writes(sweeps):
 # ---------------------------------------------------------------------------------------------------------
 # Steering: a small grid (plain steering only) on 2 processes x 4 devices and on one device.
 
-STEER = ["launch.steer", SMOL, "--n_words=8", "--grid_words=8", "--steer=good-bad,strong-weak",
+STEER = ["launch.steer", "--n_words=8", "--grid_words=8", "--steer=good-bad,strong-weak",
          "--alphas=-0.5,0.5", "--n_boot=20", "--n_perm=20", "--method=plain", "--n_random=0"]
 
 
 @pytest.mark.slow
-def test_steer_is_the_same_on_two_processes(tmp_path):
-  module, *args = STEER
+def test_steer_is_the_same_on_two_processes(word_model, tmp_path):
+  module, *args = STEER + [f"--model={word_model}"]
   two = _run_group(module, [*args, "--mesh=data:2,model:4", f"--out_dir={tmp_path / 'two'}"], tmp_path,
                    devices=4)
   one = _run_one(module, *args, f"--out_dir={tmp_path / 'one'}", devices=None)
@@ -364,7 +373,8 @@ def test_steer_is_the_same_on_two_processes(tmp_path):
   b = json.loads((tmp_path / "one" / "summary.json").read_text())
   assert a["provenance"]["devices"]["processes"] == 2 and a["provenance"]["devices"]["count"] == 8
   assert len(a["offtarget"]["per_pair"]) == 2 * 27
-  _assert_same_numbers(a, b, rtol=0.0, atol=1e-4)
+  # Float32 sums in another order; the random word model amplifies them more than a trained one (|D| ~ 50).
+  _assert_same_numbers(a, b, rtol=1e-3, atol=1e-4)
   assert "off-target D vs cosine" in two[0].stdout and "off-target" not in two[1].stdout
   assert "steer grid:" in two[0].stderr and "steer grid:" not in two[1].stderr
 
@@ -379,13 +389,13 @@ def _assert_clean_failure(r: Ran, *needles: str) -> None:
 
 
 @pytest.mark.parametrize("process_id, reason", [(1, "nothing answers"), (0, "not every process reached it")])
-def test_coordinator_out_of_reach_fails_after_the_timeout(process_id, reason):
+def test_coordinator_out_of_reach_fails_after_the_timeout(sweep_cmd, process_id, reason):
   """Process 1 with no coordinator, or process 0 with no peers: one line after --distributed_timeout.
 
   Left alone, JAX's runtime aborts the process (a C++ fatal error and stack dump) at its own timeout.
   """
   address = f"127.0.0.1:{_free_port()}"  # nobody listens there (process 0 starts the coordinator itself)
-  r = _run_one(SWEEP[0], *SWEEP[1:], "--out_dir=/nonexistent/never-written",
+  r = _run_one(sweep_cmd[0], *sweep_cmd[1:], "--out_dir=/nonexistent/never-written",
                f"--coordinator_address={address}", "--num_processes=2", f"--process_id={process_id}",
                "--distributed_timeout=5", devices=4, timeout=300)
   _assert_clean_failure(r, address, "within 5 s", reason, "--distributed_timeout")
@@ -398,51 +408,51 @@ def test_coordinator_out_of_reach_fails_after_the_timeout(process_id, reason):
 _AT_ONCE = ("--distributed_timeout=900", 300)  # (flag, harness timeout in seconds)
 
 
-def test_coordinator_port_in_use_fails_at_once():
+def test_coordinator_port_in_use_fails_at_once(sweep_cmd):
   with socket.socket() as busy:
     busy.bind(("0.0.0.0", 0))
     busy.listen()
     address = f"127.0.0.1:{busy.getsockname()[1]}"
-    r = _run_one(SWEEP[0], *SWEEP[1:], "--out_dir=/nonexistent/never-written",
+    r = _run_one(sweep_cmd[0], *sweep_cmd[1:], "--out_dir=/nonexistent/never-written",
                  f"--coordinator_address={address}", "--num_processes=2", "--process_id=0",
                  _AT_ONCE[0], devices=4, timeout=_AT_ONCE[1])
   _assert_clean_failure(r, f"--coordinator_address={address}", "already in use")
 
 
-def test_mesh_for_one_process_fails_on_both(tmp_path):
+def test_mesh_for_one_process_fails_on_both(sweep_cmd, tmp_path):
   """data:1,model:4 fits one process's 4 devices but not the run's 8."""
-  runs = _run_group(SWEEP[0], [*SWEEP[1:], "--mesh=data:1,model:4", f"--out_dir={tmp_path / 'out'}",
+  runs = _run_group(sweep_cmd[0], [*sweep_cmd[1:], "--mesh=data:1,model:4", f"--out_dir={tmp_path / 'out'}",
                                "--distributed_timeout=30"], tmp_path, timeout=300)
   for r in runs:
     _assert_clean_failure(r, "--mesh", "8")
   assert not (tmp_path / "out").exists()  # process 0 removes the out_dir it created
 
 
-def test_different_num_processes_fails_on_both(tmp_path):
-  runs = _run_group(SWEEP[0], [*SWEEP[1:], f"--out_dir={tmp_path / 'out'}", _AT_ONCE[0]],
+def test_different_num_processes_fails_on_both(sweep_cmd, tmp_path):
+  runs = _run_group(sweep_cmd[0], [*sweep_cmd[1:], f"--out_dir={tmp_path / 'out'}", _AT_ONCE[0]],
                     tmp_path, extra={1: ["--num_processes=3"]}, timeout=_AT_ONCE[1])
   for r in runs:
     _assert_clean_failure(r, "--num_processes=3", "2 processes joined")
   assert not (tmp_path / "out").exists()
 
 
-def test_out_dir_that_is_a_file_fails_on_both(tmp_path):
+def test_out_dir_that_is_a_file_fails_on_both(sweep_cmd, tmp_path):
   out = tmp_path / "out"
   out.write_text("not a directory\n")
-  runs = _run_group(SWEEP[0], [*SWEEP[1:], f"--out_dir={out}", _AT_ONCE[0]], tmp_path, timeout=_AT_ONCE[1])
+  runs = _run_group(sweep_cmd[0], [*sweep_cmd[1:], f"--out_dir={out}", _AT_ONCE[0]], tmp_path, timeout=_AT_ONCE[1])
   for r in runs:
     _assert_clean_failure(r, f"--out_dir={out}", "is a file")
   assert out.read_text() == "not a directory\n"
 
 
-def test_out_dir_held_by_another_run_fails_on_both(tmp_path):
+def test_out_dir_held_by_another_run_fails_on_both(sweep_cmd, tmp_path):
   out = tmp_path / "out"
   out.mkdir()
   with open(out / ".jaxsem.lock", "w") as lock:
     lock.write(json.dumps({"pid": 4242, "host": "elsewhere", "started": "earlier"}))
     lock.flush()
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    runs = _run_group(SWEEP[0], [*SWEEP[1:], f"--out_dir={out}", "--distributed_timeout=30"], tmp_path,
+    runs = _run_group(sweep_cmd[0], [*sweep_cmd[1:], f"--out_dir={out}", "--distributed_timeout=30"], tmp_path,
                       timeout=300)
   for r in runs:
     _assert_clean_failure(r, f"--out_dir={out}", "in use by jaxsem run pid 4242 on elsewhere")
@@ -450,13 +460,13 @@ def test_out_dir_held_by_another_run_fails_on_both(tmp_path):
 
 
 @pytest.mark.slow
-def test_params_cache_saved_by_two_processes_restores_anywhere(sweeps, tmp_path, monkeypatch):
+def test_params_cache_saved_by_two_processes_restores_anywhere(sweep_cmd, sweeps, tmp_path, monkeypatch):
   """The orbax save is collective: 2 processes save one entry, then 2 processes and a single
   device restore it (a hit), and the numbers equal the uncached runs'."""
   _, _, docs = sweeps
   monkeypatch.setenv("JAXSEM_CACHE", str(tmp_path / "cache"))
   monkeypatch.setenv("JAXSEM_PARAMS_CACHE", "1")
-  module, *args = SWEEP
+  module, *args = sweep_cmd
   mesh = "--mesh=data:2,model:4"
   runs = {"save": _run_group(module, [*args, mesh, f"--out_dir={tmp_path / 'save'}"], tmp_path, devices=4),
           "restore": _run_group(module, [*args, mesh, f"--out_dir={tmp_path / 'restore'}"], tmp_path, devices=4),

@@ -1,8 +1,9 @@
 """Long work survives kill -9: the sweep and the steering grid resume to identical output.
 
 Also: one run per out_dir (lock), and an out_dir on a full or read-only disk gives one
-line and keeps what was committed. The launchers run as subprocesses on SmolLM2, as a
-user would run them.
+line and keeps what was committed. The launchers run as subprocesses, as a user would run
+them, on the tiny word model (``tests/word_model.py``): what is tested is the resuming,
+not the model.
 """
 
 import contextlib
@@ -21,11 +22,12 @@ from jaxsem.kernels import zarr_out
 
 from tests.test_launch import REPO, _assert_one_line_error, _run
 
-SWEEP = ("launch.sweep", "--model=smollm2-135m-instruct", "--scales=osgood28", "--chunk_rows=1024",
-         "--baselines=gaussian")
-STEER = ("launch.steer", "--model=smollm2-135m-instruct", "--n_words=16", "--grid_words=8",
-         "--steer=good-bad,strong-weak,fast-slow", "--alphas=-0.5,0.5", "--method=plain", "--n_random=2",
-         "--n_boot=20", "--n_perm=20", "--batch_size=8")
+CHUNK = 1024
+SWEEP = ("launch.sweep", "--scales=osgood28", f"--chunk_rows={CHUNK}", "--baselines=gaussian")
+BATCH = 4
+STEER = ("launch.steer", "--n_words=16", "--grid_words=8", "--steer=good-bad,strong-weak,fast-slow",
+         "--alphas=-0.5,0.5", "--method=plain", "--n_random=2", "--n_boot=20", "--n_perm=20",
+         f"--batch_size={BATCH}")
 # Keys whose values differ between runs by nature (time, throughput, resume counts, paths).
 _VOLATILE = ("seconds", "per_second", "resumed", "provenance", "path", "load_seconds")
 
@@ -75,41 +77,53 @@ def _finish(args, out):
 
 
 @pytest.fixture(scope="module")
-def sweep_reference(tmp_path_factory):
+def sweep(word_model):
+  return (*SWEEP, f"--model={word_model}")
+
+
+@pytest.fixture(scope="module")
+def steer(word_model):
+  return (*STEER, f"--model={word_model}")
+
+
+@pytest.fixture(scope="module")
+def sweep_reference(sweep, tmp_path_factory):
   out = tmp_path_factory.mktemp("reference") / "sweep"
-  _, doc = _finish(SWEEP, out)
+  _, doc = _finish(sweep, out)
   return doc, zarr_out.open_for_read(out / "projections.zarr").read().result()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("when", ["early", "mid", "late", "after_matrix"])
-def test_sweep_killed_then_resumed_is_identical(sweep_reference, tmp_path, when):
+def test_sweep_killed_then_resumed_is_identical(sweep, sweep_reference, tmp_path, when):
   """kill -9 at several moments (before the array exists, after a few chunks, after most,
   after the matrix was complete), then the same command: identical matrix and numbers."""
   ref_doc, ref_matrix = sweep_reference
+  chunks = -(-ref_matrix.shape[0] // CHUNK)
+  assert chunks > 40
   out = tmp_path / "sweep"
   state = out / "projections.zarr" / zarr_out.STATE_NAME
   ready = {"early": lambda: out.exists(),
            "mid": lambda: _committed(state) >= 5,
-           "late": lambda: _committed(state) >= 40,
+           "late": lambda: _committed(state) >= chunks - 8,
            "after_matrix": lambda: (out / "projections.zarr" / zarr_out.COMPLETE_MARKER).exists()}[when]
-  assert _kill_when(SWEEP, out, ready) == -signal.SIGKILL
+  assert _kill_when(sweep, out, ready) == -signal.SIGKILL
   committed = _committed(state)
   assert not (out / "summary.json").exists()
-  proc, doc = _finish(SWEEP, out)
+  proc, doc = _finish(sweep, out)
   assert doc["zarr"]["resumed"]["chunks_skipped"] == committed
-  assert doc["zarr"]["resumed"]["chunks_computed"] == 48 - committed
+  assert doc["zarr"]["resumed"]["chunks_computed"] == chunks - committed
   np.testing.assert_array_equal(zarr_out.open_for_read(out / "projections.zarr").read().result(), ref_matrix)
   assert _numbers(doc) == _numbers(ref_doc)
   if committed:
-    assert f"{committed * 1024} resumed" in proc.stderr
+    assert f"{min(committed * CHUNK, ref_matrix.shape[0])} resumed" in proc.stderr
 
 
 @pytest.mark.slow
-def test_sweep_of_other_inputs_is_refused_then_overwritten(sweep_reference, tmp_path):
+def test_sweep_of_other_inputs_is_refused_then_overwritten(sweep, tmp_path):
   out = tmp_path / "sweep"
-  _finish(SWEEP, out)
-  other = [a for a in SWEEP if not a.startswith("--scales")] + ["--scales=norms"]
+  _finish(sweep, out)
+  other = [a for a in sweep if not a.startswith("--scales")] + ["--scales=norms"]
   proc = _run(*other, f"--out_dir={out}")
   _assert_one_line_error(proc, "other inputs", "--overwrite")
   _, doc = _finish(other + ["--overwrite"], out)
@@ -117,46 +131,50 @@ def test_sweep_of_other_inputs_is_refused_then_overwritten(sweep_reference, tmp_
 
 
 @pytest.mark.slow
-def test_steering_grid_killed_then_resumed_is_identical(tmp_path):
+def test_steering_grid_killed_then_resumed_is_identical(steer, tmp_path):
   ref_out, out = tmp_path / "reference", tmp_path / "steer"
-  _, ref = _finish(STEER, ref_out)
+  _, ref = _finish(steer, ref_out)
   grid_state = out / "checkpoint" / "grid.zarr" / zarr_out.STATE_NAME
-  assert _kill_when(STEER, out, lambda: _committed(grid_state) >= 2) == -signal.SIGKILL
+  assert _kill_when(steer, out, lambda: _committed(grid_state) >= 2) == -signal.SIGKILL
+  assert not (out / "summary.json").exists()
   committed = _committed(grid_state)
-  assert 2 <= committed < 6  # 8 words x 3 scales x 2 strengths = 48 rows in batches of 8
-  proc, doc = _finish(STEER, out)
+  assert 2 <= committed <= 48 // BATCH  # 8 words x 3 scales x 2 strengths = 48 rows
+  proc, doc = _finish(steer, out)
   assert _numbers(doc) == _numbers(ref)
   # The 16 baseline rows and the committed grid batches came from the checkpoint.
-  assert doc["resumed"]["rows_from_checkpoint"] == 16 + committed * 8
-  assert doc["resumed"]["rows_computed"] == ref["resumed"]["rows_computed"] - 16 - committed * 8
-  assert f"steer grid: 48/48 prompts (100.0%)" in proc.stderr and f"{committed * 8} resumed" in proc.stderr
+  assert doc["resumed"]["rows_from_checkpoint"] == 16 + committed * BATCH
+  assert doc["resumed"]["rows_computed"] == ref["resumed"]["rows_computed"] - 16 - committed * BATCH
+  assert "steer grid: 48/48 prompts (100.0%)" in proc.stderr
+  if committed < 48 // BATCH:
+    assert f"{committed * BATCH} resumed" in proc.stderr
 
 
 @pytest.mark.slow
-def test_fitted_steering_killed_in_its_jacobian_then_resumed_is_identical(tmp_path):
+def test_fitted_steering_killed_in_its_jacobian_then_resumed_is_identical(steer, tmp_path):
   """The methods comparison too: killed once a Jacobian batch is committed, the resumed
-  run takes the grid, the controls and that batch from the checkpoint and fits the same
-  vectors (plain, orthogonal and fitted compared as in the uninterrupted run)."""
-  args = tuple(a for a in STEER if not a.startswith("--method")) + ("--method=plain,orthogonal,fitted",
+  run takes the grid, the controls and the committed batches from the checkpoint and fits
+  the same vectors (plain, orthogonal and fitted compared as in the uninterrupted run)."""
+  args = tuple(a for a in steer if not a.startswith("--method")) + ("--method=plain,orthogonal,fitted",
                                                                     "--fit_steps=50", "--refine=1")
   ref_out, out = tmp_path / "reference", tmp_path / "steer"
   _, ref = _finish(args, ref_out)
   jac_state = out / "checkpoint" / "jacobian.zarr" / zarr_out.STATE_NAME
   assert _kill_when(args, out, lambda: _committed(jac_state) >= 1) == -signal.SIGKILL
+  assert not (out / "summary.json").exists()
   committed = _committed(jac_state)
-  assert committed == 1  # 12 training words in batches of 8
+  assert 1 <= committed <= 3  # 12 training words in batches of 4
   _, doc = _finish(args, out)
   assert _numbers(doc) == _numbers(ref)
   assert set(doc["methods"]["reduction_vs_plain"]) == {"orthogonal", "fitted"}
-  # Baseline 16 + grid 48 + random control 32 rows, and the Jacobian's first 8 words.
-  assert doc["resumed"]["rows_from_checkpoint"] == 16 + 48 + 32 + 8
+  # Baseline 16 + grid 48 + random control 32 rows, and the Jacobian's committed words.
+  assert doc["resumed"]["rows_from_checkpoint"] == 16 + 48 + 32 + committed * BATCH
 
 
 @pytest.mark.slow
-def test_second_run_on_the_same_out_dir_is_refused(tmp_path):
+def test_second_run_on_the_same_out_dir_is_refused(sweep, tmp_path):
   out = tmp_path / "sweep"
   with out_dir_lib.claim(out):
-    proc = _run(*SWEEP, f"--out_dir={out}")
+    proc = _run(*sweep, f"--out_dir={out}")
   _assert_one_line_error(proc, str(out), "in use by", f"pid {os.getpid()}")
   assert sorted(p.name for p in out.iterdir()) == [out_dir_lib.LOCK_NAME]
 
@@ -200,27 +218,28 @@ def _tmpfs(path, size, read_only=False):
 
 
 @pytest.mark.slow
-def test_full_disk_stops_with_one_line_and_resumes_once_there_is_space(sweep_reference, tmp_path):
-  """The 5.5 MB matrix on a 2 MB disk: one line, the committed chunks stay valid; with
+def test_full_disk_stops_with_one_line_and_resumes_once_there_is_space(sweep, sweep_reference, tmp_path):
+  """The 7 MB matrix on a 2 MB disk: one line, the committed chunks stay valid; with
   room again, the same command resumes and gives the reference matrix."""
   _, ref_matrix = sweep_reference
+  chunks = -(-ref_matrix.shape[0] // CHUNK)
   with _tmpfs(tmp_path / "disk", "2m") as disk:
     out = disk / "sweep"
-    proc = _run(*SWEEP, f"--out_dir={out}")
+    proc = _run(*sweep, f"--out_dir={out}")
     _assert_one_line_error(proc, "No space left on device", "rerun the same command to resume")
     state = json.loads((out / "projections.zarr" / zarr_out.STATE_NAME).read_text())
-    assert 0 < len(state["done"]) < 48
+    assert 0 < len(state["done"]) < chunks
     partial = zarr_out.open_for_read(out / "projections.zarr", require_complete=False)
     for start in state["done"]:
-      np.testing.assert_array_equal(partial[start:start + 1024].read().result(), ref_matrix[start:start + 1024])
+      np.testing.assert_array_equal(partial[start:start + CHUNK].read().result(), ref_matrix[start:start + CHUNK])
     subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
-    _, doc = _finish(SWEEP, out)
+    _, doc = _finish(sweep, out)
     assert doc["zarr"]["resumed"]["chunks_skipped"] == len(state["done"])
     np.testing.assert_array_equal(zarr_out.open_for_read(out / "projections.zarr").read().result(), ref_matrix)
 
 
 @pytest.mark.slow
-def test_read_only_out_dir_is_one_line(tmp_path):
+def test_read_only_out_dir_is_one_line(sweep, tmp_path):
   with _tmpfs(tmp_path / "ro", "1m", read_only=True) as disk:
-    proc = _run(*SWEEP, f"--out_dir={disk / 'sweep'}")
+    proc = _run(*sweep, f"--out_dir={disk / 'sweep'}")
     _assert_one_line_error(proc, "Read-only file system", "--out_dir")

@@ -448,8 +448,9 @@ def test_write_steer_summary_and_figures(model, logodds_run, tmp_path):
 # ----------------------------------------------------------------------------- the launcher
 
 
-LAUNCH_ARGS = ("--model=smollm2-135m-instruct", "--n_words=8", "--steer=good-bad,strong-weak,fast-slow",
-               "--n_boot=20", "--n_perm=20", "--n_random=2", "--fit_steps=20")
+# The launcher runs on the tiny word model (tests/word_model.py): these tests check its plumbing.
+LAUNCH_ARGS = ("--n_words=8", "--steer=good-bad,strong-weak,fast-slow", "--n_boot=20", "--n_perm=20",
+               "--n_random=2", "--fit_steps=20")
 
 
 def _three_scales(tmp_path):
@@ -463,9 +464,9 @@ def _three_scales(tmp_path):
 
 
 @pytest.mark.slow
-def test_steer_launcher_writes_summary_and_figures(tmp_path):
+def test_steer_launcher_writes_summary_and_figures(word_model, tmp_path):
   out = tmp_path / "steer"
-  proc = _run("launch.steer", *LAUNCH_ARGS, f"--scales={_three_scales(tmp_path)}", f"--out_dir={out}")
+  proc = _run("launch.steer", f"--model={word_model}", *LAUNCH_ARGS, f"--scales={_three_scales(tmp_path)}", f"--out_dir={out}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "off-target D vs cosine over 6 pairs" in proc.stdout
   assert "readout vs human norms" in proc.stdout and "fitted:" in proc.stdout
@@ -473,7 +474,7 @@ def test_steer_launcher_writes_summary_and_figures(tmp_path):
   doc = json.loads((out / "summary.json").read_text())
   assert doc["job"] == "steer" and len(doc["words"]) == 8 and doc["steered"] == doc["scales"]
   prov = doc["provenance"]
-  assert prov["model"]["name"] == "smollm2-135m-instruct" and prov["site"] == "embed"
+  assert prov["model"]["name_in_file"] == "word-model" and prov["site"] == "embed"
   assert prov["readout"] == "logodds" and prov["seed"] == 0 and prov["options"]["fit_steps"] == 20
   assert _finite(doc["offtarget"]["slope"]) and set(doc["methods"]["methods"]) == set(steer.METHODS)
   for name in ("offtarget.png", "offtarget_matrix.png", "dose_response.png"):
@@ -481,9 +482,9 @@ def test_steer_launcher_writes_summary_and_figures(tmp_path):
 
 
 @pytest.mark.slow
-def test_steer_launcher_steers_a_subset_of_osgood28(tmp_path):
+def test_steer_launcher_steers_a_subset_of_osgood28(word_model, tmp_path):
   out = tmp_path / "steer"
-  proc = _run("launch.steer", *LAUNCH_ARGS, f"--out_dir={out}")
+  proc = _run("launch.steer", f"--model={word_model}", *LAUNCH_ARGS, f"--out_dir={out}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "off-target D vs cosine over 81 pairs" in proc.stdout
   assert (out / "summary.json").is_file()
@@ -494,9 +495,9 @@ def test_steer_launcher_steers_a_subset_of_osgood28(tmp_path):
 
 
 @pytest.mark.slow
-def test_steer_launcher_user_error_gives_one_line_and_writes_nothing(tmp_path):
+def test_steer_launcher_user_error_gives_one_line_and_writes_nothing(word_model, tmp_path):
   out = tmp_path / "steer"
-  proc = _run("launch.steer", *LAUNCH_ARGS, "--words=kind,antidisestablishmentarianism", f"--out_dir={out}")
+  proc = _run("launch.steer", f"--model={word_model}", *LAUNCH_ARGS, "--words=kind,antidisestablishmentarianism", f"--out_dir={out}")
   _assert_one_line_error(proc, "--words", "antidisestablishmentarianism")
   assert not out.exists()
 
