@@ -29,7 +29,8 @@ from jaxsem.report import html
 
 # Config fields that change how a run goes, not what it writes: a run that differs only in
 # these may resume or rewrite another's --out_dir.
-_NOT_INPUTS = frozenset({"out_dir", "load.params_cache", "load.mesh", "steer.batch_size", "sweep.overwrite"})
+_NOT_INPUTS = frozenset({"out_dir", "load.params_cache", "load.mesh", "steer.batch_size", "layers.batch_size",
+                         "sweep.overwrite"})
 # Short flag -> (dotted config field, converter): each short flag, when given, overrides that
 # field of the --config file (after its --config.* overrides).
 _SHORTCUTS: dict[str, tuple[str, Callable | None]] = {}

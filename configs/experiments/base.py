@@ -50,6 +50,33 @@ def analysis(scales: str = "osgood28") -> config_dict.ConfigDict:
   })
 
 
+def layers() -> config_dict.ConfigDict:
+  """Layer-resolved alignment and structure (``jaxsem.analyses.layers.LayerOptions``)."""
+  return config_dict.ConfigDict({
+      "align_scales": "norms",  # scales correlated with every norm column at every site
+      "structure_scales": "osgood28",  # scales whose PCA and E/P/A structure is followed through the sites
+      "norms": ("warriner",),  # human norm tables (the first one also carries the structure analysis)
+      # At least 3 templates with one {word} slot each; states are averaged over them at the word's
+      # last token (what follows the word cannot reach that token, so the templates end there).
+      "templates": ("The word {word}", "A dictionary definition of the word {word}",
+                    "Yesterday she told me a story about {word}"),
+      "n_words": 2000,  # rated words per norm table, a seeded sample of the covered ones (0: all)
+      "stats_sample": 1024,  # vocabulary tokens (seeded) whose states in the templates centre each site
+      "centre": True,  # subtract each site's mean over the token sample
+      "whiten": False,  # whiten each site with the token sample's covariance
+      "policy": "single",  # word -> token policy: single, mean, first
+      "method": "pole_mean",  # direction construction: pole_mean or pair_mean
+      "metric": "cosine",  # projection metric: cosine or dot
+      "min_coverage": 0.5,  # least share of a norm table's words the policy must cover
+      "seed": 0,  # word and token samples, bootstraps, nulls, probe folds
+      "n_boot": 200,  # bootstrap resamples per site
+      "n_null": 200,  # random directions in the null per site
+      "n_pair_sets": 0,  # random WordNet pair sets in the structure pair null per site (0: skip)
+      "n_tag_perms": 200,  # E/P/A tag permutations per site (0: skip)
+      "batch_size": 64,  # sequences per forward call
+  })
+
+
 def steer() -> config_dict.ConfigDict:
   """Steered forward passes (``jaxsem.analyses.steer.SteerOptions``)."""
   return config_dict.ConfigDict({

@@ -138,6 +138,34 @@ def apply(transform: Transform, vectors: jax.Array) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
+class StateTable:
+  """Hidden states computed ahead of time, one row per token-id sequence.
+
+  A hidden ``Space`` that carries one reads its word vectors here instead of running the
+  model (``analyses.layers_capture`` fills one per site from a single pass over the words).
+
+  Attributes:
+    rows: token ids of a word (as the hidden space runs them) -> row of ``vectors``.
+    vectors: ``[N, D]`` float32 raw states (before the space's transform).
+  """
+
+  rows: dict[tuple[int, ...], int]
+  vectors: np.ndarray
+
+  def lookup(self, token_ids: Sequence[Sequence[int]]) -> jax.Array:
+    """The rows of ``token_ids`` -> ``[len(token_ids), D]`` float32.
+
+    Raises:
+      ValueError: a sequence has no precomputed state (the table was built for other words).
+    """
+    missing = [tuple(t) for t in token_ids if tuple(t) not in self.rows]
+    if missing:
+      raise ValueError(f"no precomputed state for token ids {missing[0]} ({len(missing)} sequences missing)")
+    index = np.asarray([self.rows[tuple(t)] for t in token_ids], np.int64)
+    return jnp.asarray(np.asarray(self.vectors, np.float32)[index].reshape(len(index), -1))
+
+
+@dataclasses.dataclass(frozen=True)
 class Space:
   """Where word vectors come from and how they were normalised.
 
@@ -154,6 +182,8 @@ class Space:
     tied: the model ties input embedding and unembedding.
     seed: hidden only: seed of the token sample for the statistics.
     transform: the fitted Transform, or None when neither centring nor whitening.
+    states: hidden only: precomputed raw states that ``word_vectors`` reads instead of running
+      the model (None: run it).
   """
 
   name: str
@@ -168,6 +198,7 @@ class Space:
   tied: bool = False
   seed: int | None = None
   transform: Transform | None = dataclasses.field(default=None, repr=False, compare=False)
+  states: StateTable | None = dataclasses.field(default=None, repr=False, compare=False)
 
   def provenance(self) -> dict[str, Any]:
     """JSON-ready description of the space (no arrays)."""
@@ -418,7 +449,7 @@ def word_vectors(model, word_tokens: WordTokens, space: str | Space = "input_emb
     model: a ``jaxsem.Model``.
     word_tokens: from ``resolve_words``.
     space: a space name (raw vectors) or a ``Space`` from ``make_space`` (its layer,
-      template and fitted transform are used).
+      template and fitted transform are used, and its ``states`` when it carries them).
     layer: with a space name only: block index or -1 / "final" for ``"hidden"``.
     template: with a space name only: the hidden template (default ``DEFAULT_TEMPLATE``).
     batch_size: hidden only: sequences per forward call.
@@ -435,12 +466,15 @@ def word_vectors(model, word_tokens: WordTokens, space: str | Space = "input_emb
     if layer is not None or template is not None:
       raise ValueError("layer and template come from the Space; pass them to make_space instead")
     name, layer, template, transform = space.name, space.layer, space.template, space.transform
+    states = space.states
   else:
     _check_space(space)
-    name, transform = space, None
+    name, transform, states = space, None, None
     template = DEFAULT_TEMPLATE if template is None else template
   words = word_tokens.used_words
-  if name == "hidden":
+  if name == "hidden" and states is not None:
+    vectors = states.lookup(word_tokens.used_all_ids or word_tokens.used_token_ids)
+  elif name == "hidden":
     ids = word_tokens.used_all_ids or word_tokens.used_token_ids
     bar = Progress.maybe(progress, "hidden states", len(ids), unit="words")
     bar.update(0)

@@ -54,6 +54,19 @@ CAPTIONS: dict[str, str] = {
         "Cumulative explained variance of the token scores on each direction set, dotted lines at 50, 80 and"
         " 90%. Look for how many components each set needs: antonym directions that need far fewer than "
         "random directions share low-dimensional structure."),
+    "layers_alignment.png": (
+        "Pearson r of each scale with the human column it is tagged with, at every site from the input "
+        "embedding through each block's output to the output embedding, with 95% bands (words and pole words "
+        "resampled) and the supervised probe's ceiling dashed. Look for the depth where each line peaks, "
+        "how far above the static input embedding (the first point) it gets, and how near the ceiling."),
+    "layers_pca.png": (
+        "Cumulative variance of the first one, two and three principal components of the words x scales "
+        "matrix at every site, with random directions' first three dotted. Look for the depths where the "
+        "scales collapse onto few dimensions and whether that exceeds what random directions give there."),
+    "layers_congruence.png": (
+        "Tucker congruence of the varimax factors with the Evaluation, Potency and Activity tags at every "
+        "site (1: a factor loads exactly on the scales of its tag). Look for the depth where the E/P/A "
+        "structure is clearest and whether all three factors peak there together."),
 }
 
 # File-name prefix -> caption template ({rest}: the name between the prefix and ".png").

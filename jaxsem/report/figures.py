@@ -265,3 +265,45 @@ def method_bars(path, names: Sequence[str], values: np.ndarray, ci: np.ndarray, 
   ax.set_ylim(0, None)
   ax.set_title(title, fontsize=9)
   return _save(fig, path)
+
+
+def layer_curves(path, sites: Sequence[str], curves: dict[str, np.ndarray], *, bands: dict | None = None,
+                 ceilings: dict | None = None, ylabel: str = "", title: str = "",
+                 ylim: tuple[float, float] | None = None, dotted: dict | None = None) -> Path:
+  """One line per quantity against depth (input embedding -> output embedding), one point per site.
+
+  Args:
+    path: output PNG.
+    sites: ``[n]`` tick labels in depth order (e.g. ``input_embedding``, ``embed``, ``0``, ..., ``final``).
+    curves: label -> ``[n]`` values (NaN where missing), drawn as solid lines with markers.
+    bands: optional label -> ``[n, 2]`` interval of that curve, shaded in its colour.
+    ceilings: optional label -> ``[n]`` ceiling of that curve (e.g. the probe's r), dashed in its colour.
+    ylabel: the y axis's label.
+    title: the figure's title.
+    ylim: optional y limits.
+    dotted: optional label -> ``[n]`` reference lines (e.g. a random baseline), dotted grey.
+  """
+  n = len(sites)
+  x = np.arange(n)
+  fig, ax = plt.subplots(figsize=(max(6.5, 0.32 * n + 2.5), 4.2))
+  for name, values in curves.items():
+    (line,) = ax.plot(x, np.asarray(values, float), marker="o", markersize=3, linewidth=1.6, label=name)
+    colour = line.get_color()
+    if bands and name in bands:
+      band = np.asarray(bands[name], float).reshape(n, 2)
+      ax.fill_between(x, band[:, 0], band[:, 1], color=colour, alpha=0.18, linewidth=0)
+    if ceilings and name in ceilings:
+      ax.plot(x, np.asarray(ceilings[name], float), linestyle="--", linewidth=1, color=colour,
+              label=f"{name}: probe ceiling")
+  for name, values in (dotted or {}).items():
+    ax.plot(x, np.asarray(values, float), linestyle=":", linewidth=1.2, color="#777777", label=name)
+  ax.axhline(0, color="#cccccc", linewidth=0.6, zorder=0)
+  ax.set_xticks(x)
+  ax.set_xticklabels(list(sites), rotation=60, ha="right", fontsize=7)
+  ax.set_xlabel("site (input embedding -> output embedding)")
+  ax.set_ylabel(ylabel)
+  if ylim is not None:
+    ax.set_ylim(*ylim)
+  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: hides no point
+  ax.set_title(title, fontsize=9)
+  return _save(fig, path)
