@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxsem import experiment_config
 from jaxsem import sharding
 from jaxsem.errors import InputError
 from jaxsem.io import model_configs
@@ -57,8 +58,6 @@ from jaxsem.models.kv_cache import PrefixCache
 # Re-exported for the launcher: the architecture behind --model_config.
 load_model_config = model_configs.load_model_config
 model_config_names = model_configs.model_config_names
-# A TPU v5e chip has 16 GiB of HBM (v4: 32 GiB, H100: 80 GiB); pass the real figure.
-DEFAULT_DEVICE_MEMORY_GIB = 16.0
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 GIB = 1 << 30
 # See the module docstring: keeps the CPU compiler from holding float32 copies of all layers.
@@ -133,8 +132,9 @@ def _vocab_matrix(config: ModelConfig, mesh: Mesh) -> jax.ShapeDtypeStruct:
 
 
 @dataclasses.dataclass(frozen=True)
+@experiment_config.config_defaults("plan")
 class PlanOptions:
-  """Sizes of the planned programs.
+  """Sizes of the planned programs (defaults: ``configs/experiments/base.py`` ``plan()``).
 
   Attributes:
     dtype: params (and activations) dtype, ``"bfloat16"`` or ``"float32"``.
@@ -147,20 +147,21 @@ class PlanOptions:
     readout_scales: ``J``, scales whose pole log-odds the steering readout returns.
     pole_tokens: ``K``, tokens per pole; the readout reads ``2 J K`` logit rows.
     site: steering intervention site (``"embed"``, ``"resid_pre.{l}"``, ``"resid_post.{l}"``).
-    device_memory_gib: memory of one device; peaks above it are flagged.
+    device_memory_gib: memory of one device (a TPU v5e chip has 16 GiB, v4 32, an H100 80);
+      peaks above it are flagged.
   """
 
-  dtype: str = "bfloat16"
-  directions: int = 3627
-  chunk_rows: int = 8192
-  metric: str = "cosine"
-  batch: int = 64
-  prefix_len: int = 16
-  suffix_len: int = 8
-  readout_scales: int = 28
-  pole_tokens: int = 4
-  site: str = "embed"
-  device_memory_gib: float = DEFAULT_DEVICE_MEMORY_GIB
+  dtype: str
+  directions: int
+  chunk_rows: int
+  metric: str
+  batch: int
+  prefix_len: int
+  suffix_len: int
+  readout_scales: int
+  pole_tokens: int
+  site: str
+  device_memory_gib: float
 
 
 def _lower_projection(config: ModelConfig, mesh: Mesh, opts: PlanOptions):

@@ -2,6 +2,8 @@
 
     .venv/bin/python -m launch.plan --model_config=llama-3-70b --mesh=data:8,model:8 --out=plan.json
 
+Defaults: configs/experiments/plan.py (``--config``, ``--config.plan.batch=128``, ``--config_print``).
+
 Compiles the sweep's projection and moments and one steering batch on fake CPU devices
 (as many as --mesh names; set JAX_PLATFORMS to plan on real chips) and prints their
 per-device memory; see jaxsem/planning.py for what each number means.
@@ -14,15 +16,21 @@ import re
 import sys
 
 
-def _ask_for_host_devices(argv: list[str]) -> None:
-  """Asks XLA for as many CPU devices as --mesh names; must run before jax is imported."""
+def _mesh_spec(argv: list[str]) -> str:
+  """The mesh named on the command line (``--mesh`` or ``--config.mesh``), or ""."""
   spec = ""
   for i, arg in enumerate(argv):
-    if arg.startswith("--mesh="):
-      spec = arg.split("=", 1)[1]
-    elif arg == "--mesh" and i + 1 < len(argv):
-      spec = argv[i + 1]
-  sizes = [int(s) for s in re.findall(r":\s*(-?\d+)", spec)]
+    for flag in ("--mesh", "--config.mesh"):
+      if arg.startswith(flag + "="):
+        spec = arg.split("=", 1)[1]
+      elif arg == flag and i + 1 < len(argv):
+        spec = argv[i + 1]
+  return spec
+
+
+def _ask_for_host_devices(spec: str) -> None:
+  """Asks XLA for as many CPU devices as ``spec`` names; must run before JAX starts its backends."""
+  sizes = [int(s) for s in re.findall(r":\s*(-?\d+)", spec or "")]
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   if not sizes or min(sizes) < 1:
     return  # no mesh, or -1: plan on the devices there are
@@ -33,15 +41,16 @@ def _ask_for_host_devices(argv: list[str]) -> None:
     os.environ["XLA_FLAGS"] = f"{xla} --xla_force_host_platform_device_count={want}".strip()
 
 
-_ask_for_host_devices(sys.argv)
+_ask_for_host_devices(_mesh_spec(sys.argv))
 
 from absl import flags  # noqa: E402
 
-from jaxsem import cli, planning  # noqa: E402
+from jaxsem import cli, experiment_config, planning  # noqa: E402
 from jaxsem.errors import InputError  # noqa: E402
 from jaxsem.io.cache import atomic_write_text  # noqa: E402
 
-_D = planning.PlanOptions()
+_DEFAULT = cli.define_config("plan")
+_D = _DEFAULT.plan
 flags.DEFINE_string("model_config", None, f"Architecture: {', '.join(planning.model_config_names())}, an "
                     "embedded model name, or a path to a config.json (no weights are read).")
 flags.DEFINE_string("mesh", None, "Device mesh to plan for, e.g. data:8,model:8.")
@@ -56,27 +65,31 @@ flags.DEFINE_float("device_memory_gib", _D.device_memory_gib,
                    "Memory of one device in GiB (16: a TPU v5e chip); larger peaks are flagged.",
                    lower_bound=0.0)
 flags.DEFINE_string("out", None, "Optional JSON file for the plan.")
+for _name in ("model_config", "mesh", "out"):
+  cli.shortcut(_name, _name)
+for _name in ("dtype", "directions", "chunk_rows", "batch", "prefix_len", "suffix_len", "site",
+              "device_memory_gib"):
+  cli.shortcut(_name, f"plan.{_name}")
+flags.adopt_module_key_flags(cli)  # --help lists --config too
 
 
 def main(argv):
   if len(argv) > 1:
     raise InputError(f"unexpected arguments {argv[1:]}; every option is a --flag.")
-  f = flags.FLAGS
-  if not f.model_config or not f.mesh:
+  config = cli.config()
+  if not config.model_config or not config.mesh:
     raise InputError("pass --model_config and --mesh, e.g. --model_config=llama-3-70b --mesh=data:8,model:8.")
-  config, source = planning.load_model_config(f.model_config)
-  opts = planning.PlanOptions(dtype=f.dtype, directions=f.directions, chunk_rows=f.chunk_rows, batch=f.batch,
-                              prefix_len=f.prefix_len, suffix_len=f.suffix_len, site=f.site,
-                              device_memory_gib=f.device_memory_gib)
-  plan = planning.make_plan(config, planning.plan_mesh(f.mesh), opts, source)
+  _ask_for_host_devices(config.mesh)  # a mesh from a --config file (JAX has not started its backends yet)
+  model_config, source = planning.load_model_config(config.model_config)
+  opts = experiment_config.options(planning.PlanOptions, config.plan)
+  plan = planning.make_plan(model_config, planning.plan_mesh(config.mesh), opts, source)
   print(planning.table(plan))
-  if f.out:
+  if config.out:
     try:
-      atomic_write_text(f.out, json.dumps(plan.to_json(), indent=2) + "\n")
+      atomic_write_text(config.out, json.dumps(plan.to_json(), indent=2) + "\n")
     except OSError as e:
-      raise InputError(f"--out={f.out}: cannot write it ({e.strerror}); choose a writable path.") from None
-    print(f"wrote {f.out}")
-
+      raise InputError(f"--out={config.out}: cannot write it ({e.strerror}); choose a writable path.") from None
+    print(f"wrote {config.out}")
 
 if __name__ == "__main__":
   cli.run(main)

@@ -5,12 +5,14 @@ import dataclasses
 import pytest
 
 from jaxsem import experiment_config
+from jaxsem import planning
 from jaxsem.analyses import experiments, layers, steer, sweep
 from jaxsem.errors import InputError
 
 
 @pytest.mark.parametrize("cls,section", [(experiments.Options, "analysis"), (steer.SteerOptions, "steer"),
-                                         (sweep.SweepOptions, "sweep"), (layers.LayerOptions, "layers")])
+                                         (sweep.SweepOptions, "sweep"), (layers.LayerOptions, "layers"),
+                                         (planning.PlanOptions, "plan")])
 def test_option_defaults_are_the_base_config(cls, section):
   from configs.experiments import base
 
@@ -38,7 +40,8 @@ def test_every_shipped_config_loads_and_builds_its_options(name):
   config = experiment_config.get_config(name)
   for key, cls in (("analysis", experiments.Options), ("align", experiments.Options),
                    ("structure", experiments.Options), ("steer", steer.SteerOptions),
-                   ("sweep", sweep.SweepOptions), ("layers", layers.LayerOptions)):
+                   ("sweep", sweep.SweepOptions), ("layers", layers.LayerOptions),
+                   ("plan", planning.PlanOptions)):
     if key in config:
       assert isinstance(experiment_config.options(cls, config[key]), cls)
 

@@ -147,6 +147,24 @@ def test_llama_70b_plan_on_an_8x8_mesh(tmp_path):
   assert "warning:" in proc.stdout
 
 
+def test_config_file_and_overrides_set_the_plan(tmp_path):
+  """The model, the mesh (its devices made before JAX starts) and the sizes from a --config file,
+  a dotted override and a short flag, in that order of precedence."""
+  config = tmp_path / "plan_config.py"
+  config.write_text("from configs.experiments import plan\n\n\ndef get_config():\n"
+                    "  config = plan.get_config()\n  config.model_config = 'llama-3-8b'\n"
+                    "  config.mesh = 'data:2,model:4'\n  config.plan.batch = 16\n  config.plan.directions = 50\n"
+                    "  return config\n")
+  out = tmp_path / "plan.json"
+  proc = _run(f"--config={config}", "--config.plan.directions=100", "--batch=24", f"--out={out}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  doc = json.loads(out.read_text())
+  assert doc["mesh"] == {"data": 2, "model": 4} and doc["provenance"]["devices"] == 8
+  assert "on 100 directions" in proc.stdout and "steering: 24 rows" in proc.stdout
+  printed = _run(f"--config={config}", "--config_print")
+  assert printed.returncode == 0 and json.loads(printed.stdout)["plan"]["batch"] == 16
+
+
 # ----------------------------------------------------------------------------- (d) bad input
 
 

@@ -2,7 +2,8 @@
 
 Each function returns one section of an experiment config (an ``ml_collections``
 ``ConfigDict``). The library's option classes (``experiments.Options``,
-``steer.SteerOptions``, ``sweep.SweepOptions``) take their defaults from here too
+``steer.SteerOptions``, ``sweep.SweepOptions``, ``layers.LayerOptions``,
+``planning.PlanOptions``) take their defaults from here too
 (``jaxsem.experiment_config.config_defaults``), so a value changed here changes the
 library, every launcher and every config built on it.
 """
@@ -74,6 +75,23 @@ def layers() -> config_dict.ConfigDict:
       "n_pair_sets": 0,  # random WordNet pair sets in the structure pair null per site (0: skip)
       "n_tag_perms": 200,  # E/P/A tag permutations per site (0: skip)
       "batch_size": 64,  # sequences per forward call
+  })
+
+
+def plan() -> config_dict.ConfigDict:
+  """Sizes of the programs ``launch.plan`` compiles (``jaxsem.planning.PlanOptions``)."""
+  return config_dict.ConfigDict({
+      "dtype": "bfloat16",  # params and activations: bfloat16 or float32
+      "directions": 3627,  # directions of the sweep's projection (WordNet's antonym pairs)
+      "chunk_rows": 8192,  # vocabulary rows per projection block (the sweep's chunk_rows)
+      "metric": "cosine",  # projection metric: cosine or dot
+      "batch": 64,  # steering rows per call (rounded up to the data axis)
+      "prefix_len": 16,  # tokens of the cached prompt prefix shared by every steering row
+      "suffix_len": 8,  # tokens of each steering row after the prefix
+      "readout_scales": 28,  # scales whose pole log-odds the steering readout returns
+      "pole_tokens": 4,  # tokens per pole of the readout
+      "site": "embed",  # steering site: embed, resid_pre.L or resid_post.L
+      "device_memory_gib": 16.0,  # memory of one device (a TPU v5e chip); larger peaks are flagged
   })
 
 
