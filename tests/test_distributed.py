@@ -388,6 +388,7 @@ def _assert_clean_failure(r: Ran, *needles: str) -> None:
   assert "Fatal Python error" not in r.stderr and "Check failure" not in r.stderr, r.stderr[-2000:]
 
 
+@pytest.mark.slow  # waits out the timeout by design
 @pytest.mark.parametrize("process_id, reason", [(1, "nothing answers"), (0, "not every process reached it")])
 def test_coordinator_out_of_reach_fails_after_the_timeout(sweep_cmd, process_id, reason):
   """Process 1 with no coordinator, or process 0 with no peers: one line after --distributed_timeout.

@@ -34,7 +34,9 @@ _VOLATILE = ("seconds", "per_second", "resumed", "provenance", "path", "load_sec
 
 def _env():
   env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1")
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+  env["XLA_FLAGS"] = " ".join([f for f in env.get("XLA_FLAGS", "").split()
+                               if not f.startswith("--xla_force_host_platform_device_count")]
+                              + ["--xla_force_host_platform_device_count=1"])
   return env
 
 

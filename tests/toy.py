@@ -1,6 +1,7 @@
 """Tiny random model configs shared by tests (no files, no reference implementation)."""
 
 import jax
+import pytest
 
 from jaxsem.models.config import ModelConfig
 from jaxsem.models.params import init_params
@@ -28,3 +29,14 @@ CONFIGS = {"llama": llama_config, "gemma3": gemma_config}
 
 def params_for(config: ModelConfig, seed: int = 0):
   return init_params(config, jax.random.key(seed))
+
+
+# The default model's family. The quick subset (-m "not slow") runs the family-parametrized cases for it;
+# the full suite runs them for every family.
+QUICK_FAMILY = "gemma3"
+
+
+def family_params(names=None) -> list:
+  """``pytest.param`` per family name (default: ``CONFIGS``), all but ``QUICK_FAMILY`` marked slow."""
+  return [pytest.param(name, marks=() if name == QUICK_FAMILY else pytest.mark.slow)
+          for name in sorted(names or CONFIGS)]

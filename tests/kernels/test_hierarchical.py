@@ -177,6 +177,7 @@ def test_input_errors(data):
     hierarchical.leave_one_pole_word_out(proj, y, "kendall")
 
 
+@pytest.mark.slow  # a Monte Carlo of 200 simulated studies
 def test_hierarchical_interval_covers_the_true_correlation():
   """Over 200 simulations the hierarchical 95% interval covers the true r; the words-only one does not.
 

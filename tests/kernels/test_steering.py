@@ -73,7 +73,7 @@ class _Setup:
     return np.zeros((len(WORDS), self.cfg.d_model), np.float32)
 
 
-@pytest.fixture(scope="module", params=sorted(toy.CONFIGS))
+@pytest.fixture(scope="module", params=toy.family_params())
 def setup(request):
   return _Setup(request.param)
 

@@ -22,7 +22,7 @@ def _batch(vocab=250, seed=0):
   return ids, mask
 
 
-@pytest.fixture(params=sorted(toy.CONFIGS))
+@pytest.fixture(params=toy.family_params())
 def model(request):
   cfg = toy.CONFIGS[request.param]()
   return cfg, toy.params_for(cfg)

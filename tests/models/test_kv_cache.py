@@ -17,7 +17,7 @@ ATOL = 1e-5
 CONFIGS = {**toy.CONFIGS, "qwen2": lambda: toy.llama_config(qkv_bias=True)}
 
 
-@pytest.fixture(params=sorted(CONFIGS), scope="module")
+@pytest.fixture(params=toy.family_params(CONFIGS), scope="module")
 def model(request):
   cfg = CONFIGS[request.param]()
   assert cfg.sliding_window is None or cfg.sliding_window < P + T
