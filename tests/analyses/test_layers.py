@@ -61,6 +61,7 @@ def test_sharded_equals_unsharded():
   a = layers_capture.capture_sites(plain, ids, TEMPLATES, batch_size=16)
   b = layers_capture.capture_sites(placed, ids, TEMPLATES, batch_size=16)
   np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+  # More tokens than d_model, so the whitening is well conditioned.
   ta, na = layers_capture.site_statistics(plain, TEMPLATES, centre=True, whiten=True, sample=40, seed=1)
   tb, nb = layers_capture.site_statistics(placed, TEMPLATES, centre=True, whiten=True, sample=40, seed=1)
   assert na == nb == 40 and len(ta) == plain.config.n_layers + 2
@@ -71,15 +72,16 @@ def test_sharded_equals_unsharded():
 
 def test_statistics_are_the_token_sample_in_the_templates():
   model = toy_model()
-  transforms, n = layers_capture.site_statistics(model, TEMPLATES, centre=True, whiten=False, sample=30,
+  # The sample size of the sharded test above: the programs are compiled once for both.
+  transforms, n = layers_capture.site_statistics(model, TEMPLATES, centre=True, whiten=False, sample=40,
                                                  seed=2)
-  tokens = spaces.sample_tokens(model, 30, 2)
+  tokens = spaces.sample_tokens(model, 40, 2)
   states = layers_capture.capture_sites(model, [(int(t),) for t in tokens], TEMPLATES)
-  assert n == len(tokens) == 30
+  assert n == len(tokens) == 40
   for s, t in enumerate(transforms):
     np.testing.assert_allclose(np.asarray(t.mean), states[s].mean(axis=0), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(np.asarray(t.W), np.eye(model.config.d_model), atol=1e-6)
-  assert layers_capture.site_statistics(model, TEMPLATES, centre=False, whiten=False, sample=30, seed=2) == (
+  assert layers_capture.site_statistics(model, TEMPLATES, centre=False, whiten=False, sample=40, seed=2) == (
       [None] * (model.config.n_layers + 2), 0)
 
 

@@ -49,6 +49,11 @@ def _opts(scales_file, **kw):
   return steer.SteerOptions(**base)
 
 
+# The Jacobian tests take 9 words, as many as run_steer fits on (fit_share 0.75 of 12): the Jacobian's batch
+# is no bigger than its words, so the programs compiled for run_steer serve them too.
+JACOBIAN_ROWS = np.array([1, 4, 9, 2, 7, 11, 3, 5, 8])
+
+
 def _word_ids(tokenizer, words):
   return [tokenizer.encode(" " + w, add_special_tokens=False) for w in words]
 
@@ -87,7 +92,7 @@ def test_evaluate_does_not_depend_on_batch_size_or_row_order(model):
   d = model.config.d_model
   wi, vec = _random_rows(d)
   dirs = _unit_dirs(len(TOY_SCALES["scales"]), d, 1)
-  big_r, big_rep = _grid(model, 256, dirs).evaluate(wi, vec)
+  big_r, big_rep = _grid(model, 64, dirs).evaluate(wi, vec)  # the batch size of _opts: compiled once
   seen = []
   small = _grid(model, 5, dirs)  # 23 rows: 4 full batches and a padded one
   small_r, small_rep = small.evaluate(wi, vec, progress=lambda done, total: seen.append((done, total)))
@@ -119,7 +124,7 @@ def test_sharded_equals_unsharded(model):
   d = model.config.d_model
   wi, vec = _random_rows(d, n_rows=19, seed=5)
   dirs = _unit_dirs(len(TOY_SCALES["scales"]), d, 6)
-  plain = _grid(model, 8, dirs)
+  plain = _grid(model, 64, dirs)
   sharded_model = toy_model(sharding.make_mesh("data:2,model:4"))
   sharded = _grid(sharded_model, 7, dirs)
   assert sharded.batch_size == 8  # rounded up to the data axis
@@ -127,7 +132,7 @@ def test_sharded_equals_unsharded(model):
   r1, rep1 = sharded.evaluate(wi, vec)
   np.testing.assert_allclose(r1, r0, atol=1e-5, rtol=1e-5)
   np.testing.assert_allclose(rep1, rep0, atol=1e-5, rtol=1e-5)
-  rows = np.array([0, 3, 7, 11, 2])
+  rows = JACOBIAN_ROWS  # 9 rows: padded to 10 over the data axis
   np.testing.assert_allclose(grid_lib.jacobian(sharded, rows), grid_lib.jacobian(plain, rows),
                              atol=1e-5, rtol=1e-4)
 
@@ -160,18 +165,18 @@ def test_check_finite_names_the_worst_strength():
 
 
 def test_jacobian_equals_finite_differences(model):
-  g = _grid(model, 8)
-  rows = np.array([1, 4, 9])
+  g = _grid(model, 64)
+  rows = JACOBIAN_ROWS
   jac = grid_lib.jacobian(g, rows)
   d = model.config.d_model
-  assert jac.shape == (3, 5, d) and np.isfinite(jac).all()
+  assert jac.shape == (9, 5, d) and np.isfinite(jac).all()
   eps = 0.25  # the embedding rows have norm ~30 here
   steepest = jac[0, 0] / np.linalg.norm(jac[0, 0])
   for k, e in enumerate([*_unit_dirs(2, d, 7), steepest]):
-    plus, _ = g.evaluate(rows, np.tile(eps * e, (3, 1)))
-    minus, _ = g.evaluate(rows, np.tile(-eps * e, (3, 1)))
+    plus, _ = g.evaluate(rows, np.tile(eps * e, (len(rows), 1)))
+    minus, _ = g.evaluate(rows, np.tile(-eps * e, (len(rows), 1)))
     fd = (plus.astype(np.float64) - minus) / (2 * eps)
-    want = jac @ e  # [3, J]
+    want = jac @ e  # [9, J]
     assert np.abs(want).max() > 1e-2, k
     np.testing.assert_allclose(fd, want, atol=1e-4, rtol=1e-2)
 
@@ -515,16 +520,16 @@ def test_orthogonal_directions_top3_removes_the_shared_subspace():
 
 
 def test_jacobian_batches_come_back_from_the_checkpoint(model, tmp_path):
-  rows = np.array([1, 4, 9, 2, 7])
-  first = _grid(model, 2)
+  rows = np.array([*JACOBIAN_ROWS, 0, 10, 6])  # 12 rows: a batch of 9 and a padded one
+  first = _grid(model, len(JACOBIAN_ROWS))
   jac = grid_lib.jacobian(first, rows, checkpoint_dir=tmp_path)
-  assert first.rows_computed == 5 and first.rows_resumed == 0
-  again = _grid(model, 2)
+  assert first.rows_computed == 12 and first.rows_resumed == 0
+  again = _grid(model, len(JACOBIAN_ROWS))
   np.testing.assert_array_equal(grid_lib.jacobian(again, rows, checkpoint_dir=tmp_path), jac)
-  assert again.rows_resumed == 5 and again.rows_computed == 0
-  other = _grid(model, 2)  # other rows: another fingerprint, computed afresh
+  assert again.rows_resumed == 12 and again.rows_computed == 0
+  other = _grid(model, len(JACOBIAN_ROWS))  # other rows: another fingerprint, computed afresh
   np.testing.assert_array_equal(grid_lib.jacobian(other, rows[::-1], checkpoint_dir=tmp_path), jac[::-1])
-  assert other.rows_computed == 5
+  assert other.rows_computed == 12
 
 
 # ----------------------------------------------------------------------------- disjoint readout words
@@ -579,7 +584,7 @@ def disjoint_run(model, readout_scales_file):
   return opts, steer.run_steer(model, opts)
 
 
-def _readout_grid(model, readout, template=readouts.DEFAULT_TEMPLATE, batch_size=16):
+def _readout_grid(model, readout, template=readouts.DEFAULT_TEMPLATE, batch_size=64):
   prompts = readouts.build_prompts(model.tokenizer, template, _word_ids(model.tokenizer, WORDS))
   return grid_lib.Grid(model, prompts, readout, "embed", batch_size=batch_size)
 
@@ -597,7 +602,7 @@ def test_one_pass_reads_the_shared_and_the_disjoint_readout_as_each_alone(model)
   np.testing.assert_allclose(got[:, 5:], _readout_grid(model, disjoint).rate(wi, vec), atol=1e-5, rtol=1e-5)
   assert np.abs(got[:, :3] - got[:, 5:]).max() > 1e-2  # other words, other ratings
   # The Jacobian of the first 5 columns is the shared-only grid's: no backward pass for the rest.
-  rows = np.array([0, 5, 9])
+  rows = JACOBIAN_ROWS
   np.testing.assert_allclose(grid_lib.jacobian(both, rows, columns=5),
                              grid_lib.jacobian(_readout_grid(model, shared), rows), atol=1e-5, rtol=1e-4)
 
