@@ -163,7 +163,7 @@ def _columns(nw: NormWords):
 
 
 def align(dirs: scale_directions.Directions, norms: Sequence[NormWords], *,
-          key: jax.Array, n_boot: int = 1000, n_null: int = 1000,
+          key: jax.Array, n_boot: int, n_null: int,
           null_pairs: scale_directions.Directions | None = None, metric: str = "cosine",
           probe_folds: int = 5, progress: bool = False) -> dict[str, Any]:
   """Correlates every direction with every norm column.

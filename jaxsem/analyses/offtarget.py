@@ -436,8 +436,8 @@ def dose_response(effects, alphas, steered_index) -> dict[str, Any]:
           "off_target_abs": off.tolist()}
 
 
-def analyse(effects, alphas, cosines, steered_index, *, key_or_seed, n_boot: int = 1000,
-            n_perm: int = 1000, names: Sequence[str] | None = None,
+def analyse(effects, alphas, cosines, steered_index, *, key_or_seed, n_boot: int,
+            n_perm: int, names: Sequence[str] | None = None,
             readout_names: Sequence[str] | None = None, direct=None) -> dict[str, Any]:
   """Off-target matrix, its regression on the cosines, bootstrap CIs and shuffled-label null.
 

@@ -40,7 +40,7 @@ PLAIN = "plain"
 
 
 def compare_methods(effects_by_method: Mapping[str, Any], steered_index, *, seed,
-                    n_boot: int = 1000) -> dict[str, Any]:
+                    n_boot: int) -> dict[str, Any]:
   """Off-target change per unit on-target change of several steering methods at one strength.
 
   For each method: the mean on-target change (over words and steered scales), the mean
@@ -134,7 +134,7 @@ def summarise_control(effects, alphas, steered_index) -> dict[str, Any]:
 
 
 def random_control(effects, alphas, antonym_effects, antonym_steered_index, *, key_or_seed,
-                   n_boot: int = 1000) -> dict[str, Any]:
+                   n_boot: int) -> dict[str, Any]:
   """Random-direction control, computed exactly like the antonym figure it is printed beside.
 
   The statistic, for both: per word, the dose slope of every (direction, readout) pair

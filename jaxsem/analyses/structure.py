@@ -72,9 +72,9 @@ def epa_congruence(varimax_loadings: np.ndarray, factors) -> dict[str, Any] | No
                       for name, c, s, v in zip(names, cols, signs, values)}}
 
 
-def structure(dirs, norm_words, *, key: jax.Array, pair_dirs=None, metric: str = "cosine",
-              k: int = 3, human_columns=("valence", "arousal", "dominance"), pair_pool=None,
-              n_pair_sets: int = 200, n_tag_perms: int = 1000, seed: int = 0,
+def structure(dirs, norm_words, *, key: jax.Array, n_pair_sets: int, n_tag_perms: int, seed: int,
+              pair_dirs=None, metric: str = "cosine", k: int = 3,
+              human_columns=("valence", "arousal", "dominance"), pair_pool=None,
               scale_set: str = "the scale set", progress: bool = False,
               what: str = "structure") -> dict[str, Any]:
   """Runs the structure analysis (see module docstring).

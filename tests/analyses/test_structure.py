@@ -14,6 +14,8 @@ D, S, N = 64, 12, 1500
 STRENGTH = np.array([2.0, 1.0, 0.5])  # E, P, A: distinct, so the components are identified
 EPS = 1.5  # weight of each scale's own (unique) axis
 FACTOR_OF = np.repeat([0, 1, 2], 4)
+# The nulls' sizes and seed (structure.structure takes them explicitly; the pair null runs only with a pool).
+NULLS = dict(n_pair_sets=200, n_tag_perms=1000, seed=0)
 
 
 def _directions(vectors, factors=None, prefix="s"):
@@ -54,7 +56,7 @@ def case():
                        {"coverage": 1.0})
   d = _directions(dirs, ["EPA"[k] for k in FACTOR_OF])
   pairs = _directions(rng.normal(size=(20, D)), prefix="pair")
-  out = structure.structure(d, nw, key=jax.random.key(0), pair_dirs=pairs)
+  out = structure.structure(d, nw, key=jax.random.key(0), pair_dirs=pairs, **NULLS)
   return dict(x=x, dirs=dirs, columns=columns, nw=nw, d=d, out=out)
 
 
@@ -96,7 +98,7 @@ def test_planted_share_and_epa_congruence(case):
 
 def test_dot_metric_recovers_the_same_share(case):
   """With the scalar projection the planted share is recovered as well."""
-  out = structure.structure(case["d"], case["nw"], key=jax.random.key(0), metric="dot")
+  out = structure.structure(case["d"], case["nw"], key=jax.random.key(0), metric="dot", **NULLS)
   assert out["pca"]["cumulative_1_2_3"][2] == pytest.approx(_planted_share(), abs=0.03)
 
 
@@ -140,7 +142,7 @@ def test_random_baselines(case):
   assert len(rnd["explained_variance_ratio"]) == S
   assert rnd["cumulative"][2] < out["pca"]["cumulative_1_2_3"][2] - 0.1
   assert rnd["participation_ratio"] > out["pca"]["participation_ratio"]
-  without = structure.structure(case["d"], case["nw"], key=jax.random.key(0))
+  without = structure.structure(case["d"], case["nw"], key=jax.random.key(0), **NULLS)
   assert "wordnet_pairs_mean_abs" not in without["cosine"]["baseline"]
 
 
@@ -157,9 +159,9 @@ def test_human_pca(case):
   assert np.asarray(human["loadings"]).shape == (3, 3)
   one = align.NormWords("toy", case["nw"].words, case["nw"].vectors, {"valence": case["columns"]["valence"]},
                         {"coverage": 1.0})
-  out = structure.structure(case["d"], one, key=jax.random.key(0))
+  out = structure.structure(case["d"], one, key=jax.random.key(0), **NULLS)
   assert out["human_pca"] is None and set(out["pca"]["component_vs_norms"]) == {"valence"}
-  two = structure.structure(case["d"], one, key=jax.random.key(0), human_columns=("valence", "imagery"))
+  two = structure.structure(case["d"], one, key=jax.random.key(0), human_columns=("valence", "imagery"), **NULLS)
   assert two["human_pca"] is None  # "imagery" is not in this table
 
 

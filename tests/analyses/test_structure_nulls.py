@@ -200,7 +200,8 @@ def test_settings_reproduce_the_varimax(case, pool_case):
   assert st["pair_null"]["seed"] == 5 and st["pair_null"]["excluded_scale_pairs"] == []
   assert st["epa_null"]["n_perms"] == 500
   assert out["epa_null"]["p_at_floor"] is True  # the planted E/P/A structure
-  bare = structure.structure(case["d"], case["nw"], key=jax.random.key(0), n_tag_perms=0)
+  bare = structure.structure(case["d"], case["nw"], key=jax.random.key(0), n_pair_sets=200, n_tag_perms=0,
+                              seed=0)
   assert bare["pair_null"] is None and bare["epa_null"] is None and bare["settings"]["pair_null"] is None
   assert bare["conclusion"].startswith("No null")
 
