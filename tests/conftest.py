@@ -17,9 +17,9 @@ if "xla_force_host_platform_device_count" not in _flags:
   _flags += " --xla_force_host_platform_device_count=8"
 # The suite compiles many small programs that then run for milliseconds; most of its time went to
 # LLVM optimising their machine code. The tests check what the programs compute, which the HLO (its
-# passes, fusions and sharding, as in any run) decides; so tests compile with LLVM's optimisation
-# off, and the launchers and benchmarks/ with XLA's defaults. An XLA_FLAGS that names
-# --xla_backend_optimization_level keeps its own choice.
+# passes, fusions and sharding, as in any run) decides, up to float rounding; so tests compile with
+# LLVM's optimisation off, and the launchers and benchmarks/ with XLA's defaults. An XLA_FLAGS that
+# names --xla_backend_optimization_level keeps its own choice.
 FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
 if "xla_backend_optimization_level" not in _flags:
   _flags += " " + " ".join(FAST_COMPILE)
