@@ -169,8 +169,12 @@ def _hidden_ids(wt: lexicon.WordTokens) -> list[tuple[int, ...]]:
 
 
 def _measure(model, space, sets: dict[str, Any], rated: list[_Rated], opts: LayerOptions,
-             key: jax.Array) -> tuple[dict[str, Any], dict[str, Any]]:
-  """Alignment and structure in one space -> (the site's numbers, its directions reports)."""
+             key: jax.Array, progress: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Alignment and structure in one space -> (the site's numbers, its directions reports).
+
+  ``progress`` prints the alignment's and the structure's own progress lines (a site can take
+  longer than the silence a long run may keep).
+  """
   def build(scale_set, what: str, method: str = opts.method, missing: str | None = None):
     missing = missing or ("drop" if len(scale_set) > 200 else "error")
     return scale_directions.build(model, space, list(scale_set), policy=opts.policy, method=method,
@@ -181,12 +185,13 @@ def _measure(model, space, sets: dict[str, Any], rated: list[_Rated], opts: Laye
                                spaces_lib.word_vectors(model, r.tokens, space), r.columns, r.report)
            for r in rated]
   res = align_lib.align(dirs, norms, key=jax.random.fold_in(key, 2), n_boot=opts.n_boot, n_null=opts.n_null,
-                        metric=opts.metric)
+                        metric=opts.metric, progress=progress)
   sdirs = build(sets["structure"], sets["structure"].name)
   pool = build(sets["wordnet"], "wordnet pair null", "pole_mean", "drop") if opts.n_pair_sets > 0 else None
   st = structure_lib.structure(sdirs, norms[0], key=jax.random.fold_in(key, 3), metric=opts.metric,
                                pair_pool=pool, n_pair_sets=opts.n_pair_sets, n_tag_perms=opts.n_tag_perms,
-                               seed=opts.seed, scale_set=sets["structure"].name)
+                               seed=opts.seed, scale_set=sets["structure"].name, progress=progress,
+                               what=f"layers {space.site or space.name} structure")
   pca = st["pca"]
   matched = (pca.get("epa_congruence") or {}).get("matched")
   pair, epa = st.get("pair_null"), st.get("epa_null")
@@ -312,7 +317,7 @@ def run_layers(model, opts: LayerOptions, progress: bool = True) -> dict[str, An
   bar = Progress.maybe(progress, "layers: alignment and structure", len(spaces), unit="sites")
   bar.update(0)
   for depth, space in enumerate(spaces):
-    point, dirs = _measure(model, space, sets, rated, opts, key)
+    point, dirs = _measure(model, space, sets, rated, opts, key, progress=progress)
     site = space.site or space.name
     points.append({"depth": depth, "site": site, "layer": space.layer if space.name == "hidden" else None,
                    **point})
