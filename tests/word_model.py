@@ -22,6 +22,7 @@ import numpy as np
 
 from jaxsem.io import assets
 from jaxsem.io import scales as scales_io
+from jaxsem.io.tokenizer import _byte_alphabet
 from tests import gguf_fixtures
 
 MARKER = "\u0120"  # "Ġ": byte-level BPE's spelling of a leading space
@@ -44,7 +45,8 @@ def words() -> list[str]:
 
 def vocabulary(word_list: list[str]) -> tuple[list[str], list[int], list[str]]:
   """(tokens, token types, merges): specials, the 256 byte characters, each word's prefix chain, unused."""
-  alphabet = [chr(c) for c in sorted(_byte_characters())]
+  byte_alphabet = _byte_alphabet()  # GPT-2's byte -> character map, as the GGUF reader spells bytes
+  alphabet = [byte_alphabet[b] for b in range(256)]
   tokens = [*SPECIALS, *alphabet]
   types = [_CONTROL] * len(SPECIALS) + [_NORMAL] * len(alphabet)
   known = set(tokens)
@@ -63,12 +65,6 @@ def vocabulary(word_list: list[str]) -> tuple[list[str], list[int], list[str]]:
     tokens.append(f"<unused{len(tokens)}>")
     types.append(_CONTROL)
   return tokens, types, merges
-
-
-def _byte_characters() -> list[int]:
-  """Code points of GPT-2's byte alphabet (printable bytes as themselves, the rest past 255)."""
-  printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
-  return printable + [256 + k for k in range(256 - len(printable))]
 
 
 def write(path: str | os.PathLike, *, seed: int = 0, d_model: int = 64, n_layers: int = 2) -> str:

@@ -120,7 +120,7 @@ def check_options(opts: LayerOptions) -> None:
   if opts.metric not in ("cosine", "dot"):
     raise InputError(f"--metric={opts.metric!r} is not known; use cosine or dot.")
   if not opts.norms:
-    raise InputError("--norms is empty; give one or more of warriner, anew, dal.")
+    raise InputError(f"--norms is empty; give one or more of {', '.join(assets.NORM_NAMES)}.")
   for name, value, least in (("n_words", opts.n_words, 0), ("stats_sample", opts.stats_sample, 2),
                              ("n_boot", opts.n_boot, 1), ("n_null", opts.n_null, 1),
                              ("n_pair_sets", opts.n_pair_sets, 0), ("n_tag_perms", opts.n_tag_perms, 0),
