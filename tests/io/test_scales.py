@@ -69,7 +69,9 @@ def test_norms_target_the_six_norm_columns():
   norms = load_scales("norms")
   assert {s.norm for s in norms} == {
       "warriner:valence", "warriner:arousal", "warriner:dominance",
-      "dal:pleasantness", "dal:activation", "dal:imagery",
+      "dal:pleasantness", "dal:activation", "dal:imagery", "brysbaert:concreteness",
+      "lancaster:visual", "lancaster:auditory", "lancaster:haptic", "lancaster:interoceptive",
+      "lancaster:gustatory",
   }
   assert norms["valence"].factor == "E" and norms["arousal"].factor == "A"
   assert norms["dominance"].factor == "P" and norms["imagery"].factor is None
@@ -84,7 +86,7 @@ def test_norms_target_the_six_norm_columns():
 _OWN_SCALE_ONLY = "avoid only its own direction words"
 
 
-@pytest.mark.parametrize("name, with_readout", [("osgood28", 18), ("norms", 6)])
+@pytest.mark.parametrize("name, with_readout", [("osgood28", 18), ("norms", 10)])
 def test_shipped_readout_words_follow_the_data_rule(name: str, with_readout: int):
   scale_set = load_scales(name)
   every_direction_word = set(scale_set.words)
