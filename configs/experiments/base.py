@@ -3,7 +3,7 @@
 Each function returns one section of an experiment config (an ``ml_collections``
 ``ConfigDict``). The library's option classes (``experiments.Options``,
 ``steer.SteerOptions``, ``sweep.SweepOptions``, ``layers.LayerOptions``,
-``planning.PlanOptions``) take their defaults from here too
+``geometry.GeometryOptions``, ``planning.PlanOptions``) take their defaults from here too
 (``jaxsem.experiment_config.config_defaults``), so a value changed here changes the
 library, every launcher and every config built on it.
 """
@@ -75,6 +75,29 @@ def layers() -> config_dict.ConfigDict:
       "n_pair_sets": 0,  # random WordNet pair sets in the structure pair null per site (0: skip)
       "n_tag_perms": 200,  # E/P/A tag permutations per site (0: skip)
       "batch_size": 64,  # sequences per forward call
+  })
+
+
+def geometry() -> config_dict.ConfigDict:
+  """Axis geometry against human inter-scale correlations (``jaxsem.analyses.geometry.GeometryOptions``)."""
+  return config_dict.ConfigDict({
+      "scales": "norms",  # scale set whose norm-tagged scales are compared pair by pair
+      "also_scales": ("osgood28",),  # further scale sets compared the same way where their scales carry tags
+      "norms": (),  # human norm tables whose tagged columns enter (empty: every table a tag names)
+      "space": "input_embedding",  # input_embedding, unembedding or hidden
+      "layer": config_dict.placeholder(int),  # hidden space: block index (-1: after the final norm)
+      "centre": True,  # subtract the vocabulary mean
+      "whiten": False,  # whiten with the vocabulary covariance (causal inner product)
+      "policy": "single",  # word -> token policy: single, mean, first
+      "method": "pole_mean",  # direction construction: pole_mean, pair_mean, semaxis
+      "metric": "cosine",  # projection metric of the words on the axes: cosine or dot
+      # Least share of a table's rated words the policy must cover; only the projection correlations
+      # need the model's words (the human correlations use every rated word), so it is set low.
+      "min_coverage": 0.1,
+      "seed": 0,  # bootstrap draws and Mantel permutations
+      "n_boot": 1000,  # joint bootstrap draws (words; pole words for the cosines)
+      "n_perm": 10000,  # Mantel permutations of the scale labels
+      "template": spaces.DEFAULT_TEMPLATE,  # hidden space: template with one {word} slot
   })
 
 

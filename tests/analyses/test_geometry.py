@@ -1,0 +1,90 @@
+"""run_geometry on the tiny word model: keys, shapes, symmetric matrices, intervals, the report."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from jaxsem.analyses import geometry
+from jaxsem.errors import InputError
+from jaxsem.io import scales as scales_io
+from jaxsem.models.load import load
+from jaxsem.report import geometry_report
+
+
+NORMS = ("warriner", "dal")  # the two smallest tables keep the run short
+
+
+@pytest.fixture(scope="module")
+def run(word_model):
+  model = load(word_model, progress=False)
+  opts = dataclasses.replace(geometry.GeometryOptions(), norms=NORMS, n_boot=20, n_perm=50)
+  return model, opts, geometry.run_geometry(model, opts, progress=False)
+
+
+def test_keys_shapes_and_matrices(run):
+  _, _, result = run
+  tagged = [s for s in scales_io.load_scales("norms") if s.norm and s.norm.split(":")[0] in NORMS]
+  s = len(tagged)
+  assert result["scales"] == [t.name for t in tagged] and result["columns"] == [t.norm for t in tagged]
+  assert {"human_r", "cosines", "projection_r", "pairs", "relation", "also", "coverage",
+          "space"} <= set(result)
+  assert result["tables"] == sorted(NORMS)
+  assert len(result["pairs"]) == s * (s - 1) // 2
+  for key in ("human_r", "cosines", "projection_r"):
+    m, ci = np.array(result[key]["matrix"]), np.array(result[key]["ci"])
+    assert m.shape == (s, s) and ci.shape == (s, s, 2)
+    np.testing.assert_allclose(m, m.T, atol=1e-6)
+    np.testing.assert_allclose(np.diag(m), 1.0, atol=1e-6)
+    assert np.all(np.abs(m) <= 1.0 + 1e-9)
+    off = ~np.eye(s, dtype=bool)
+    inside = (ci[..., 0] <= m + 1e-6) & (m <= ci[..., 1] + 1e-6)
+    if key == "cosines":  # resampled pole means are noisier, which pulls large cosines towards 0
+      assert inside[off].mean() >= 0.9
+    else:
+      assert inside[off].all()
+  n = np.array(result["human_r"]["n"])
+  assert np.all(np.array(result["projection_r"]["n"]) <= n)  # the covered words are a subset
+  pair = result["pairs"][0]
+  assert pair["n"] == n[0, 1] and pair["human_r"] == result["human_r"]["matrix"][0][1]
+
+
+def test_relations_and_notes(run):
+  _, opts, result = run
+  for side in ("cosine", "projection"):
+    rel = result["relation"][side]
+    assert set(rel) >= {"r", "slope", "ci", "mantel_p", "n_pairs"}
+    assert rel["n_pairs"] == len(result["pairs"])
+    assert -1 <= rel["ci"][0] <= rel["ci"][1] <= 1
+    assert 1 / (opts.n_perm + 1) <= rel["mantel_p"] <= 1
+  assert result["relation"]["projection"]["ci"][0] <= result["relation"]["projection"]["r"] + 1e-6
+  assert result["relation"]["projection"]["r"] <= result["relation"]["projection"]["ci"][1] + 1e-6
+  if not any(s.norm for s in scales_io.load_scales("osgood28")):
+    note = "osgood28: no scale carries a norm tag of warriner, dal"
+    assert result["also"]["osgood28"] == {"note": note} and note in result["notes"]
+
+
+def test_writer_and_digest(run, tmp_path):
+  model, opts, result = run
+  path = geometry_report.write(tmp_path, result, model, opts, config={"geometry": {"n_boot": 20}})
+  doc = json.loads(path.read_text())
+  assert doc["job"] == "geometry" and doc["relation"]["cosine"]["n_pairs"] == len(result["pairs"])
+  prov = doc["provenance"]
+  assert prov["centred"] is True and prov["policy"] == "single" and prov["seed"] == 0
+  assert prov["coverage"]["covered"] > 0 and prov["config"]["geometry"]["n_boot"] == 20
+  assert {f["table"] for f in prov["norms_files"]} == set(result["tables"])
+  for name in geometry_report.FIGURES:
+    assert (tmp_path / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+  [line] = geometry_report.digest(result)
+  assert line.startswith(f"geometry: {len(result['pairs'])} pairs of ") and "Mantel p" in line
+
+
+def test_too_few_tagged_scales_and_bad_options(run):
+  model, opts, _ = run
+  with pytest.raises(InputError, match="at least 3"):
+    geometry.run_geometry(model, dataclasses.replace(opts, scales="osgood28"), progress=False)
+  with pytest.raises(InputError, match="--norms"):
+    geometry.check_options(dataclasses.replace(opts, norms=("warriner", "nosuch")))
+  with pytest.raises(InputError, match="--n_perm"):
+    geometry.check_options(dataclasses.replace(opts, n_perm=0))
