@@ -10,11 +10,14 @@ import warnings
 
 import pytest
 
-# Must happen before JAX initialises its backends.
-os.environ["JAX_PLATFORMS"] = "cpu"
+# Must happen before JAX initialises its backends. JAXSEM_TEST_PLATFORM=gpu (or tpu) runs the
+# tests on that accelerator instead, with its real devices (benchmarks/device_check.sh does so).
+_PLATFORM = os.environ.get("JAXSEM_TEST_PLATFORM", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
-if "xla_force_host_platform_device_count" not in _flags:
-  _flags += " --xla_force_host_platform_device_count=8"
+if _PLATFORM == "cpu":
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  if "xla_force_host_platform_device_count" not in _flags:
+    _flags += " --xla_force_host_platform_device_count=8"
 # The suite compiles many small programs that then run for milliseconds; most of its time went to
 # LLVM optimising their machine code. The tests check what the programs compute, which the HLO (its
 # passes, fusions and sharding, as in any run) decides, up to float rounding; so tests compile with
