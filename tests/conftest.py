@@ -79,8 +79,9 @@ def pytest_unconfigure(config):
       os.environ[key] = value
 
 
-# Set by pytest itself, or by a library for its own later use (torch, on first compile).
-_NOT_THE_TESTS = ("PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR")
+# Set by pytest itself, or by a library for its own later use (torch, on first compile; the OpenMP
+# settings that a CUDA build's libraries set on first import on an accelerator machine).
+_NOT_THE_TESTS = ("PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK")
 
 
 @pytest.fixture(autouse=True)
