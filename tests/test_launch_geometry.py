@@ -6,7 +6,7 @@ import pytest
 
 from tests.test_launch import _assert_one_line_error, _run  # shared subprocess helpers
 
-_SMALL = ("--n_boot=10", "--n_perm=20")
+_SMALL = ("--n_boot=10", "--n_perm=20", "--norms=warriner,dal")  # tables the word model spells
 
 
 @pytest.mark.slow

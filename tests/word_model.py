@@ -31,10 +31,15 @@ ROWS_MULTIPLE = 128  # unused tokens pad the vocabulary to this, as real ones ar
 _NORMAL, _CONTROL = 1, 3
 
 
+# The norm tables whose rated words are spelled. brysbaert and lancaster (about 40k words each)
+# would double the vocabulary and every load of it; tests on this model name these tables.
+SPELLED_NORMS = ("warriner", "anew", "dal")
+
+
 def words() -> list[str]:
   """The words given one token each: rated words and scale words that are plain ASCII letters."""
   found: set[str] = set()
-  for name in assets.NORM_NAMES:
+  for name in SPELLED_NORMS:
     found.update(assets.read_norms(name)[0])
   for set_name in scales_io.SCALE_SETS:
     for scale in scales_io.load_scales(set_name):
