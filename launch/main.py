@@ -1,5 +1,6 @@
 """The main job: each model loaded, reported, asked to continue a prompt, then its semantic
-structure measured (alignment with human norms, E/P/A structure) and its judgements steered
+structure measured (alignment with human norms, E/P/A structure, the axes' geometry against
+human inter-scale correlations, the layer curve) and its judgements steered
 (off-target effects vs direction cosines; plain, orthogonalised and fitted steering compared
 on held-out words).
 
@@ -9,8 +10,8 @@ on held-out words).
 The sizes come from the config (``configs/experiments/quick.py`` by default; any field can
 be overridden with ``--config.<section>.<field>=value``). Writes
 ``out_dir/<model>/summary.json`` (what was loaded, with provenance, and the continuations),
-``out_dir/<model>/align/``, ``out_dir/<model>/structure/`` and ``out_dir/<model>/steer/``
-(each a summary.json with provenance and PNG figures), and prints a short digest.
+``out_dir/<model>/align/``, ``structure/``, ``geometry/``, ``layers/`` and ``steer/`` (each a
+summary.json with provenance and PNG figures), and prints a short digest.
 """
 
 import os
@@ -23,9 +24,13 @@ from jaxsem import cli
 from jaxsem import distributed
 from jaxsem import experiment_config
 from jaxsem.analyses import experiments
+from jaxsem.analyses import geometry
+from jaxsem.analyses import layers
 from jaxsem.analyses import steer
 from jaxsem.io import assets
+from jaxsem.report import geometry_report
 from jaxsem.report import html
+from jaxsem.report import layers_report
 from jaxsem.report import summary
 from jaxsem.report import writers
 
@@ -69,12 +74,19 @@ def _options(config) -> dict:
   """The three analyses' options, checked before any model loads."""
   align = experiment_config.options(experiments.Options, config.align)
   structure = experiment_config.options(experiments.Options, config.structure)
+  geo = experiment_config.options(geometry.GeometryOptions, config.geometry)
+  layer = experiment_config.options(layers.LayerOptions, config.layers)
   steering = experiment_config.options(steer.SteerOptions, config.steer)
   for opts in (align, structure):
     cli.check_norms(opts.norms)
     cli.check_scales(opts.scales)
+  geometry.check_options(geo)
+  layers.check_options(layer)
+  cli.check_norms(layer.norms)
+  for name in (layer.align_scales, layer.structure_scales):
+    cli.check_scales(name)
   steer.check_options(steering)
-  return {"align": align, "structure": structure, "steer": steering}
+  return {"align": align, "structure": structure, "geometry": geo, "layers": layer, "steer": steering}
 
 
 def _run_model(name: str, out_dir: str | os.PathLike, config, options: dict) -> None:
@@ -96,6 +108,10 @@ def _run_model(name: str, out_dir: str | os.PathLike, config, options: dict) -> 
              "alignment (centred input embedding, warriner norms)"),
             ("structure", experiments.run_structure, writers.write_structure, writers.structure_digest,
              "structure (osgood28 scales over warriner words)"),
+            ("geometry", geometry.run_geometry, geometry_report.write, geometry_report.digest,
+             "axis geometry (norm-tagged scales: axis cosines against human inter-scale r)"),
+            ("layers", layers.run_layers, layers_report.write, layers_report.digest,
+             "layers (alignment and structure at every site of the residual stream)"),
             ("steer", steer.run_steer, writers.write_steer, writers.steer_digest,
              "steering (osgood28, token embedding, pole log-odds readout)"))
   for key, run, write, digest, title in stages:

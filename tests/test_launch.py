@@ -56,7 +56,10 @@ def test_main_job_writes_summary(word_model, tmp_path):
            "--config.structure.n_pair_sets=40", "--config.structure.n_tag_perms=60",
            "--steer_words=32", "--config.steer.grid_words=12", "--config.steer.n_random=4",
            "--config.steer.fit_steps=40", "--config.steer.refine=0", "--config.steer.n_boot=50",
-           "--config.steer.n_perm=50", "--config.steer.rating_check=false"]
+           "--config.steer.n_perm=50", "--config.steer.rating_check=false",
+           "--config.geometry.norms=('warriner', 'dal')", "--config.geometry.n_boot=30",
+           "--config.geometry.n_perm=50", "--config.layers.n_words=100", "--config.layers.stats_sample=32",
+           "--config.layers.n_boot=30", "--config.layers.n_null=30"]
   proc = _run("launch.main", f"--models={word_model}", f"--out_dir={out}", "--max_new_tokens=3",
               "--prompt=The capital of France is", *small)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -106,3 +109,11 @@ def test_main_job_writes_summary(word_model, tmp_path):
   assert steer["methods"]["disjoint_readout"]["reduction_vs_plain"]
   assert steer["provenance"]["scales_file"].endswith("osgood28.json")
   assert "direct path" in proc.stdout
+  geo = json.loads((model_dir / "geometry" / "summary.json").read_text())
+  assert geo["relation"]["cosine"]["n_pairs"] == 15  # the 6 scales tagged with warriner and dal columns
+  assert 0 < geo["relation"]["cosine"]["mantel_p"] <= 1 and "Mantel p" in proc.stdout
+  layer_doc = json.loads((model_dir / "layers" / "summary.json").read_text())
+  assert [p["site"] for p in layer_doc["layers"]][:2] == ["input_embedding", "embed"]
+  assert len(layer_doc["layers"]) == 2 + 4  # two blocks, plus the embeddings, embed and final
+  assert layer_doc["provenance"]["config"]["layers"]["n_words"] == 100
+  assert "best site per column" in proc.stdout

@@ -20,6 +20,8 @@ def get_config() -> config_dict.ConfigDict:
   config.align.n_null_pairs = 200
   config.structure = base.analysis(scales="osgood28")
   config.structure.n_null_pairs = 200
+  config.geometry = base.geometry()
+  config.layers = base.layers()
   config.steer = base.steer()
   config.steer.n_boot = 500
   config.steer.n_perm = 500

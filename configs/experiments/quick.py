@@ -1,7 +1,8 @@
 """``launch.main``'s default: the default model, every part of the analysis, at newcomer size.
 
 Everything the paper-scale run (``paper.py``) shows is here: the model loaded and talking,
-alignment with its hierarchical CI and nulls, structure with its baselines, the off-target
+alignment with its hierarchical CI and nulls, structure with its baselines, the axes' geometry
+against human inter-scale correlations with its Mantel null, the layer curve, the off-target
 law with its controls, the steering methods compared on held-out words and a held-out
 template. Fewer resamples, null draws and steered words make it finish in minutes; the
 intervals are wider for it, and each summary.json records the sizes used.
@@ -28,6 +29,19 @@ def get_config() -> config_dict.ConfigDict:
   config.structure.n_null_pairs = 100
   config.structure.n_pair_sets = 100
   config.structure.n_tag_perms = 500
+
+  config.geometry = base.geometry()
+  config.geometry.n_boot = 200
+  config.geometry.n_perm = 1000
+
+  # The layer curve at newcomer size: fewer rated words, a smaller centring sample and fewer
+  # resamples than launch.layers' defaults; no WordNet pair null or E/P/A tag null per site.
+  config.layers = base.layers()
+  config.layers.n_words = 300
+  config.layers.stats_sample = 128
+  config.layers.n_boot = 100
+  config.layers.n_null = 100
+  config.layers.n_tag_perms = 0
 
   config.steer = base.steer()
   config.steer.n_words = 96

@@ -63,6 +63,15 @@ CAPTIONS: dict[str, str] = {
         "Cumulative variance of the first one, two and three principal components of the words x scales "
         "matrix at every site, with random directions' first three dotted. Look for the depths where the "
         "scales collapse onto few dimensions and whether that exceeds what random directions give there."),
+    "geometry_scatter.png": (
+        "Each point a pair of human norm columns: their correlation across the words both tables rate "
+        "against the cosine of the two matching axes (left) and against the correlation of the words' "
+        "projections on them (right), with the least-squares line; r, its bootstrap interval and the Mantel "
+        "p in the titles. Look for a rising line: the axes then relate as the human judgements do. Pairs of "
+        "scales that share pole words sit high by construction."),
+    "geometry_matrices.png": (
+        "The human inter-scale correlations (left) and the axis cosines (right) in the same scale order. "
+        "Look for the same blocks in both: scales people rate alike should point alike in the model."),
     "layers_congruence.png": (
         "Tucker congruence of the varimax factors with the Evaluation, Potency and Activity tags at every "
         "site (1: a factor loads exactly on the scales of its tag). Look for the depth where the E/P/A "

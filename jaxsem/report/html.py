@@ -29,6 +29,7 @@ from jaxsem.io import out_dir as out_dir_lib
 from jaxsem.io import safe_json
 from jaxsem.io.cache import atomic_write_text
 from jaxsem.report import captions
+from jaxsem.report import geometry_report
 from jaxsem.report import pvalues
 from jaxsem.report import layers_report
 from jaxsem.report import writers
@@ -37,10 +38,11 @@ REPORT_NAME = "report.html"
 # Sections in reading order, with their headings; other jobs follow, sorted, headed by their name.
 SECTIONS = {"main": "Models loaded and talking", "align": "Alignment with human norms",
             "structure": "Structure: PCA of words x scales", "steer": "Steering: off-target law and methods",
+            "geometry": "Geometry: axis cosines against human inter-scale correlations",
             "layers": "Layers: alignment and structure at every site", "sweep": "Sweep: spectra of direction sets"}
 _DIGESTS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "align": writers.align_digest, "structure": writers.structure_digest, "steer": writers.steer_digest,
-    "layers": layers_report.digest, "sweep": writers.sweep_digest}
+    "geometry": geometry_report.digest, "layers": layers_report.digest, "sweep": writers.sweep_digest}
 # What a summary that lacks keys (or holds the wrong types) raises inside a digest or a table.
 _MISSING = (KeyError, TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError)
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
