@@ -120,39 +120,45 @@ def _ci(dist) -> list[float]:
   return [float(v) for v in np.asarray(stats.percentile_ci(dist))]
 
 
-def _intervals(proj, y, draws, words, key, step=lambda: None) -> dict[str, Any]:
-  """Hierarchical and words-only intervals of one scale x column, and its leave-one-pole-word-out range.
+def _words_intervals(words) -> dict[str, Any]:
+  """Intervals of a scale whose pole words are unknown: both are the words-only one."""
+  return {"pearson_ci": _ci(words[0]), "spearman_ci": _ci(words[1]), "pearson_ci_words": _ci(words[0]),
+          "spearman_ci_words": _ci(words[1]), "leave_one_pole_out": None, "ci_resampling": "words"}
+
+
+def _pole_intervals(stack, y, draws, keys) -> list[dict[str, Any]]:
+  """Hierarchical and words-only intervals, and the leave-one-pole-word-out range, of stacked scales.
+
+  One program runs every scale's words-only draws (the same word draws, plain pole-mean
+  weights), another their hierarchical draws (resampled pole weights).
 
   Args:
-    proj: ``PoleProjections`` of the rated words, or None when the scale's pole words are unknown
-      (then both intervals are the words-only one).
+    stack: ``hierarchical.PoleStack`` of the column's rated words, ``S`` scales.
     y: ``[N]`` ratings.
     draws: ``hierarchical.RatingDraws`` of this column (shared by every scale).
-    words: ``([B] pearson, [B] spearman)`` words-only draws, used when ``proj`` is None.
-    key: PRNG key of the pole-word draws.
-    step: called after each of the two bootstraps (for progress).
+    keys: ``S`` PRNG keys of each scale's pole-word draws.
+
+  Returns:
+    One dict of intervals per stacked scale.
   """
-  if proj is None:
-    step()
-    step()
-    return {"pearson_ci": _ci(words[0]), "spearman_ci": _ci(words[1]), "pearson_ci_words": _ci(words[0]),
-            "spearman_ci_words": _ci(words[1]), "leave_one_pole_out": None, "ci_resampling": "words"}
-  k = proj.scores.shape[1]
-  n_pos, n_neg = proj.n_positive, k - proj.n_positive
+  k = stack.scores.shape[2]
   n_boot = draws.word_indices.shape[0]
-  # The words-only draws on the kernel's own scores: the same word draws, ratings prepared once.
-  fixed = jnp.broadcast_to(hierarchical.pole_mean_weights(n_pos, n_neg), (n_boot, k))
-  wp, ws = hierarchical.distribution(proj, draws, fixed)
-  words_ci = _ci(wp), _ci(ws)
-  step()
-  resampled = hierarchical.resample_pole_weights(key, n_pos, n_neg, n_boot)
-  hp, hs = hierarchical.distribution(proj, draws, resampled)
-  both_ci = _ci(hp), _ci(hs)
-  step()
-  return {"pearson_ci": both_ci[0], "spearman_ci": both_ci[1], "pearson_ci_words": words_ci[0],
-          "spearman_ci_words": words_ci[1], "leave_one_pole_out": hierarchical.leave_one_out_range(proj, y),
-          # Poles of one word each cannot be resampled: the interval is then the words-only one.
-          "ci_resampling": "words+pole_words" if max(n_pos, n_neg) > 1 else "words"}
+  pairs = list(zip(stack.n_positive.tolist(), stack.n_negative.tolist()))
+  fixed = jnp.stack([hierarchical.pad_weights(hierarchical.pole_mean_weights(p, m), k) for p, m in pairs])
+  resampled = jnp.stack([hierarchical.pad_weights(hierarchical.resample_pole_weights(key, p, m, n_boot), k)
+                         for key, (p, m) in zip(keys, pairs)])
+  words = hierarchical.fixed_distribution_stack(stack, draws, fixed)  # ([S, B], [S, B])
+  both = hierarchical.distribution_stack(stack, draws, resampled)
+  pearson, spearman = (jnp.concatenate([w, b]) for w, b in zip(words, both))  # [2S, B]: words, then both
+  ci_p = np.asarray(stats.percentile_ci(pearson.T)).tolist()
+  ci_s = np.asarray(stats.percentile_ci(spearman.T)).tolist()
+  loo = hierarchical.leave_one_out_ranges(stack, y)
+  s = len(pairs)
+  return [{"pearson_ci": ci_p[s + i], "spearman_ci": ci_s[s + i], "pearson_ci_words": ci_p[i],
+           "spearman_ci_words": ci_s[i], "leave_one_pole_out": loo[i],
+           # Poles of one word each cannot be resampled: the interval is then the words-only one.
+           "ci_resampling": "words+pole_words" if max(p, m) > 1 else "words"}
+          for i, (p, m) in enumerate(pairs)]
 
 
 def _columns(nw: NormWords):
@@ -239,6 +245,11 @@ def align(dirs: scale_directions.Directions, norms: Sequence[NormWords], *,
   for nw in norms:
     scores = np.asarray(projection.project(nw.vectors, dirs.vectors, metric))
     poles = _pole_projections(dirs, nw.vectors, metric)
+    with_poles = [s for s, name in enumerate(dirs.names) if name in poles]
+    need_words = [s for s, name in enumerate(dirs.names) if name not in poles]
+    # Every scale with pole vectors in one stack: one program per column for all their draws.
+    stack = (hierarchical.stack_pole_projections([poles[dirs.names[s]] for s in with_poles])
+             if with_poles else None)
     for ci_idx, column, ok, y in _columns(nw):
       x = scores[ok]
       kb = jax.random.fold_in(k_boot, ci_idx)
@@ -247,26 +258,27 @@ def align(dirs: scale_directions.Directions, norms: Sequence[NormWords], *,
       # Word draws as stats.bootstrap_ci(x, y, kb) would draw them; shared by every scale.
       idx = stats.bootstrap_indices(kb, int(ok.sum()), n_boot)
       draws = hierarchical.rating_draws(y, idx)
-      need_words = [s for s, name in enumerate(dirs.names) if name not in poles]
-      words = {}
+      cis = {}
       if need_words:
         wp = np.asarray(stats.bootstrap_distribution(x[:, need_words], y, idx, "pearson"))
         ws = np.asarray(stats.bootstrap_distribution(x[:, need_words], y, idx, "spearman"))
-        words = {s: (wp[:, j], ws[:, j]) for j, s in enumerate(need_words)}
+        cis.update({s: _words_intervals((wp[:, j], ws[:, j])) for j, s in enumerate(need_words)})
+        bar.update(bar.done + 2 * n_boot * len(need_words))
+      if stack is not None:
+        k_column = jax.random.fold_in(k_poles, ci_idx)
+        keys = [jax.random.fold_in(k_column, s) for s in with_poles]
+        rows = _pole_intervals(stack._replace(scores=stack.scores[:, ok]), y, draws, keys)
+        cis.update(zip(with_poles, rows))
+        bar.update(bar.done + 2 * n_boot * len(with_poles))
       rand = stats.null_summary(pear, null_r[nw.name, column])
       pairs = stats.null_summary(pear, pairs_r[nw.name, column]) if (nw.name, column) in pairs_r else None
       probe_r = probes[f"{nw.name}:{column}"]["r"]
       for s, name in enumerate(dirs.names):
-        proj = poles.get(name)
-        if proj is not None:
-          proj = proj._replace(scores=proj.scores[ok])
-        k_scale = jax.random.fold_in(jax.random.fold_in(k_poles, ci_idx), s)
-        ci = _intervals(proj, y, draws, words.get(s), k_scale, step=lambda: bar.update(bar.done + n_boot))
         tag = dirs.norms[s]
         results.append({
             "scale": name, "factor": dirs.factors[s], "scale_norm_tag": tag,
             "norm": nw.name, "column": column, "matches_tag": tag == f"{nw.name}:{column}",
-            "pearson": float(pear[s]), "spearman": float(spear[s]), **ci,
+            "pearson": float(pear[s]), "spearman": float(spear[s]), **cis[s],
             "n": int(ok.sum()), "coverage": nw.report["coverage"],
             "null_p95": float(np.asarray(rand["p95"])), "p_value": float(np.asarray(rand["p_value"])[s]),
             "pairs_null_p95": None if pairs is None else float(np.asarray(pairs["p95"])),

@@ -27,6 +27,10 @@ pole-mean weights in every draw give the words-only bootstrap.
 ``leave_one_pole_word_out`` gives the complementary sensitivity check: r with each
 pole word dropped in turn (poles of one word are never emptied).
 
+Several scales run as one program: ``stack_pole_projections`` zero-pads their pole words to a
+common bucket (a padded pole word adds exact zeros, so every score is unchanged) and
+``distribution_stack`` / ``fixed_distribution_stack`` / ``leave_one_out_ranges`` take the stack.
+
 Caveats. With ``P`` words the bootstrap variance of a pole mean is ``(P - 1) / P`` of
 the unbiased one, and a percentile interval does not widen for the few degrees of
 freedom of a handful of words, so with ~6 words per pole the interval runs a little
@@ -190,10 +194,24 @@ def leave_one_out_weights(n_positive: int, n_negative: int) -> tuple[Array, list
   return jnp.asarray(weights, jnp.float32), dropped
 
 
+def _ordered_sum(terms: list[Array]) -> Array:
+  total = terms[0]
+  for t in terms[1:]:
+    total = total + t
+  return total
+
+
 def _scores(proj: Array, gram: Array, w: Array) -> Array:
-  """``[N]`` scores of the words on the unit direction with pole weights ``w [K]`` (NaN if zero)."""
-  sq = jnp.dot(w, jnp.matmul(gram, w, precision=_HI), precision=_HI)
-  raw = jnp.matmul(proj, w, precision=_HI)
+  """``[N]`` scores of the words on the unit direction with pole weights ``w [K]`` (NaN if zero).
+
+  The sums over pole words run in order, one pole word at a time (``K`` is a handful): a padded
+  pole word (zero score, Gram row and weight) then adds exact zeros at the end, so padded and
+  unpadded projections give bit-identical scores, which a library matmul's blocking would not.
+  """
+  k = w.shape[0]
+  raw = _ordered_sum([proj[..., j] * w[j] for j in range(k)])
+  gw = _ordered_sum([gram[:, j] * w[j] for j in range(k)])
+  sq = _ordered_sum([w[j] * gw[j] for j in range(k)])
   return jnp.where(sq > 0, raw * jax.lax.rsqrt(jnp.where(sq > 0, sq, 1.0)), jnp.nan)
 
 
@@ -215,17 +233,32 @@ def _unit_centred(a: Array) -> Array:
 def _rank(x: Array) -> Array:
   """Average ranks of ``[N]`` values (1 = smallest, ties share their mean rank), as ``stats.rank``.
 
-  One argsort and two scans over the sorted values: about twice as fast on a CPU as two
-  binary searches per value once ``N`` reaches thousands of words.
+  The floats are mapped to int32 keys in the same order (-0.0 counted as 0.0) and sorted alone:
+  on a CPU a one-operand integer sort is several times faster than a float or key-index sort.
+  A value's rank is then ``(first + last) / 2 + 1`` over the positions of its run of equal
+  keys, ``first`` found by binary search and ``last`` by a scan over the sorted keys.
   """
-  n = x.shape[0]
-  order = jnp.argsort(x)
-  s = x[order]
+  key = _order_key(x)
+  s = jnp.sort(key)
+  _, last = _runs(s)
+  first = jnp.searchsorted(s, key, side="left")
+  return (first + last[first]).astype(jnp.float32) / 2 + 1
+
+
+def _order_key(x: Array) -> Array:
+  """int32 keys in the order of the float32 values ``x`` (-0.0 and 0.0 share a key)."""
+  bits = jax.lax.bitcast_convert_type(jnp.where(x == 0, jnp.zeros_like(x), x), jnp.int32)
+  return jnp.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+def _runs(s: Array) -> tuple[Array, Array]:
+  """First and last position of the run of equal values that each position of sorted ``s [N]`` is in."""
+  n = s.shape[0]
   i = jnp.arange(n)
   differs = s[1:] != s[:-1]
   first = jax.lax.cummax(jnp.where(jnp.concatenate([jnp.array([True]), differs]), i, 0))
   last = jax.lax.cummin(jnp.where(jnp.concatenate([differs, jnp.array([True])]), i, n), reverse=True)
-  return jnp.zeros((n,), jnp.float32).at[order].set((first + last).astype(jnp.float32) / 2 + 1)
+  return first, last
 
 
 class RatingDraws(NamedTuple):
@@ -279,18 +312,34 @@ def _r(x_unit: Array, y_unit: Array, bad: Array) -> Array:
   return jnp.where(bad, jnp.nan, jnp.clip(jnp.dot(x_unit, y_unit, precision=_HI), -1.0, 1.0))
 
 
+def _draw_r(scores: Array, gram: Array, idx: Array, w: Array, y_p: Array, y_s: Array,
+            y_const: Array) -> tuple[Array, Array]:
+  """Pearson and Spearman r of one draw: words ``idx [N]`` scored on the direction with weights ``w``."""
+  x = _scores(scores, gram, w)[idx]
+  finite = jnp.all(jnp.isfinite(x))
+  x = jnp.where(finite, x, 0.0)  # keeps the ranking free of NaN; the draw is NaN anyway
+  bad = y_const | ~finite | (jnp.max(x) == jnp.min(x))
+  return _r(_unit_centred(x), y_p, bad), _r(_unit_centred(_rank(x)), y_s, bad)
+
+
+def _block(n_draws: int, per_draw: int) -> int:
+  """Draws evaluated at once so that about ``_DRAW_BLOCK`` temporary elements are live.
+
+  A divisor of ``n_draws`` when one is at least half the limit: ``lax.map`` then compiles no
+  second program for a remainder.
+  """
+  cap = max(1, min(n_draws, _DRAW_BLOCK // max(1, per_draw)))
+  divisor = next(b for b in range(cap, 0, -1) if n_draws % b == 0)
+  return divisor if 2 * divisor >= cap else cap
+
+
 @jax.jit
 def _distribution(scores: Array, gram: Array, draws: RatingDraws, weights: Array) -> tuple[Array, Array]:
   def one(args):
     idx, w, y_p, y_s, y_const = args
-    x = _scores(scores, gram, w)[idx]
-    finite = jnp.all(jnp.isfinite(x))
-    x = jnp.where(finite, x, 0.0)  # keeps the ranking free of NaN; the draw is NaN anyway
-    bad = y_const | ~finite | (jnp.max(x) == jnp.min(x))
-    return _r(_unit_centred(x), y_p, bad), _r(_unit_centred(_rank(x)), y_s, bad)
+    return _draw_r(scores, gram, idx, w, y_p, y_s, y_const)
 
-  n = draws.word_indices.shape[1]
-  block = max(1, min(weights.shape[0], _DRAW_BLOCK // max(1, 4 * n)))
+  block = _block(weights.shape[0], 4 * draws.word_indices.shape[1])
   return jax.lax.map(one, (draws.word_indices, weights, draws.pearson, draws.spearman, draws.constant),
                      batch_size=block)
 
@@ -323,6 +372,173 @@ def distribution(proj: PoleProjections, draws: RatingDraws, weights) -> tuple[Ar
   if np.shape(weights) != (b, k):
     raise InputError(f"Pole weights must have shape [{b}, {k}], got {np.shape(weights)}.")
   return _distribution(proj.scores, proj.gram, draws, jnp.asarray(weights, jnp.float32))
+
+
+class PoleStack(NamedTuple):
+  """The pole projections of ``S`` scales, zero-padded to a common number of pole words.
+
+  Zero scores, Gram entries and weights on the padded pole words leave every score unchanged
+  (they add exact zeros), so a scale's draws are those of its own ``PoleProjections``.
+
+  Attributes:
+    scores: ``[S, N, K]`` word scores on each scale's pole words, zero beyond its own.
+    gram: ``[S, K, K]`` the pole words' inner products, zero beyond each scale's own.
+    n_positive: ``[S]`` positive pole words of each scale (numpy int).
+    n_negative: ``[S]`` negative pole words of each scale (numpy int).
+  """
+
+  scores: Array
+  gram: Array
+  n_positive: np.ndarray
+  n_negative: np.ndarray
+
+
+def stack_pole_projections(projs, k_bucket: int = 8) -> PoleStack:
+  """Stacks ``S`` scales' ``PoleProjections`` of the same words, ``K`` padded to a multiple of ``k_bucket``.
+
+  Padding to a bucket lets scale sets of different pole counts share one compiled program.
+
+  Args:
+    projs: ``S >= 1`` ``PoleProjections`` of the same ``N`` words.
+    k_bucket: the padded pole-word count is the least multiple of it that fits every scale.
+
+  Returns:
+    ``PoleStack``.
+
+  Raises:
+    InputError: no scales, a bad bucket, or projections of different words.
+  """
+  projs = list(projs)
+  if not projs:
+    raise InputError("Stacking pole projections needs at least one scale, got none.")
+  if k_bucket < 1:
+    raise InputError(f"The pole-word bucket must be a positive count, got k_bucket={k_bucket}.")
+  n = projs[0].scores.shape[0]
+  if any(p.scores.shape[0] != n for p in projs):
+    raise InputError(f"Pole projections to stack must cover the same words, got word counts"
+                     f" {[p.scores.shape[0] for p in projs]}.")
+  k = -(-max(p.scores.shape[1] for p in projs) // k_bucket) * k_bucket
+  pad = [k - p.scores.shape[1] for p in projs]
+  scores = jnp.stack([jnp.pad(p.scores, ((0, 0), (0, e))) for p, e in zip(projs, pad)])
+  gram = jnp.stack([jnp.pad(p.gram, ((0, e), (0, e))) for p, e in zip(projs, pad)])
+  n_pos = np.array([p.n_positive for p in projs], np.int64)
+  return PoleStack(scores=scores, gram=gram, n_positive=n_pos,
+                   n_negative=np.array([p.scores.shape[1] for p in projs], np.int64) - n_pos)
+
+
+def pad_weights(weights, k: int) -> Array:
+  """Zero-pads pole weights ``[..., K_s]`` to ``[..., k]`` (the padded pole words weigh nothing)."""
+  weights = jnp.asarray(weights, jnp.float32)
+  if weights.shape[-1] > k:
+    raise InputError(f"Pole weights over {weights.shape[-1]} pole words do not fit a stack of {k}.")
+  return jnp.pad(weights, [(0, 0)] * (weights.ndim - 1) + [(0, k - weights.shape[-1])])
+
+
+@jax.jit
+def _distribution_stack(scores: Array, gram: Array, draws: RatingDraws,
+                        weights: Array) -> tuple[Array, Array]:
+  def one(args):
+    idx, w, y_p, y_s, y_const = args  # w: [S, K], this draw's weights of every scale
+    return jax.vmap(lambda sc, g, ws: _draw_r(sc, g, idx, ws, y_p, y_s, y_const))(scores, gram, w)
+
+  s, n = scores.shape[:2]
+  block = _block(weights.shape[1], 4 * n * s)
+  pearson, spearman = jax.lax.map(
+      one, (draws.word_indices, jnp.swapaxes(weights, 0, 1), draws.pearson, draws.spearman, draws.constant),
+      batch_size=block)
+  return pearson.T, spearman.T
+
+
+def distribution_stack(stack: PoleStack, draws: RatingDraws, weights) -> tuple[Array, Array]:
+  """``distribution`` of every stacked scale on the same draws, in one program.
+
+  Scale ``s``'s draws equal ``distribution(projs[s], draws, weights[s, :, :K_s])``; one
+  program serves every scale set whose padded ``K`` and sizes agree.
+
+  Args:
+    stack: ``stack_pole_projections`` of the ``N`` rated words.
+    draws: ``rating_draws(y, word_indices)`` of the same words.
+    weights: ``[S, B, K]`` pole weights of each scale, zero on its padded pole words
+      (``pad_weights``).
+
+  Returns:
+    ``([S, B] pearson, [S, B] spearman)``, NaN where a draw's scores or ratings are constant
+    or its direction is zero.
+
+  Raises:
+    InputError: mismatched shapes.
+  """
+  s, n, k = stack.scores.shape
+  b = draws.word_indices.shape[0]
+  if draws.word_indices.shape[1] != n:
+    raise InputError(f"The rating draws cover {draws.word_indices.shape[1]} words but the projections"
+                     f" {n}; pass the same words.")
+  if np.shape(weights) != (s, b, k):
+    raise InputError(f"Pole weights must have shape [{s}, {b}, {k}], got {np.shape(weights)}.")
+  return _distribution_stack(stack.scores, stack.gram, draws, jnp.asarray(weights, jnp.float32))
+
+
+@jax.jit
+def _fixed_distribution_stack(scores: Array, gram: Array, draws: RatingDraws,
+                              weights: Array) -> tuple[Array, Array]:
+  x = jax.vmap(_scores)(scores, gram, weights)  # [S, N]: every draw scores the words alike
+  n = x.shape[1]
+  # Each scale's words sorted once. A draw's ranks then follow from how often it picks each
+  # word: the words below a run of equal scores, and the picks within the run, give its mean
+  # rank, the same value a sort of the draw's scores gives, without a sort per draw.
+  key = jax.vmap(_order_key)(jnp.where(jnp.isfinite(x), x, 0.0))
+  order = jnp.argsort(key, axis=1)
+  first, last = jax.vmap(_runs)(jnp.take_along_axis(key, order, axis=1))
+  position = jax.vmap(lambda o: jnp.zeros((n,), jnp.int32).at[o].set(jnp.arange(n, dtype=jnp.int32)))(order)
+
+  def one(args):
+    idx, y_p, y_s, y_const = args
+    picks = jnp.zeros((n,), jnp.int32).at[idx].add(1)
+
+    def per_scale(xs, o, f, la, pos):
+      xb = xs[idx]
+      finite = jnp.all(jnp.isfinite(xb))
+      xb = jnp.where(finite, xb, 0.0)
+      bad = y_const | ~finite | (jnp.max(xb) == jnp.min(xb))
+      c = picks[o]  # picks of each word, in score order
+      upto = jnp.cumsum(c)
+      # The picks of the run holding sorted position i take ranks upto[f] - c[f] + 1 .. upto[la].
+      ranks = ((upto[f] - c[f] + upto[la] - 1).astype(jnp.float32) / 2 + 1)[pos[idx]]
+      return _r(_unit_centred(xb), y_p, bad), _r(_unit_centred(ranks), y_s, bad)
+
+    return jax.vmap(per_scale)(x, order, first, last, position)
+
+  block = _block(draws.word_indices.shape[0], 8 * n * x.shape[0])
+  pearson, spearman = jax.lax.map(one, (draws.word_indices, draws.pearson, draws.spearman, draws.constant),
+                                  batch_size=block)
+  return pearson.T, spearman.T
+
+
+def fixed_distribution_stack(stack: PoleStack, draws: RatingDraws, weights) -> tuple[Array, Array]:
+  """``distribution_stack`` where every draw of a scale uses the same pole weights (words only).
+
+  Equal to ``distribution_stack(stack, draws, weights[:, None].repeat(B, 1))``, but each
+  scale's scores are sorted once, not once per draw: a draw's ranks follow from how often it
+  picks each word.
+
+  Args:
+    stack: ``stack_pole_projections`` of the ``N`` rated words.
+    draws: ``rating_draws(y, word_indices)`` of the same words.
+    weights: ``[S, K]`` pole weights of each scale, e.g. padded ``pole_mean_weights``.
+
+  Returns:
+    ``([S, B] pearson, [S, B] spearman)``, NaN as ``distribution``.
+
+  Raises:
+    InputError: mismatched shapes.
+  """
+  s, n, k = stack.scores.shape
+  if draws.word_indices.shape[1] != n:
+    raise InputError(f"The rating draws cover {draws.word_indices.shape[1]} words but the projections"
+                     f" {n}; pass the same words.")
+  if np.shape(weights) != (s, k):
+    raise InputError(f"Fixed pole weights must have shape [{s}, {k}], got {np.shape(weights)}.")
+  return _fixed_distribution_stack(stack.scores, stack.gram, draws, jnp.asarray(weights, jnp.float32))
 
 
 def hierarchical_bootstrap(vectors, y, positive, negative, key: Array, n_boot: int = 1000,
@@ -383,3 +599,32 @@ def leave_one_out_range(proj: PoleProjections, y, stat: str = "pearson") -> list
   if not dropped or not np.isfinite(r).any():
     return None
   return [float(np.nanmin(r)), float(np.nanmax(r))]
+
+
+def leave_one_out_ranges(stack: PoleStack, y, stat: str = "pearson") -> list[list[float] | None]:
+  """``leave_one_out_range`` of every stacked scale, in one program.
+
+  Args:
+    stack: ``stack_pole_projections`` of the ``N`` rated words.
+    y: ``[N]`` ratings.
+    stat: "pearson" or "spearman".
+
+  Returns:
+    One ``[min, max]`` (or None, when nothing can be dropped) per scale.
+  """
+  if stat not in stats.STATS:
+    raise InputError(f"Unknown correlation statistic {stat!r}; use one of {stats.STATS}.")
+  s, n, k = stack.scores.shape
+  loo = [leave_one_out_weights(int(p), int(m))[0] for p, m in zip(stack.n_positive, stack.n_negative)]
+  if not any(w.shape[0] for w in loo):
+    return [None] * s
+  # At most K_s <= K rows each: padding the rows to K keeps one program per stack shape.
+  weights = jnp.stack([pad_weights(jnp.pad(w, ((0, k - w.shape[0]), (0, 0))), k) for w in loo])
+  idx = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (k, n))
+  pearson, spearman = distribution_stack(stack, rating_draws(y, idx), weights)
+  r = np.asarray(pearson if stat == "pearson" else spearman, np.float64)
+  out = []
+  for row, w in zip(r, loo):
+    row = row[:w.shape[0]]
+    out.append([float(np.nanmin(row)), float(np.nanmax(row))] if np.isfinite(row).any() else None)
+  return out

@@ -9,7 +9,7 @@ from scipy import stats as scipy_stats
 from jaxsem.analyses import align, scale_directions, spaces
 from jaxsem.errors import InputError
 from jaxsem.io.scales import Scale
-from jaxsem.kernels import hierarchical, stats
+from jaxsem.kernels import hierarchical, projection, stats
 from jaxsem.models.model import Model
 from tests import toy
 from tests.analyses import toy_tokenizer
@@ -355,3 +355,80 @@ def test_progress_names_each_stage_and_leaves_the_results_unchanged(case, capsys
   assert out["results"] == a["results"] and out["nulls"] == a["nulls"] and out["probe"] == a["probe"]
   assert list(out["nulls"]) == ["toy:planted:wordnet_pairs", "toy:planted:random",
                                 "toy:unrelated:wordnet_pairs", "toy:unrelated:random"]
+
+
+def _per_scale_row(proj, y, draws, words, key):
+  """The intervals of one scale x column computed scale by scale with the per-scale kernels."""
+  if proj is None:
+    ci = [np.asarray(stats.percentile_ci(w)).tolist() for w in words]
+    return {"pearson_ci": ci[0], "spearman_ci": ci[1], "pearson_ci_words": ci[0], "spearman_ci_words": ci[1],
+            "leave_one_pole_out": None, "ci_resampling": "words"}
+  k = proj.scores.shape[1]
+  n_pos, n_neg = proj.n_positive, k - proj.n_positive
+  n_boot = draws.word_indices.shape[0]
+  fixed = jnp.broadcast_to(hierarchical.pole_mean_weights(n_pos, n_neg), (n_boot, k))
+  words = hierarchical.distribution(proj, draws, fixed)
+  both = hierarchical.distribution(proj, draws, hierarchical.resample_pole_weights(key, n_pos, n_neg, n_boot))
+  ci = [np.asarray(stats.percentile_ci(d)).tolist() for d in (*words, *both)]
+  return {"pearson_ci": ci[2], "spearman_ci": ci[3], "pearson_ci_words": ci[0], "spearman_ci_words": ci[1],
+          "leave_one_pole_out": hierarchical.leave_one_out_range(proj, y),
+          "ci_resampling": "words+pole_words" if max(n_pos, n_neg) > 1 else "words"}
+
+
+def test_batched_bootstrap_equals_the_per_scale_path(capsys):
+  """Scales of different pole counts (3+2, 6+6, 1+4 words) and one without pole vectors, two columns
+  (one with unrated words): every interval and leave-one-out range equals the scale-by-scale kernels on
+  the documented keys, and the bootstrap's progress counts two bootstraps per scale x column."""
+  rng = np.random.default_rng(11)
+  d, n, n_boot = 12, 150, 40
+  u = rng.normal(size=d)
+  u /= np.linalg.norm(u)
+  z = rng.normal(size=n)
+  x = (rng.normal(size=(n, d)) * 0.5 + z[:, None] * u).astype(np.float32)
+  planted = 5.0 + 2.0 * z + rng.normal(size=n)
+  planted[rng.choice(n, size=15, replace=False)] = np.nan
+  columns = {"planted": planted, "other": rng.normal(size=n)}
+
+  def pole(sign, k):
+    return (sign * u + rng.normal(size=(k, d)) * 0.7).astype(np.float32)
+
+  poles = {"a": (pole(1, 3), pole(-1, 2)), "b": (pole(1, 6), pole(-1, 6)), "c": (pole(1, 1), pole(-1, 4))}
+  names = ("a", "bare", "b", "c")
+  vectors = np.stack([poles[k][0].mean(0) - poles[k][1].mean(0) if k in poles else rng.normal(size=d)
+                      for k in names])
+  dirs = _directions(vectors, names, pole_vectors=poles)
+  nw = align.NormWords(name="toy", words=tuple(f"w{i}" for i in range(n)), vectors=jnp.asarray(x),
+                       columns=columns, report={"coverage": 1.0})
+  key = jax.random.key(9)
+  out = align.align(dirs, [nw], key=key, n_boot=n_boot, n_null=10, progress=True)
+  lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("align bootstrap:")]
+  total = 2 * len(names) * 2 * n_boot
+  assert lines[0].startswith(f"align bootstrap: 0/{total} ")
+  assert lines[-1].startswith(f"align bootstrap: {total}/{total} ")
+  k_boot, k_poles = jax.random.split(key, 3)[1], jax.random.fold_in(key, 3)
+  checked = 0
+  for ci_idx, column in enumerate(sorted(columns)):
+    ok = np.isfinite(columns[column])
+    y = columns[column][ok].astype(np.float32)
+    idx = stats.bootstrap_indices(jax.random.fold_in(k_boot, ci_idx), int(ok.sum()), n_boot)
+    draws = hierarchical.rating_draws(y, idx)
+    for s, name in enumerate(names):
+      proj, words = None, None
+      if name in poles:
+        proj = hierarchical.pole_projections(x[ok], *poles[name], "cosine")
+      else:
+        scores = np.asarray(projection.project(x[ok], vectors[s:s + 1]))
+        words = [stats.bootstrap_distribution(scores, y, idx, stat)[:, 0] for stat in ("pearson", "spearman")]
+      want = _per_scale_row(proj, y, draws, words, jax.random.fold_in(jax.random.fold_in(k_poles, ci_idx), s))
+      row = _row(out, name, column)
+      assert row["ci_resampling"] == want["ci_resampling"]
+      for field in ("pearson_ci", "spearman_ci", "pearson_ci_words", "spearman_ci_words",
+                    "leave_one_pole_out"):
+        if want[field] is None:
+          assert row[field] is None, (name, column, field)
+        else:
+          np.testing.assert_allclose(row[field], want[field], atol=1e-6, err_msg=f"{name} {column} {field}")
+          checked += 1
+  assert checked == 2 * (3 * 5 + 4)
+  assert _row(out, "b", "planted")["ci_resampling"] == "words+pole_words"
+  assert _row(out, "bare", "planted")["leave_one_pole_out"] is None
