@@ -32,6 +32,7 @@ from jaxsem.analyses import spaces as spaces_lib
 from jaxsem.io import assets
 from jaxsem.kernels import directions as dir_k
 from jaxsem.kernels import hierarchical
+from jaxsem.kernels import hierarchical_stack
 from jaxsem.kernels import probe as probe_k
 from jaxsem.kernels import projection
 from jaxsem.kernels import stats
@@ -133,7 +134,7 @@ def _pole_intervals(stack, y, draws, keys) -> list[dict[str, Any]]:
   weights), another their hierarchical draws (resampled pole weights).
 
   Args:
-    stack: ``hierarchical.PoleStack`` of the column's rated words, ``S`` scales.
+    stack: ``hierarchical_stack.PoleStack`` of the column's rated words, ``S`` scales.
     y: ``[N]`` ratings.
     draws: ``hierarchical.RatingDraws`` of this column (shared by every scale).
     keys: ``S`` PRNG keys of each scale's pole-word draws.
@@ -144,15 +145,15 @@ def _pole_intervals(stack, y, draws, keys) -> list[dict[str, Any]]:
   k = stack.scores.shape[2]
   n_boot = draws.word_indices.shape[0]
   pairs = list(zip(stack.n_positive.tolist(), stack.n_negative.tolist()))
-  fixed = jnp.stack([hierarchical.pad_weights(hierarchical.pole_mean_weights(p, m), k) for p, m in pairs])
-  resampled = jnp.stack([hierarchical.pad_weights(hierarchical.resample_pole_weights(key, p, m, n_boot), k)
+  fixed = jnp.stack([hierarchical_stack.pad_weights(hierarchical.pole_mean_weights(p, m), k) for p, m in pairs])
+  resampled = jnp.stack([hierarchical_stack.pad_weights(hierarchical.resample_pole_weights(key, p, m, n_boot), k)
                          for key, (p, m) in zip(keys, pairs)])
-  words = hierarchical.fixed_distribution_stack(stack, draws, fixed)  # ([S, B], [S, B])
-  both = hierarchical.distribution_stack(stack, draws, resampled)
+  words = hierarchical_stack.fixed_distribution_stack(stack, draws, fixed)  # ([S, B], [S, B])
+  both = hierarchical_stack.distribution_stack(stack, draws, resampled)
   pearson, spearman = (jnp.concatenate([w, b]) for w, b in zip(words, both))  # [2S, B]: words, then both
   ci_p = np.asarray(stats.percentile_ci(pearson.T)).tolist()
   ci_s = np.asarray(stats.percentile_ci(spearman.T)).tolist()
-  loo = hierarchical.leave_one_out_ranges(stack, y)
+  loo = hierarchical_stack.leave_one_out_ranges(stack, y)
   s = len(pairs)
   return [{"pearson_ci": ci_p[s + i], "spearman_ci": ci_s[s + i], "pearson_ci_words": ci_p[i],
            "spearman_ci_words": ci_s[i], "leave_one_pole_out": loo[i],
@@ -248,7 +249,7 @@ def align(dirs: scale_directions.Directions, norms: Sequence[NormWords], *,
     with_poles = [s for s, name in enumerate(dirs.names) if name in poles]
     need_words = [s for s, name in enumerate(dirs.names) if name not in poles]
     # Every scale with pole vectors in one stack: one program per column for all their draws.
-    stack = (hierarchical.stack_pole_projections([poles[dirs.names[s]] for s in with_poles])
+    stack = (hierarchical_stack.stack_pole_projections([poles[dirs.names[s]] for s in with_poles])
              if with_poles else None)
     for ci_idx, column, ok, y in _columns(nw):
       x = scores[ok]

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from jaxsem.errors import InputError
-from jaxsem.kernels import hierarchical, projection, stats
+from jaxsem.kernels import hierarchical, hierarchical_stack, projection, stats
 
 
 def _np_scores(x, direction, metric):
@@ -192,7 +192,7 @@ def test_padding_the_pole_words_leaves_the_scores_bit_identical(data):
   sizes = [(3, 2), (6, 6), (1, 4), (7, 6)]
   projs = _pole_sets(x, sizes)
   for bucket in (8, 5):
-    stack = hierarchical.stack_pole_projections(projs, k_bucket=bucket)
+    stack = hierarchical_stack.stack_pole_projections(projs, k_bucket=bucket)
     k = stack.scores.shape[2]
     assert k == {8: 16, 5: 15}[bucket] and stack.gram.shape == (4, k, k)
     np.testing.assert_array_equal(stack.n_positive, [3, 6, 1, 7])
@@ -201,7 +201,7 @@ def test_padding_the_pole_words_leaves_the_scores_bit_identical(data):
       assert not np.asarray(stack.scores[s, :, p + m:]).any() and not np.asarray(stack.gram[s, p + m:]).any()
       w = hierarchical.resample_pole_weights(jax.random.key(s), p, m, 9)
       padded = hierarchical.PoleProjections(scores=stack.scores[s], gram=stack.gram[s], n_positive=p)
-      got = hierarchical.weighted_scores(padded, hierarchical.pad_weights(w, k))
+      got = hierarchical.weighted_scores(padded, hierarchical_stack.pad_weights(w, k))
       np.testing.assert_array_equal(np.asarray(got), np.asarray(hierarchical.weighted_scores(proj, w)))
 
 
@@ -211,15 +211,15 @@ def test_stacked_distribution_equals_each_scale_on_its_own(data):
   x, y, _, _ = data
   sizes = [(3, 2), (6, 6), (1, 4), (1, 1)]
   projs = _pole_sets(x, sizes)
-  stack = hierarchical.stack_pole_projections(projs)
+  stack = hierarchical_stack.stack_pole_projections(projs)
   k = stack.scores.shape[2]
   idx = np.array(stats.bootstrap_indices(jax.random.key(8), 60, 30))
   idx[3] = 11  # one repeated word: NaN in every scale
   draws = hierarchical.rating_draws(y, idx)
   weights = [hierarchical.resample_pole_weights(jax.random.key(20 + s), p, m, 30)
              for s, (p, m) in enumerate(sizes)]
-  pearson, spearman = hierarchical.distribution_stack(
-      stack, draws, jnp.stack([hierarchical.pad_weights(w, k) for w in weights]))
+  pearson, spearman = hierarchical_stack.distribution_stack(
+      stack, draws, jnp.stack([hierarchical_stack.pad_weights(w, k) for w in weights]))
   assert pearson.shape == spearman.shape == (4, 30)
   for s, (proj, w) in enumerate(zip(projs, weights)):
     want_p, want_s = hierarchical.distribution(proj, draws, w)
@@ -227,11 +227,11 @@ def test_stacked_distribution_equals_each_scale_on_its_own(data):
     np.testing.assert_allclose(spearman[s], want_s, atol=1e-6)
     assert np.isnan(pearson[s, 3]) and np.isfinite(np.delete(np.asarray(pearson[s]), 3)).all()
   for stat in ("pearson", "spearman"):
-    got = hierarchical.leave_one_out_ranges(stack, y, stat)
+    got = hierarchical_stack.leave_one_out_ranges(stack, y, stat)
     want = [hierarchical.leave_one_out_range(p, y, stat) for p in projs]
     assert got[3] is None and want[3] is None
     np.testing.assert_allclose(got[:3], want[:3], atol=1e-6)
-  assert hierarchical.leave_one_out_ranges(hierarchical.stack_pole_projections(projs[3:]), y) == [None]
+  assert hierarchical_stack.leave_one_out_ranges(hierarchical_stack.stack_pole_projections(projs[3:]), y) == [None]
 
 
 def test_fixed_weights_stack_equals_the_per_draw_ranking(data):
@@ -244,14 +244,14 @@ def test_fixed_weights_stack_equals_the_per_draw_ranking(data):
   y = np.concatenate([y, y[:15] + 1])
   sizes = [(3, 2), (6, 6), (1, 4), (2, 2)]
   projs = _pole_sets(x, sizes)
-  stack = hierarchical.stack_pole_projections(projs)
+  stack = hierarchical_stack.stack_pole_projections(projs)
   k = stack.scores.shape[2]
   idx = np.array(stats.bootstrap_indices(jax.random.key(12), 75, 40))
   idx[5] = 9  # a constant draw
   draws = hierarchical.rating_draws(y, idx)
   weights = [np.asarray(hierarchical.pole_mean_weights(p, m)) for p, m in sizes]
   weights[3] = np.zeros(4, np.float32)  # no direction: every draw NaN
-  pearson, spearman = hierarchical.fixed_distribution_stack(
+  pearson, spearman = hierarchical_stack.fixed_distribution_stack(
       stack, draws, np.stack([np.pad(w, (0, k - len(w))) for w in weights]))
   assert pearson.shape == spearman.shape == (4, 40)
   for s, (proj, w) in enumerate(zip(projs, weights)):
@@ -271,24 +271,24 @@ def test_stack_input_errors(data):
   x, y, _, _ = data
   projs = _pole_sets(x, [(3, 2), (2, 2)])
   with pytest.raises(InputError, match="at least one scale"):
-    hierarchical.stack_pole_projections([])
+    hierarchical_stack.stack_pole_projections([])
   with pytest.raises(InputError, match="k_bucket=0"):
-    hierarchical.stack_pole_projections(projs, k_bucket=0)
+    hierarchical_stack.stack_pole_projections(projs, k_bucket=0)
   with pytest.raises(InputError, match=r"same words, got word counts \[60, 59\]"):
-    hierarchical.stack_pole_projections([projs[0], projs[1]._replace(scores=projs[1].scores[:59])])
+    hierarchical_stack.stack_pole_projections([projs[0], projs[1]._replace(scores=projs[1].scores[:59])])
   with pytest.raises(InputError, match="over 9 pole words do not fit a stack of 8"):
-    hierarchical.pad_weights(np.zeros((4, 9)), 8)
-  stack = hierarchical.stack_pole_projections(projs)
+    hierarchical_stack.pad_weights(np.zeros((4, 9)), 8)
+  stack = hierarchical_stack.stack_pole_projections(projs)
   draws = hierarchical.rating_draws(y, stats.bootstrap_indices(jax.random.key(0), 60, 5))
   with pytest.raises(InputError, match=r"Pole weights must have shape \[2, 5, 8\]"):
-    hierarchical.distribution_stack(stack, draws, np.zeros((2, 5, 5), np.float32))
+    hierarchical_stack.distribution_stack(stack, draws, np.zeros((2, 5, 5), np.float32))
   with pytest.raises(InputError, match="cover 59 words but the projections 60"):
-    hierarchical.distribution_stack(stack, hierarchical.rating_draws(y[:59], np.zeros((5, 59), np.int32)),
+    hierarchical_stack.distribution_stack(stack, hierarchical.rating_draws(y[:59], np.zeros((5, 59), np.int32)),
                                     np.zeros((2, 5, 8), np.float32))
   with pytest.raises(InputError, match=r"Fixed pole weights must have shape \[2, 8\]"):
-    hierarchical.fixed_distribution_stack(stack, draws, np.zeros((2, 5, 8), np.float32))
+    hierarchical_stack.fixed_distribution_stack(stack, draws, np.zeros((2, 5, 8), np.float32))
   with pytest.raises(InputError, match="Unknown correlation statistic 'kendall'"):
-    hierarchical.leave_one_out_ranges(stack, y, "kendall")
+    hierarchical_stack.leave_one_out_ranges(stack, y, "kendall")
 
 
 @pytest.mark.slow  # a Monte Carlo of 200 simulated studies
