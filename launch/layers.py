@@ -9,6 +9,17 @@ site with its alignment rows, probe ceiling, PCA cumulative variance, E/P/A cong
 participation ratio; ``best``: the site with the highest r per norm column; the templates;
 provenance), ``layers_alignment.png``, ``layers_pca.png``, ``layers_congruence.png`` and
 ``report.html``.
+
+With four or more ``align_scales`` scales tagged with the tables' columns, every site also
+carries the geometry relation (``geometry``: r of the human inter-scale r on the axis cosines
+and on the projection correlations, with CI and Mantel p; ``best_geometry``) and
+``layers_geometry.png`` is written. Warriner alone tags three scales, so the default run records
+it as skipped; ``--norms=warriner,dal,brysbaert,lancaster`` gives 11-12 tagged columns (the
+concreteness table lists many multiword entries, so the single-token policy covers under half of
+it: lower ``--min_coverage``):
+
+    .venv/bin/python -m launch.layers --model=gemma3-270m --norms=warriner,dal,brysbaert,lancaster \
+        --min_coverage=0.3 --out_dir=out/layers
 """
 
 from absl import flags
@@ -25,7 +36,7 @@ flags.DEFINE_string("align_scales", _D.align_scales, "Scales correlated with eve
                     "site (norms, osgood28, wordnet, or a JSON/TSV file).")
 flags.DEFINE_string("structure_scales", _D.structure_scales, "Scales whose PCA and E/P/A structure is "
                     "followed through the sites.")
-flags.DEFINE_list("norms", list(_D.norms), "Human norm tables: warriner, anew, dal.")
+flags.DEFINE_list("norms", list(_D.norms), "Human norm tables: warriner, anew, dal, brysbaert, lancaster.")
 flags.DEFINE_multi_string("templates", list(_D.templates), f"Templates with one {{word}} slot (at least "
                           f"{layers.MIN_TEMPLATES}; repeat the flag for each); states are averaged over "
                           "them.")
@@ -49,9 +60,15 @@ flags.DEFINE_integer("n_pair_sets", _D.n_pair_sets, "Random WordNet pair sets in
 flags.DEFINE_integer("n_tag_perms", _D.n_tag_perms, "E/P/A tag permutations per site (0: skip).",
                      lower_bound=0)
 flags.DEFINE_integer("batch_size", _D.batch_size, "Sequences per forward call.", lower_bound=1)
+flags.DEFINE_bool("geometry", _D.geometry, "The geometry relation (human inter-scale r against axis cosines "
+                  f"and projection r) at every site; skipped below {layers.MIN_GEOMETRY_SCALES} scales "
+                  "tagged with the norms' columns (warriner alone tags 3; "
+                  "--norms=warriner,dal,brysbaert,lancaster tags 12).")
+flags.DEFINE_integer("geometry_n_perm", _D.geometry_n_perm, "Mantel permutations of the geometry relation "
+                     "per site.", lower_bound=1)
 for _name in ("align_scales", "structure_scales", "norms", "templates", "n_words", "stats_sample", "centre",
               "whiten", "policy", "method", "metric", "min_coverage", "seed", "n_boot", "n_null",
-              "n_pair_sets", "n_tag_perms", "batch_size"):
+              "n_pair_sets", "n_tag_perms", "batch_size", "geometry", "geometry_n_perm"):
   cli.shortcut(_name, f"layers.{_name}")
 cli.define_out_dir_flag(_DEFAULT.out_dir, "Where summary.json, the figures and report.html are written.")
 cli.define_overwrite_flag()

@@ -75,6 +75,11 @@ def layers() -> config_dict.ConfigDict:
       "n_pair_sets": 0,  # random WordNet pair sets in the structure pair null per site (0: skip)
       "n_tag_perms": 200,  # E/P/A tag permutations per site (0: skip)
       "batch_size": 64,  # sequences per forward call
+      # The geometry relation at every site (human inter-scale r against axis cosines and projection r),
+      # where align_scales has >= 4 scales tagged with columns of the norms (warriner alone tags 3:
+      # skipped; --norms=warriner,dal,brysbaert,lancaster tags 12); its bootstrap reuses n_boot.
+      "geometry": True,
+      "geometry_n_perm": 1000,  # Mantel permutations of the geometry relation per site
   })
 
 

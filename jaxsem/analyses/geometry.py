@@ -144,26 +144,34 @@ class RatedWords:
   tables: dict[str, np.ndarray]
 
 
-def rated_words(tags) -> RatedWords:
-  """Reads every table named by ``tags`` (``"table:column"``) and aligns the tagged columns by word."""
+def rated_words(tags, words=None) -> RatedWords:
+  """Reads every table named by ``tags`` (``"table:column"``) and aligns the tagged columns by word.
+
+  Args:
+    tags: ``"table:column"`` names.
+    words: the word universe (first occurrence kept); None: the union of the tables' words. A word
+      no table rates is kept with NaN ratings; a table's words outside ``words`` are left out.
+  """
   by_table: dict[str, list[str]] = {}
   for tag in dict.fromkeys(tags):
     table, _, column = tag.partition(":")
     by_table.setdefault(table, []).append(column)
-  index: dict[str, int] = {}
+  index: dict[str, int] = {} if words is None else {w: i for i, w in enumerate(dict.fromkeys(words))}
   read = {}
   for table in by_table:
-    words, cols = assets.read_norms(table)
-    read[table] = (words, cols)
-    for w in words:
-      index.setdefault(w, len(index))
+    table_words, cols = assets.read_norms(table)
+    read[table] = (table_words, cols)
+    if words is None:
+      for w in table_words:
+        index.setdefault(w, len(index))
   n = len(index)
   columns, rates = {}, {}
   for table, wanted in by_table.items():
-    words, cols = read[table]
+    table_words, cols = read[table]
     first = {}
-    for i, w in enumerate(words):
-      first.setdefault(w, i)
+    for i, w in enumerate(table_words):
+      if w in index:
+        first.setdefault(w, i)
     rows = np.fromiter((index[w] for w in first), np.int64, len(first))
     src = np.fromiter(first.values(), np.int64, len(first))
     rates[table] = np.zeros(n, bool)
@@ -203,21 +211,23 @@ def _ci(draws: np.ndarray) -> np.ndarray:
   return out.reshape(*draws.shape[1:], 2)
 
 
-def _word_draws(human: np.ndarray, proj: np.ndarray, key, n_boot: int, progress: bool,
-                what: str) -> tuple[np.ndarray, np.ndarray]:
-  """``[B, S, S]`` human r and projection r over the same word draws, in blocks."""
-  n = human.shape[0]
+def _word_draws(x: np.ndarray, key, n_boot: int, progress: bool, what: str) -> np.ndarray:
+  """``[B, S, S]`` pairwise r of the columns of ``x`` per word draw, in blocks.
+
+  The draws derive from ``key`` alone, so two calls with one key and one word count draw the same
+  words: the human and the projection matrices of draw ``b`` share their words.
+  """
+  n = x.shape[0]
   block = max(1, min(n_boot, _BLOCK_ELEMENTS // max(n, 1)))
-  out_h, out_p = [], []
+  out = []
   bar = Progress.maybe(progress, f"{what} bootstrap", n_boot, unit="draws")
   bar.update(0)
   for b, start in enumerate(range(0, n_boot, block)):
     counts = geo.bootstrap_counts(jax.random.fold_in(key, b), n, min(block, n_boot - start))
-    out_h.append(geo.pairwise_corr_draws(human, counts))
-    out_p.append(geo.pairwise_corr_draws(proj, counts))
+    out.append(geo.pairwise_corr_draws(x, counts))
     bar.update(start + counts.shape[0])
   bar.close()
-  return np.concatenate(out_h), np.concatenate(out_p)
+  return np.concatenate(out)
 
 
 def _relation_block(model_m: np.ndarray, model_draws: np.ndarray, human_m: np.ndarray,
@@ -237,46 +247,75 @@ def _relation_block(model_m: np.ndarray, model_draws: np.ndarray, human_m: np.nd
   }
 
 
-def compare(dirs: scale_directions.Directions, rated: RatedWords, covered: np.ndarray, vectors, *, key,
-            n_boot: int, n_perm: int, metric: str = "cosine", progress: bool = False,
-            what: str = "geometry") -> dict[str, Any]:
-  """The three matrices of a set of tagged axes, their pairs and the two relations.
+@dataclasses.dataclass(frozen=True)
+class HumanSide:
+  """The human half of ``compare``: what does not depend on the model's vectors.
 
-  Args:
-    dirs: directions of the tagged scales (``dirs.norms`` their tags, each a column of ``rated``).
-    rated: the rated words and the tagged columns.
-    covered: ``[N]`` bool, the rated words the model covers.
-    vectors: ``[n_covered, D]`` their vectors, in the directions' space.
-    key: PRNG key (word draws, pole-word draws and permutations derive from it).
-    n_boot: joint bootstrap draws.
-    n_perm: Mantel permutations.
-    metric: projection metric of the words.
-    progress: print the bootstrap's progress lines.
-    what: label of the progress lines.
-
-  Returns:
-    ``{scales, columns, human_r, cosines, projection_r, pairs, relation}`` (see ``run_geometry``).
+  Attributes:
+    names: ``S`` scale names.
+    tags: their ``"table:column"`` columns.
+    ratings: ``[N, S]`` the tagged columns over the rated words (NaN where a table does not rate a word).
+    r: ``[S, S]`` pairwise-complete inter-scale r.
+    n: ``[S, S]`` words behind each r.
+    draws: ``[B, S, S]`` r per word draw.
+    ci: ``[S, S, 2]`` percentile interval of the draws.
+    key: the key the model half derives its draws from (the word draws repeat with ``fold_in(key, 0)``).
+    n_boot: draws ``B``.
   """
-  names, tags = list(dirs.names), list(dirs.norms)
-  n, s = len(rated.words), len(names)
+
+  names: tuple[str, ...]
+  tags: tuple[str, ...]
+  ratings: np.ndarray
+  r: np.ndarray
+  n: np.ndarray
+  draws: np.ndarray
+  ci: np.ndarray
+  key: Any
+  n_boot: int
+
+
+def human_side(names, tags, rated: RatedWords, *, key, n_boot: int, progress: bool = False,
+               what: str = "geometry") -> HumanSide:
+  """The human inter-scale r of the tagged columns ``tags``, with its word draws (``compare``'s key)."""
   human = np.stack([rated.columns[t] for t in tags], axis=1)  # [N, S]
+  human_r, human_n = geo.pairwise_corr(human)
+  draws = _word_draws(human, jax.random.fold_in(key, 0), n_boot, progress, f"{what} human")
+  return HumanSide(names=tuple(names), tags=tuple(tags), ratings=human, r=human_r, n=human_n, draws=draws,
+                   ci=_ci(draws), key=key, n_boot=n_boot)
+
+
+def model_side(human: HumanSide, dirs: scale_directions.Directions, covered: np.ndarray, vectors, *,
+               n_perm: int, metric: str = "cosine", progress: bool = False,
+               what: str = "geometry") -> dict[str, Any]:
+  """``compare`` for one set of directions against a ``HumanSide`` computed once.
+
+  ``dirs`` must hold ``human.names`` in that order; ``covered`` and ``vectors`` are as in ``compare``.
+  The word draws repeat those of ``human`` (same key), so the relation of draw ``b`` pairs the
+  matrices of draw ``b`` as ``compare`` does.
+  """
+  if tuple(dirs.names) != human.names:
+    raise ValueError(f"directions {list(dirs.names)} do not match the human side's scales "
+                     f"{list(human.names)}")
+  names, tags = list(human.names), list(human.tags)
+  n, s = human.ratings.shape
+  key, n_boot = human.key, human.n_boot
   scores = np.asarray(projection.project(vectors, dirs.vectors, metric), np.float64)
   proj = np.full((n, s), np.nan)
   proj[covered] = scores
-  proj[~np.isfinite(human)] = np.nan  # a word enters a projection pair where both tables rate it
+  proj[~np.isfinite(human.ratings)] = np.nan  # a word enters a projection pair where both tables rate it
 
   k_words, k_poles, k_cos, k_proj = (jax.random.fold_in(key, i) for i in range(4))
-  human_r, human_n = geo.pairwise_corr(human)
   proj_r, proj_n = geo.pairwise_corr(proj)
   cos = geo.cosine_matrix(dirs.vectors)
-  human_d, proj_d = _word_draws(human, proj, k_words, n_boot, progress, what)
+  proj_d = _word_draws(proj, k_words, n_boot, progress, f"{what} projection")
   if all(name in dirs.pole_vectors for name in names):
     cos_d = geo.pole_cosine_draws(k_poles, [dirs.pole_vectors[name] for name in names], n_boot)
     cos_resampling = "pole words within pole"
   else:
     cos_d = np.broadcast_to(cos, (n_boot, s, s))
     cos_resampling = "none (pole words unknown)"
-  human_ci, proj_ci, cos_ci = _ci(human_d), _ci(proj_d), _ci(cos_d)
+  human_r, human_n, human_ci, human_d = human.r, human.n, human.ci, human.draws
+  proj_ci, cos_ci = _ci(proj_d), _ci(cos_d)
   pairs = []
   for i, j in zip(*np.triu_indices(s, k=1)):
     pairs.append({"a": names[i], "b": names[j], "column_a": tags[i], "column_b": tags[j],
@@ -296,6 +335,33 @@ def compare(dirs: scale_directions.Directions, rated: RatedWords, covered: np.nd
       "relation": {"cosine": _relation_block(cos, cos_d, human_r, human_d, k_cos, n_perm),
                    "projection": _relation_block(proj_r, proj_d, human_r, human_d, k_proj, n_perm)},
   }
+
+
+def compare(dirs: scale_directions.Directions, rated: RatedWords, covered: np.ndarray, vectors, *, key,
+            n_boot: int, n_perm: int, metric: str = "cosine", progress: bool = False,
+            what: str = "geometry") -> dict[str, Any]:
+  """The three matrices of a set of tagged axes, their pairs and the two relations.
+
+  ``human_side`` then ``model_side``; a run comparing many sets of directions with one set of
+  human columns (the layer run: one per site) computes the human side once.
+
+  Args:
+    dirs: directions of the tagged scales (``dirs.norms`` their tags, each a column of ``rated``).
+    rated: the rated words and the tagged columns.
+    covered: ``[N]`` bool, the rated words the model covers.
+    vectors: ``[n_covered, D]`` their vectors, in the directions' space.
+    key: PRNG key (word draws, pole-word draws and permutations derive from it).
+    n_boot: joint bootstrap draws.
+    n_perm: Mantel permutations.
+    metric: projection metric of the words.
+    progress: print the bootstrap's progress lines.
+    what: label of the progress lines.
+
+  Returns:
+    ``{scales, columns, human_r, cosines, projection_r, pairs, relation}`` (see ``run_geometry``).
+  """
+  human = human_side(dirs.names, dirs.norms, rated, key=key, n_boot=n_boot, progress=progress, what=what)
+  return model_side(human, dirs, covered, vectors, n_perm=n_perm, metric=metric, progress=progress, what=what)
 
 
 # ----------------------------------------------------------------------------- the run

@@ -1,4 +1,4 @@
-"""Writing a layer run (``analyses.layers.run_layers``): summary.json, three figures and a digest."""
+"""Writing a layer run (``analyses.layers.run_layers``): summary.json, the figures and a digest."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from jaxsem.report import summary
 from jaxsem.report import writers
 
 FIGURES = ("layers_alignment.png", "layers_pca.png", "layers_congruence.png")
+GEOMETRY_FIGURE = "layers_geometry.png"  # written where the run measured the geometry relation
 _FIRST_COLUMNS = ("valence", "arousal", "dominance")
 
 
@@ -42,8 +43,20 @@ def _tagged_curves(points: list[dict[str, Any]]):
   return curves, bands, ceilings
 
 
+def _geometry_curves(points: list[dict[str, Any]]):
+  """(relation r curves, CI bands) of the axis cosines and the projection correlations, in depth order."""
+  labels = {"cosine": "axis cosine", "projection": "projection r"}
+  curves, bands = {}, {}
+  for side, label in labels.items():
+    rels = [((p.get("geometry") or {}).get("relation") or {}).get(side) for p in points]
+    curves[label] = [np.nan if r is None else r["r"] for r in rels]
+    bands[label] = [[np.nan, np.nan] if r is None else r["ci"] for r in rels]
+  return curves, bands
+
+
 def write(out_dir, result: dict[str, Any], model, opts, config: dict | None = None) -> Path:
-  """``out_dir/summary.json`` (job ``layers``) plus ``FIGURES``; returns the summary's path."""
+  """``out_dir/summary.json`` (job ``layers``) plus ``FIGURES`` (and ``GEOMETRY_FIGURE`` where the
+  run measured the geometry relation); returns the summary's path."""
   out = Path(out_dir)
   points = result["layers"]
   sites = [site_label(p["site"]) for p in points]
@@ -66,6 +79,12 @@ def write(out_dir, result: dict[str, Any], model, opts, config: dict | None = No
     figures.layer_curves(out / FIGURES[2], sites, curves,
                          ylabel="Tucker congruence with the tags", title=f"{title} · E/P/A congruence",
                          ylim=(-1, 1))
+  if any(p.get("geometry") and "relation" in p["geometry"] for p in points):
+    curves, bands = _geometry_curves(points)
+    n_pairs = (result.get("geometry") or {}).get("n_pairs")
+    figures.layer_curves(out / GEOMETRY_FIGURE, sites, curves, bands=bands,
+                         ylabel="r(model side, human inter-scale r) over pairs",
+                         title=f"{title} · geometry relation, {n_pairs} pairs", ylim=(-1, 1))
   # Each site's rows state their p-values' floors and Holm adjustments, as launch.align's do.
   layers = [{**p, "alignment": writers.align_tests({"results": p["alignment"],
                                                     "nulls": p["nulls"]})["results"]} for p in points]
@@ -86,6 +105,26 @@ def write(out_dir, result: dict[str, Any], model, opts, config: dict | None = No
 
 def _ci(pair) -> str:
   return "[n/a]" if not pair or None in pair else f"[{pair[0]:+.2f},{pair[1]:+.2f}]"
+
+
+def _relation_text(rel: dict[str, Any] | None) -> str:
+  if not rel:
+    return "n/a"
+  return f"{rel['r']:+.2f} {_ci(rel.get('ci'))} Mantel p={rel['mantel_p']:.3g}"
+
+
+def _geometry_line(result: dict[str, Any]) -> str:
+  """One line: the geometry relation at the static input embedding and at the best site, or why skipped."""
+  info = result.get("geometry") or {}
+  if info.get("skipped") or not result.get("best_geometry"):
+    return f"geometry relation: skipped ({info.get('skipped') or 'no site carries it'})"
+  b = result["best_geometry"]
+  static = b.get("static") or {}
+  where = b["site"] + (f" (layer {b['layer']})" if b.get("layer") not in (None, -1) else "")
+  return (f"geometry relation over {b['n_pairs']} pairs, r(axis cosine, human inter-scale r): static "
+          f"{_relation_text(static.get('cosine'))}; best {where} {_relation_text(b['cosine'])} "
+          f"(projection r there {_relation_text(b['projection'])}; static "
+          f"{_relation_text(static.get('projection'))})")
 
 
 def digest(result: dict[str, Any]) -> list[str]:
@@ -109,6 +148,7 @@ def digest(result: dict[str, Any]) -> list[str]:
     value, p = max(cong, key=lambda vp: vp[0])
     lines.append(f"E/P/A congruence peaks at {p['site']} (mean {value:.2f}: " + ", ".join(
         f"{f}={v:+.2f}" for f, v in p["epa_congruence"].items()) + ")")
+  lines.append(_geometry_line(result))
   cum = [(p["pca_cumulative_1_2_3"][-1], p) for p in points if p.get("pca_cumulative_1_2_3")]
   if cum:
     value, p = max(cum, key=lambda vp: vp[0])

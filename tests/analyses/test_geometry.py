@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from jaxsem.analyses import geometry
+from jaxsem.analyses import scale_directions
 from jaxsem.errors import InputError
 from jaxsem.io import scales as scales_io
 from jaxsem.models.load import load
@@ -88,3 +89,56 @@ def test_too_few_tagged_scales_and_bad_options(run):
     geometry.check_options(dataclasses.replace(opts, norms=("warriner", "nosuch")))
   with pytest.raises(InputError, match="--n_perm"):
     geometry.check_options(dataclasses.replace(opts, n_perm=0))
+
+
+def _planted_directions(rng, s: int = 5, d: int = 16):
+  """Directions with pole vectors (``S`` scales), and rated words whose columns follow their axes."""
+  names = tuple(f"s{i}" for i in range(s))
+  poles = {n: (rng.standard_normal((3, d)).astype(np.float32), rng.standard_normal((2, d)).astype(np.float32))
+           for n in names}
+  vectors = np.stack([p.mean(0) - m.mean(0) for p, m in poles.values()])
+  dirs = scale_directions.Directions(
+      names=names, vectors=vectors, factors=(None,) * s, norms=tuple(f"t:{n}" for n in names),
+      method="pole_mean", policy="single", poles={}, asked=s, dropped={}, pole_vectors=poles)
+  n = 200
+  words = rng.standard_normal((n, d))
+  columns = {f"t:{name}": words @ v + rng.standard_normal(n) for name, v in zip(names, vectors)}
+  columns["t:s1"][:40] = np.nan  # pairwise complete
+  rated = geometry.RatedWords(words=tuple(f"w{i}" for i in range(n)), columns=columns,
+                              tables={"t": np.ones(n, bool)})
+  covered = np.ones(n, bool)
+  covered[::7] = False
+  return dirs, rated, covered, words[covered].astype(np.float32)
+
+
+def test_the_human_side_computed_once_gives_compare_at_every_site():
+  """``model_side`` of a shared ``human_side`` equals ``compare`` for each set of vectors."""
+  import jax
+  rng = np.random.default_rng(0)
+  dirs, rated, covered, vectors = _planted_directions(rng)
+  key = jax.random.key(3)
+  human = geometry.human_side(dirs.names, dirs.norms, rated, key=key, n_boot=16)
+  for site in range(2):
+    moved = vectors + site * rng.standard_normal(vectors.shape).astype(np.float32)
+    want = geometry.compare(dirs, rated, covered, moved, key=key, n_boot=16, n_perm=30)
+    got = geometry.model_side(human, dirs, covered, moved, n_perm=30)
+    assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True)
+  assert want["relation"]["projection"]["r"] > 0.5  # the columns follow the axes
+  with pytest.raises(ValueError, match="do not match"):
+    geometry.model_side(human, dataclasses.replace(dirs, names=dirs.names[::-1]), covered, vectors,
+                        n_perm=3)
+
+
+def test_rated_words_over_a_given_word_list():
+  """A word list restricts the universe to it, in its order; a word no table rates stays, unrated."""
+  full = geometry.rated_words(["warriner:valence", "dal:pleasantness"])
+  dal = full.columns["dal:pleasantness"]
+  some = [w for w in full.words[:50] if np.isfinite(dal[full.words.index(w)])][:5]
+  words = [some[2], "zzznotaword", some[0], some[2]]
+  got = geometry.rated_words(["warriner:valence", "dal:pleasantness"], words=words)
+  assert got.words == (some[2], "zzznotaword", some[0])
+  for tag in ("warriner:valence", "dal:pleasantness"):
+    want = [full.columns[tag][full.words.index(w)] for w in (some[2], some[0])]
+    np.testing.assert_array_equal(got.columns[tag][[0, 2]], want)
+    assert np.isnan(got.columns[tag][1])
+  assert not got.tables["dal"][1] and got.tables["dal"][0]

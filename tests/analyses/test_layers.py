@@ -106,6 +106,7 @@ def test_a_space_with_states_reads_them_instead_of_running_the_model():
     (dict(method="semaxis"), "--method='semaxis' does not apply"),
     (dict(norms=()), "--norms is empty"),
     (dict(n_boot=0), "--n_boot=0"),
+    (dict(geometry_n_perm=0), "--geometry_n_perm=0"),
 ])
 def test_bad_options_are_one_sentence(change, needle):
   with pytest.raises(InputError, match=needle) as e:
@@ -259,3 +260,86 @@ def test_writer_writes_summary_figures_and_digest(planted_run, tmp_path):
   lines = layers_report.digest(doc)
   valence = next(line for line in lines if "warriner:valence" in line)
   assert f"resid_post.{PLANTED_LAYER}" in valence and "static r=" in valence
+
+
+# ----------------------------------------------------------------------------- geometry relation per site
+
+
+def test_geometry_is_skipped_with_the_reason_below_four_tagged_scales(planted_run):
+  """Warriner alone tags three scales of the norms set (three pairs): no number, a recorded reason."""
+  _, _, result = planted_run
+  info = result["geometry"]
+  assert info["n_scales"] == 3 and info["n_pairs"] == 3
+  assert info["columns"] == ["warriner:valence", "warriner:arousal", "warriner:dominance"]
+  assert "only 3 scale(s)" in info["skipped"]
+  assert "--norms=warriner,dal,brysbaert,lancaster" in info["skipped"]
+  assert all(p["geometry"] is None for p in result["layers"]) and result["best_geometry"] is None
+  assert any(line.startswith("geometry relation: skipped (only 3") for line in layers_report.digest(result))
+
+
+@pytest.fixture(scope="module")
+def geometry_run(word_model):
+  """Warriner and DAL tag six scales of the norms set: fifteen pairs at every site. The sizes of
+  ``planted_run`` let the run reuse its compiled programs."""
+  model = planted_model(word_model)
+  opts = layers.LayerOptions(norms=("warriner", "dal"), n_words=300, stats_sample=64, n_boot=20, n_null=20,
+                             n_tag_perms=20, geometry_n_perm=50)
+  return model, opts, layers.run_layers(model, opts, progress=False)
+
+
+def test_every_site_carries_the_geometry_relation(geometry_run):
+  model, opts, result = geometry_run
+  info = result["geometry"]
+  assert info["skipped"] is None and info["n_scales"] == 6 and info["n_pairs"] == 15
+  assert {c.split(":")[0] for c in info["columns"]} == {"warriner", "dal"}
+  human = np.array(info["human_r"]["matrix"])
+  assert human.shape == (6, 6) and np.allclose(np.diag(human), 1.0)
+  # The words are the union of the two samples; each table rates its own sample at least.
+  assert info["n_words"] >= 300 and min(info["tables"].values()) >= 300
+  assert len(result["layers"]) == model.config.n_layers + 4
+  for p in result["layers"]:
+    g = p["geometry"]
+    assert g["n_pairs"] == 15 and np.array(g["cosines"]).shape == (6, 6)
+    for side in ("cosine", "projection"):
+      rel = g["relation"][side]
+      assert {"r", "ci", "slope", "mantel_p"} <= set(rel), p["site"]
+      assert -1.0 <= rel["r"] <= 1.0 and rel["n_pairs"] == 15 and rel["n_perm"] == 50
+      assert -1.0 <= rel["ci"][0] <= rel["ci"][1] <= 1.0 and 1 / 51 <= rel["mantel_p"] <= 1
+    projection = g["relation"]["projection"]
+    assert projection["ci"][0] - 1e-6 <= projection["r"] <= projection["ci"][1] + 1e-6, p["site"]
+  # Resampled pole means are noisier, which pulls the draws' cosines towards 0 (as in the
+  # geometry run): the cosine relation's interval holds its r at most sites, not necessarily all.
+  inside = [g["ci"][0] - 1e-6 <= g["r"] <= g["ci"][1] + 1e-6
+            for g in (p["geometry"]["relation"]["cosine"] for p in result["layers"])]
+  assert sum(inside) >= len(inside) / 2, inside
+  # Only the vectors differ between sites: the human side is shared, the model side is not.
+  cos = [g["relation"]["cosine"]["r"] for g in (p["geometry"] for p in result["layers"])]
+  assert len(set(np.round(cos, 6))) > 1
+  best = result["best_geometry"]
+  hidden = [p for p in result["layers"] if p["space"] == "hidden"]
+  assert best["space"] == "hidden" and best["n_pairs"] == 15
+  # The planted valence coordinate aligns the valence-like axes where it lives: the relation peaks there.
+  assert best["site"] == f"resid_post.{PLANTED_LAYER}" and best["cosine"]["r"] > best["static"]["cosine"]["r"]
+  assert best["cosine"]["r"] == max(p["geometry"]["relation"]["cosine"]["r"] for p in hidden)
+  assert best["static"] == result["layers"][0]["geometry"]["relation"]
+  assert best["unembedding"] == result["layers"][-1]["geometry"]["relation"]
+
+
+def test_writer_writes_the_geometry_figure_and_line(geometry_run, tmp_path):
+  model, opts, result = geometry_run
+  path = layers_report.write(tmp_path, result, model, opts)
+  doc = json.loads(path.read_text())
+  assert doc["best_geometry"]["site"] == result["best_geometry"]["site"]
+  assert doc["layers"][1]["geometry"]["relation"]["cosine"]["r"] == pytest.approx(
+      result["layers"][1]["geometry"]["relation"]["cosine"]["r"])
+  assert doc["provenance"]["options"]["geometry_n_perm"] == 50
+  assert (tmp_path / layers_report.GEOMETRY_FIGURE).read_bytes().startswith(b"\x89PNG")
+  [line] = [line for line in layers_report.digest(doc) if line.startswith("geometry relation")]
+  assert "over 15 pairs" in line and "static" in line and result["best_geometry"]["site"] in line
+  assert line.count("Mantel p=") == 4
+
+
+def test_writer_leaves_the_geometry_figure_out_when_skipped(planted_run, tmp_path):
+  model, opts, result = planted_run
+  layers_report.write(tmp_path, result, model, opts)
+  assert not (tmp_path / layers_report.GEOMETRY_FIGURE).exists()
