@@ -8,8 +8,11 @@ Writes ``out_dir/summary.json`` (``offtarget`` on the direction words' log-odds 
 ``direct_path`` control; ``disjoint_readout``; ``controls`` with 64 random directions by
 default; ``readout_validation``; ``methods`` on the shared and disjoint readouts and on
 ``--heldout_template``; ``scales_file``, provenance) and ``offtarget.png``,
-``offtarget_matrix.png``, ``dose_response.png``. Finished batches of every evaluation are
-kept in ``out_dir/checkpoint/``: after ``kill -9`` the same command resumes from them.
+``offtarget_matrix.png``, ``dose_response.png``. With ``--site=resid_post --layers=all`` (or a
+list) the off-target grid runs at every block in one compiled program, directions in each block's
+space; ``layers`` in summary.json and ``steer_layers.png`` give the off-target r and slope and the
+on-target change per unit strength against depth, the rest at ``--compare_layers``. Finished
+batches of every evaluation are kept in ``out_dir/checkpoint/``: after ``kill -9`` the same command resumes from them.
 A run with other flags that decide the numbers (model, scales, words, strengths, ...;
 not --mesh, --batch_size or --params_cache) is another run: its directory is refused
 unless ``--overwrite`` is given (see jaxsem/io/out_dir.py).
@@ -21,6 +24,7 @@ from jaxsem import cli
 from jaxsem import experiment_config
 from jaxsem.analyses import readouts, steer
 from jaxsem.errors import InputError
+from jaxsem.io import model_configs
 from jaxsem.report import writers
 
 _DEFAULT = cli.define_config("steer")
@@ -34,6 +38,10 @@ flags.DEFINE_integer("grid_words", _D.grid_words, "The first N words run the off
                      "words take part in the methods comparison.", lower_bound=0)
 flags.DEFINE_enum("site", _D.site, ["embed", "resid_pre", "resid_post"], "Where the vector is added.")
 flags.DEFINE_integer("layer", _D.layer, "Block of a resid_pre/resid_post site.")
+flags.DEFINE_string("layers", _D.layers, "The off-target grid at each of these blocks, in one compiled "
+                    "program: all or a list, e.g. 0,4,8 (empty: --layer alone).")
+flags.DEFINE_string("compare_layers", _D.compare_layers, "With --layers: blocks of the controls and the "
+                    "methods comparison, all or a list among --layers (empty: the first).")
 flags.DEFINE_list("alphas", [str(a) for a in _D.alphas], "Strengths, in units of the site's median norm.")
 flags.DEFINE_enum("readout", _D.readout, list(readouts.READOUTS), "How the judgement is read.")
 flags.DEFINE_integer("read_layer", _D.read_layer, "Representation readout layer (-1: final norm; default: "
@@ -58,8 +66,8 @@ flags.DEFINE_integer("n_boot", _D.n_boot, "Bootstrap resamples over words.", low
 flags.DEFINE_integer("n_perm", _D.n_perm, "Shuffled-label permutations.", lower_bound=1)
 flags.DEFINE_integer("seed", _D.seed, "Seed of word sampling, splits, random directions and bootstraps.")
 flags.DEFINE_integer("batch_size", _D.batch_size, "Prompts per compiled call.", lower_bound=1)
-for _name in ("scales", "steer", "words", "n_words", "grid_words", "site", "layer", "readout", "read_layer",
-              "orth_basis", "compare_alpha", "template", "heldout_template", "n_random", "fit_share",
+for _name in ("scales", "steer", "words", "n_words", "grid_words", "site", "layer", "layers",
+              "compare_layers", "readout", "read_layer", "orth_basis", "compare_alpha", "template", "heldout_template", "n_random", "fit_share",
               "fit_steps", "off_weight", "fit_ridge", "refine", "n_boot", "n_perm", "seed", "batch_size"):
   cli.shortcut(_name, f"steer.{_name}")
 cli.shortcut("method", "steer.methods")
@@ -87,6 +95,8 @@ def main(argv):
   opts = experiment_config.options(steer.SteerOptions, config.steer)
   cli.check_model(config.load.model)
   steer.check_options(opts)
+  if opts.layers:  # block numbers against the architecture, before the weights load
+    steer.check_layers(opts, model_configs.load_model_config(config.load.model)[0].n_layers)
   with cli.claim_out_dir("steer", config, resumable=True) as out:
     model = cli.load_model(config.load)
     result = steer.run_steer(model, opts, checkpoint_dir=out / "checkpoint")

@@ -133,6 +133,8 @@ def steer() -> config_dict.ConfigDict:
       "grid_words": 96,  # the first N words run the off-target grid (0: all)
       "site": "embed",  # embed, resid_pre or resid_post
       "layer": config_dict.placeholder(int),  # block of a resid_pre/resid_post site
+      "layers": "",  # the off-target grid at each of these blocks: all or a list (empty: --layer alone)
+      "compare_layers": "",  # blocks of the methods comparison with --layers (empty: the first asked)
       "alphas": (-1.0, -0.5, 0.5, 1.0),  # strengths, in units of the site's median norm
       "readout": "logodds",  # logodds or representation
       "read_layer": config_dict.placeholder(int),  # representation readout layer (-1: final norm)

@@ -4,7 +4,8 @@
 suffix of each word, the readout) and ``Grid.evaluate(word_index, vectors)`` runs any
 list of rows, in fixed-size batches (one compile) placed over the mesh's data axis. A
 words x directions x strengths grid is one such list; so are held-out evaluations of
-other steering methods and random-direction controls.
+other steering methods and random-direction controls. A grid over several layers
+(``layers``) takes each row's layer too, so every layer runs in the same program.
 """
 
 from __future__ import annotations
@@ -42,8 +43,11 @@ class Grid:
     prompts: the filled template (prefix + per-word suffixes).
     readout: the ``readouts.Readout`` read at every row (bare ``PoleTokens`` are read as
       their pole log-odds).
-    site: intervention site.
+    site: intervention site; with ``layers``, the site's kind alone (``resid_pre`` or
+      ``resid_post``).
     batch_size: rows per call (rounded up to the mesh's data axis).
+    layers: the blocks rows may be steered at (empty: every row at ``site``); ``evaluate``
+      then takes each row's block (``layer_index``) and runs all of them in one program.
     kernel_readout: the readout's part in the kernel (``Readout.kernel_readout``), its
       arrays replicated over the model's mesh; set on construction.
   """
@@ -53,6 +57,7 @@ class Grid:
   readout: readouts.Readout | readouts.PoleTokens
   site: str
   batch_size: int = 256
+  layers: tuple[int, ...] = ()
   cache: PrefixCache = dataclasses.field(init=False, repr=False)
   # The readout's arrays on the devices, as the kernel takes them.
   kernel_readout: steering_k.KernelReadout = dataclasses.field(init=False, repr=False)
@@ -63,7 +68,14 @@ class Grid:
   def __post_init__(self):
     if isinstance(self.readout, readouts.PoleTokens):
       self.readout = readouts.Readout(kind="logodds", names=self.readout.names, poles=self.readout)
-    iv_lib.parse_site(self.site)
+    self.layers = tuple(int(x) for x in self.layers)
+    if self.layers:
+      if self.site not in ("resid_pre", "resid_post"):
+        raise ValueError(f"a grid over layers steers at resid_pre or resid_post, not {self.site!r}")
+      for layer in self.layers:
+        iv_lib.parse_site(f"{self.site}.{layer}")
+    else:
+      iv_lib.parse_site(self.site)
     m = self.model
     self.cache = _prefix_cache_jit(m.params, m.config, jnp.asarray(self.prompts.prefix, jnp.int32))
     w = len(self.prompts.suffixes)
@@ -118,7 +130,8 @@ class Grid:
   def evaluate(self, word_index: Sequence[int] | np.ndarray, vectors: np.ndarray,
                progress: Callable[[int, int], None] | None = None,
                checkpoint_dir: str | os.PathLike | None = None,
-               name: str = "rows") -> tuple[np.ndarray, np.ndarray | None]:
+               name: str = "rows",
+               layer_index: Sequence[int] | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Ratings of rows (word ``word_index[n]`` steered by ``vectors[n]``, strength included).
 
     Args:
@@ -128,6 +141,8 @@ class Grid:
       checkpoint_dir: keep each finished batch in ``checkpoint_dir/<name>.zarr`` and take
         the batches already there (same inputs) instead of computing them again.
       name: the evaluation's name in ``checkpoint_dir``.
+      layer_index: ``[N]`` block each row is steered at, one of ``layers`` (a grid over
+        layers only, where it is required).
 
     Returns:
       ``(logodds [N, J] (logits [N, R] with a raw-logits readout), representation [N, J]
@@ -135,6 +150,7 @@ class Grid:
     """
     word_index = np.asarray(word_index, np.int64)
     vectors = np.asarray(vectors, np.float32)
+    row_layers = self._row_layers(layer_index, len(word_index))
     n, b = len(word_index), self.batch_size
     m = self.model
     j = self.readout.n_columns
@@ -142,6 +158,8 @@ class Grid:
     ckpt = None
     if checkpoint_dir is not None and n:
       key = self.fingerprint(word_index, vectors)
+      if self.layers:
+        key = row_checkpoint.digest(key, "layers", np.asarray(self.layers), row_layers)
       ckpt = row_checkpoint.RowCheckpoint(checkpoint_dir, name, key, n, width, b)
       self.rows_resumed += ckpt.committed_rows
       if ckpt.committed and hasattr(progress, "resume"):
@@ -155,11 +173,18 @@ class Grid:
         continue
       rows = word_index[start:start + b]
       vec = vectors[start:start + b]
+      lay = None if row_layers is None else row_layers[start:start + b]
       if len(rows) < b:  # pad to the compiled batch with unsteered copies of word 0
         vec = np.concatenate([vec, np.zeros((b - len(rows), vec.shape[1]), np.float32)])
+        lay = None if lay is None else np.concatenate([lay, np.full(b - len(rows), self.layers[0], np.int32)])
         rows = np.concatenate([rows, np.zeros(b - len(rows), np.int64)])
-      r, rep = steering_k.steered_readout(m.params, m.config, self.cache, *self.batch_inputs(rows),
-                                          self._put(vec), self.kernel_readout, site=self.site)
+      if lay is None:
+        r, rep = steering_k.steered_readout(m.params, m.config, self.cache, *self.batch_inputs(rows),
+                                            self._put(vec), self.kernel_readout, site=self.site)
+      else:
+        r, rep = steering_k.steered_readout_layers(m.params, m.config, self.cache, *self.batch_inputs(rows),
+                                                   self._put(vec), self._put(lay), self.kernel_readout,
+                                                   kind=self.site, layers=self.layers)
       block = distributed.to_host(r)[:k]
       if rep is not None:
         block = np.concatenate([block, distributed.to_host(rep)[:k]], axis=1)
@@ -172,6 +197,19 @@ class Grid:
         progress(done, n)
     out = np.concatenate(blocks) if blocks else np.zeros((0, width), np.float32)
     return out[:, :j], (out[:, j:] if self.read_site is not None else None)
+
+  def _row_layers(self, layer_index, n: int) -> np.ndarray | None:
+    """``[N]`` int32 block of each row (None for a one-site grid), checked against ``layers``."""
+    if not self.layers:
+      if layer_index is not None:
+        raise ValueError("layer_index is for a grid over layers; this grid steers at one site")
+      return None
+    if layer_index is None:
+      raise ValueError(f"a grid over layers {list(self.layers)} needs each row's layer (layer_index)")
+    out = np.asarray(layer_index, np.int32).reshape(-1)
+    if out.shape != (n,) or not np.isin(out, self.layers).all():
+      raise ValueError(f"layer_index must be [{n}] blocks among {list(self.layers)}")
+    return out
 
   def rate(self, word_index: Sequence[int] | np.ndarray, vectors: np.ndarray, **kwargs) -> np.ndarray:
     """The readout's ratings ``[N, J]`` of rows (``evaluate``'s arguments)."""
@@ -234,6 +272,8 @@ def jacobian(grid: Grid, word_index: Sequence[int] | np.ndarray,
     progress: ``progress(gradients_done, N * J)`` after each call (a few readout columns of a
       batch of words); a ``Progress`` also learns the gradients taken from the checkpoint.
   """
+  if grid.layers:
+    raise ValueError("the Jacobian is taken on a grid that steers at one site, not over layers")
   m = grid.model
   word_index = np.asarray(word_index, np.int64)
   # Batches of the grid's size, but no bigger than the words need (rounded to the data axis):

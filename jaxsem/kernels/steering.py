@@ -131,3 +131,36 @@ def steered_readout(params: dict, config: ModelConfig, prefix: PrefixCache, suff
   out = forward(params, config, suffix_ids, mask, logit_positions=read_pos, capture=readout.capture,
                 interventions=(iv,), prefix=prefix, logit_rows=readout.logit_rows)
   return readout.read(out.logits, out.captured, word_last)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "kind", "layers"))
+def steered_readout_layers(params: dict, config: ModelConfig, prefix: PrefixCache, suffix_ids: jax.Array,
+                           mask: jax.Array, word_mask: jax.Array, read_pos: jax.Array, word_last: jax.Array,
+                           vectors: jax.Array, row_layers: jax.Array, readout: KernelReadout, *, kind: str,
+                           layers: tuple[int, ...]) -> tuple[jax.Array, jax.Array | None]:
+  """``steered_readout`` with each row steered at its own layer: one program for every layer asked.
+
+  The layer is a batch axis: there is one ``add`` intervention per layer in ``layers``,
+  and row ``b``'s word mask is kept only in the intervention of layer ``row_layers[b]``
+  (a one-hot over the layers), so a row is steered at its layer and left exactly as it
+  is at the others (its vector times a zero mask). Rows of every layer share the
+  prefix cache (it does not depend on where the vector is added) and the batches.
+
+  Args:
+    params, config, prefix, suffix_ids, mask, word_mask, read_pos, word_last, vectors,
+      readout: as in ``steered_readout``.
+    row_layers: ``[B]`` int block of each row, one of ``layers``.
+    kind: ``resid_pre`` or ``resid_post`` (static).
+    layers: the blocks a row may be steered at (static; each costs one masked add per block).
+
+  Returns:
+    As ``steered_readout``: row ``b`` equals ``steered_readout(..., site=f"{kind}.{row_layers[b]}")``.
+  """
+  word_mask = word_mask.astype(jnp.float32)
+  ivs = tuple(iv_lib.Intervention(mask=word_mask * (row_layers == layer).astype(jnp.float32)[:, None],
+                                  vector=vectors, strength=jnp.ones((), jnp.float32), site=f"{kind}.{layer}",
+                                  op="add")
+              for layer in layers)
+  out = forward(params, config, suffix_ids, mask, logit_positions=read_pos, capture=readout.capture,
+                interventions=ivs, prefix=prefix, logit_rows=readout.logit_rows)
+  return readout.read(out.logits, out.captured, word_last)

@@ -262,16 +262,76 @@ def write_steer(out_dir, result: dict[str, Any], model, opts, config: dict | Non
                             np.array([block["methods"][n]["off_per_on"] for n in names]),
                             np.array([block["methods"][n]["off_per_on_ci"] for n in names], float),
                             title=f"{title} · read with the {label} (not used in fitting)")
+  if result.get("layers"):
+    steer_layers_figures(out, result, f"{model.provenance.get('name', '?')} · {result['layers_site']} at each"
+                         f" block · {result['readout']}")
   scales_file = result.get("scales_file") or _scales_path(opts.scales)
   # Steering reads Warriner for the readout validation, and samples words from a norm table when named.
   tables = dict.fromkeys(["warriner", *(opts.words if len(opts.words) == 1 else ())])
-  prov = {"site": result["site"], "layer": opts.layer, "readout": result["readout"],
+  layer = result["compare_layers"][0] if result.get("layers") else opts.layer
+  prov = {"site": result["site"], "layer": layer,
+          "layers": [e["layer"] for e in result.get("layers") or ()], "readout": result["readout"],
           "read_site": result["read_site"], "template": result["template"], "policy": "single",
           "coverage": {"words": len(result["words"]), "scales": len(result["scales"])},
           "centred": False, "whitened": False, "seed": opts.seed, "options": opts.provenance(),
           "scales_file": scales_file, "scales_sha256": _sha256(scales_file),
           "norms_files": _norms_files(tables)}
   return summary.write(out, steer_tests({"job": "steer", **result}), model=model, **prov, **_config(config))
+
+
+def steer_layers_figures(out: Path, result: dict[str, Any], title: str) -> list[Path]:
+  """``steer_layers.png`` (off-target r with its CI and slope with its CI against the block) and
+  ``steer_layers_on_target.png`` (on-target change per unit strength, with its CI)."""
+  entries = result["layers"]
+  ticks = [e["site"] for e in entries]
+
+  def column(path):
+    out = []
+    for e in entries:
+      x = e
+      for key in path:
+        x = (x or {}).get(key) if isinstance(key, str) else (x or [None, None])[key]
+      out.append(np.nan if x is None else float(x))
+    return np.array(out)
+
+  ot = ("offtarget",)
+  bands = {"off-target r": np.stack([column(ot + ("ci", "r", 0)), column(ot + ("ci", "r", 1))], 1),
+           "off-target slope (D per unit cos)": np.stack([column(ot + ("ci", "slope", 0)),
+                                                         column(ot + ("ci", "slope", 1))], 1)}
+  on = ("on_target_per_unit",)
+  # The y range holds r's interval and both point curves; a slope interval that explodes where the
+  # on-target change nears zero (D = off / on) is clipped rather than flattening the curves.
+  shown = np.concatenate([bands["off-target r"].ravel(), column(ot + ("slope",)), [0.0]])
+  lo, hi = np.nanmin(shown), np.nanmax(shown)
+  pad = 0.1 * max(hi - lo, 0.1)
+  return [
+      figures.layer_curves(out / "steer_layers.png", ticks,
+                           {"off-target r": column(ot + ("r",)),
+                            "off-target slope (D per unit cos)": column(ot + ("slope",))},
+                           bands=bands, ylabel="D vs cos: r and slope (95% CI, clipped)",
+                           ylim=(float(lo - pad), float(hi + pad)),
+                           title=f"{title} · off-target effect vs direction cosine, per steering block"),
+      figures.layer_curves(out / "steer_layers_on_target.png", ticks,
+                           {"on-target change per unit strength": column(on + ("mean",))},
+                           bands={"on-target change per unit strength": np.stack(
+                               [column(on + ("ci", 0)), column(on + ("ci", 1))], 1)},
+                           ylabel="rating change per site-norm unit",
+                           title=f"{title} · on-target effect per unit strength, per steering block")]
+
+
+def steer_layers_line(result: dict[str, Any]) -> str | None:
+  """The digest's line of a run over layers: the off-target r at each block and its trend with depth."""
+  entries = result.get("layers")
+  if not entries:
+    return None
+  rs = " ".join(f"L{e['layer']} " + ("n/a" if e["offtarget"]["r"] is None else f"{e['offtarget']['r']:.2f}")
+                for e in entries)
+  trend = (result.get("layers_trend") or {}).get("r") or {}
+  rho = trend.get("spearman_rho")
+  how = (f"{trend['direction']} with depth: Spearman rho of r on layer = {rho:+.2f}, permutation p = "
+         f"{trend['p_value']:.2g}" if rho is not None else
+         "trend with depth: too few layers for Spearman rho")
+  return f"off-target r by layer: {rs} ({how})"
 
 
 def steer_tests(doc: dict[str, Any]) -> dict[str, Any]:
@@ -320,6 +380,9 @@ def _offtarget_lines(ot: dict[str, Any], label: str) -> list[str]:
 def steer_digest(result: dict[str, Any]) -> list[str]:
   """Readout validity, the off-target regression, controls and the methods comparison."""
   lines = []
+  layer_line = steer_layers_line(result)
+  if layer_line:
+    lines.append(layer_line)
   val = result["readout_validation"]
   if val:
     lines.append("readout vs human norms: " + ", ".join(
