@@ -27,6 +27,7 @@ from absl import flags
 from jaxsem import cli
 from jaxsem import experiment_config
 from jaxsem.analyses import layers
+from jaxsem.analyses.layers_geometry import MIN_GEOMETRY_SCALES
 from jaxsem.report import layers_report
 
 _DEFAULT = cli.define_config("layers")
@@ -61,7 +62,7 @@ flags.DEFINE_integer("n_tag_perms", _D.n_tag_perms, "E/P/A tag permutations per 
                      lower_bound=0)
 flags.DEFINE_integer("batch_size", _D.batch_size, "Sequences per forward call.", lower_bound=1)
 flags.DEFINE_bool("geometry", _D.geometry, "The geometry relation (human inter-scale r against axis cosines "
-                  f"and projection r) at every site; skipped below {layers.MIN_GEOMETRY_SCALES} scales "
+                  f"and projection r) at every site; skipped below {MIN_GEOMETRY_SCALES} scales "
                   "tagged with the norms' columns (warriner alone tags 3; "
                   "--norms=warriner,dal,brysbaert,lancaster tags 12).")
 flags.DEFINE_integer("geometry_n_perm", _D.geometry_n_perm, "Mantel permutations of the geometry relation "

@@ -22,7 +22,7 @@ from absl import flags
 
 from jaxsem import cli
 from jaxsem import experiment_config
-from jaxsem.analyses import readouts, steer
+from jaxsem.analyses import readouts, steer, steer_layers, steering_methods
 from jaxsem.errors import InputError
 from jaxsem.io import model_configs
 from jaxsem.report import writers
@@ -47,7 +47,7 @@ flags.DEFINE_enum("readout", _D.readout, list(readouts.READOUTS), "How the judge
 flags.DEFINE_integer("read_layer", _D.read_layer, "Representation readout layer (-1: final norm; default: "
                      "the site).")
 flags.DEFINE_list("method", list(_D.methods), "Steering methods compared on held-out words.")
-flags.DEFINE_enum("orth_basis", _D.orth_basis, list(steer.ORTH_BASES),
+flags.DEFINE_enum("orth_basis", _D.orth_basis, list(steering_methods.ORTH_BASES),
                   "What orthogonal steering projects out: the other scales' directions or their top-3 axes.")
 flags.DEFINE_float("compare_alpha", _D.compare_alpha, "Strength of the methods comparison (site-norm units).")
 flags.DEFINE_string("template", _D.template, "Completion template with one {word} slot.")
@@ -96,7 +96,7 @@ def main(argv):
   cli.check_model(config.load.model)
   steer.check_options(opts)
   if opts.layers:  # block numbers against the architecture, before the weights load
-    steer.check_layers(opts, model_configs.load_model_config(config.load.model)[0].n_layers)
+    steer_layers.check_layers(opts, model_configs.load_model_config(config.load.model)[0].n_layers)
   with cli.claim_out_dir("steer", config, resumable=True) as out:
     model = cli.load_model(config.load)
     result = steer.run_steer(model, opts, checkpoint_dir=out / "checkpoint")

@@ -28,9 +28,11 @@ import jax
 import numpy as np
 
 from jaxsem import experiment_config
+from jaxsem.analyses import geometry_inputs
 from jaxsem.analyses import lexicon
 from jaxsem.analyses import scale_directions
 from jaxsem.analyses import spaces as spaces_lib
+from jaxsem.analyses.geometry_inputs import RatedWords
 from jaxsem.errors import InputError
 from jaxsem.io import assets
 from jaxsem.io import scales as scales_io
@@ -110,77 +112,6 @@ def check_options(opts: GeometryOptions) -> None:
 
 
 # ----------------------------------------------------------------------------- inputs
-
-
-def tagged_scales(scale_set, tables) -> tuple[list[Any], dict[str, str]]:
-  """The scales whose ``norm`` tag names a table of ``tables`` (empty: any table), and why others left.
-
-  Returns:
-    (scales in file order, scale name -> reason for every scale left out).
-  """
-  kept, left = [], {}
-  for s in scale_set:
-    if not s.norm:
-      left[s.name] = "no norm tag"
-    elif tables and s.norm.partition(":")[0] not in tables:
-      left[s.name] = f"tagged {s.norm}, a table not among --norms"
-    else:
-      kept.append(s)
-  return kept, left
-
-
-@dataclasses.dataclass(frozen=True)
-class RatedWords:
-  """Every rated word of the tables used, with the tagged columns side by side.
-
-  Attributes:
-    words: the union of the tables' words (first occurrence kept), ``N`` of them.
-    columns: ``"table:column"`` -> ``[N]`` ratings (NaN where the table does not rate the word).
-    tables: table -> ``[N]`` bool, the words it rates.
-  """
-
-  words: tuple[str, ...]
-  columns: dict[str, np.ndarray]
-  tables: dict[str, np.ndarray]
-
-
-def rated_words(tags, words=None) -> RatedWords:
-  """Reads every table named by ``tags`` (``"table:column"``) and aligns the tagged columns by word.
-
-  Args:
-    tags: ``"table:column"`` names.
-    words: the word universe (first occurrence kept); None: the union of the tables' words. A word
-      no table rates is kept with NaN ratings; a table's words outside ``words`` are left out.
-  """
-  by_table: dict[str, list[str]] = {}
-  for tag in dict.fromkeys(tags):
-    table, _, column = tag.partition(":")
-    by_table.setdefault(table, []).append(column)
-  index: dict[str, int] = {} if words is None else {w: i for i, w in enumerate(dict.fromkeys(words))}
-  read = {}
-  for table in by_table:
-    table_words, cols = assets.read_norms(table)
-    read[table] = (table_words, cols)
-    if words is None:
-      for w in table_words:
-        index.setdefault(w, len(index))
-  n = len(index)
-  columns, rates = {}, {}
-  for table, wanted in by_table.items():
-    table_words, cols = read[table]
-    first = {}
-    for i, w in enumerate(table_words):
-      if w in index:
-        first.setdefault(w, i)
-    rows = np.fromiter((index[w] for w in first), np.int64, len(first))
-    src = np.fromiter(first.values(), np.int64, len(first))
-    rates[table] = np.zeros(n, bool)
-    rates[table][rows] = True
-    for column in wanted:
-      y = np.full(n, np.nan)
-      y[rows] = np.asarray(cols[column], np.float64)[src]
-      columns[f"{table}:{column}"] = y
-  return RatedWords(words=tuple(index), columns=columns, tables=rates)
 
 
 def _covered(model, space, rated: RatedWords, opts: GeometryOptions, progress: bool):
@@ -398,17 +329,17 @@ def run_geometry(model, opts: GeometryOptions, progress: bool = True) -> dict[st
   key = jax.random.key(opts.seed)
   scale_set = scales_io.load_scales(opts.scales)
   tables = tuple(opts.norms)
-  main, left = tagged_scales(scale_set, tables)
+  main, left = geometry_inputs.tagged_scales(scale_set, tables)
   if len(main) < MIN_SCALES:
     raise InputError(f"--scales={opts.scales}: only {len(main)} scale(s) carry a norm tag of "
                      f"{', '.join(tables) if tables else 'any table'}; the geometry needs at least "
                      f"{MIN_SCALES} (give more tables in --norms or a scale set with norm tags).")
   others = {}
   for name in opts.also_scales:
-    other, _ = tagged_scales(scales_io.load_scales(name), tables)
+    other, _ = geometry_inputs.tagged_scales(scales_io.load_scales(name), tables)
     others[name] = other
   used_tags = [s.norm for s in main] + [s.norm for o in others.values() if len(o) >= MIN_SCALES for s in o]
-  rated = rated_words(used_tags)
+  rated = geometry_inputs.rated_words(used_tags)
   space = _space(model, opts, progress)
   covered, vectors, coverage = _covered(model, space, rated, opts, progress)
 

@@ -27,8 +27,9 @@ site r and slope of the human inter-scale r on the axes' cosines (and on the cor
 the words' projections) over the pairs, with the joint bootstrap CI and the Mantel p. The words
 are the run's sample: the union of every table's sampled words, each rated by every table that
 rates it, so the human r of a pair is over the sampled words both tables rate. The human matrix
-and its word draws are the same at every site and computed once. Below ``MIN_GEOMETRY_SCALES``
-tagged scales (the default warriner alone tags three) the relation is skipped with the reason.
+and its word draws are the same at every site and computed once (``layers_geometry``). Below
+``layers_geometry.MIN_GEOMETRY_SCALES`` tagged scales (the default warriner alone tags three) the
+relation is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ import numpy as np
 
 from jaxsem import experiment_config
 from jaxsem.analyses import align as align_lib
-from jaxsem.analyses import geometry as geometry_lib
 from jaxsem.analyses import layers_capture
+from jaxsem.analyses import layers_geometry
 from jaxsem.analyses import lexicon
 from jaxsem.analyses import scale_directions
 from jaxsem.analyses import spaces as spaces_lib
@@ -55,7 +56,6 @@ from jaxsem.progress import Progress
 
 METHODS = ("pole_mean", "pair_mean")  # semaxis searches a vocabulary matrix, which hidden sites lack
 MIN_TEMPLATES = 3
-MIN_GEOMETRY_SCALES = 4  # six pairs: three pairs give a relation too loose to report
 _SLOT = "{word}"
 
 
@@ -84,7 +84,8 @@ class LayerOptions:
     n_tag_perms: E/P/A tag permutations per site (0: skip).
     batch_size: sequences per forward call.
     geometry: the geometry relation at every site, where ``align_scales`` has at least
-      ``MIN_GEOMETRY_SCALES`` scales tagged with columns of ``norms`` (else skipped with the reason).
+      ``layers_geometry.MIN_GEOMETRY_SCALES`` scales tagged with columns of ``norms`` (else skipped
+      with the reason).
     geometry_n_perm: Mantel permutations of the geometry relation per site (its bootstrap: ``n_boot``).
   """
 
@@ -150,7 +151,7 @@ def check_options(opts: LayerOptions) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Rated:
+class RatedTable:
   """A norm table's sampled rated words: tokens, ratings of the used words, coverage report."""
   name: str
   tokens: lexicon.WordTokens
@@ -158,7 +159,7 @@ class _Rated:
   report: dict[str, Any]
 
 
-def _rated(model, name: str, opts: LayerOptions) -> _Rated:
+def _rated(model, name: str, opts: LayerOptions) -> RatedTable:
   """The covered rated words of norm table ``name``, ``opts.n_words`` of them drawn at random (seeded)."""
   words, columns = assets.read_norms(name)
   wt = lexicon.resolve_words(model.tokenizer, words, opts.policy)
@@ -169,7 +170,7 @@ def _rated(model, name: str, opts: LayerOptions) -> _Rated:
     used = np.sort(np.random.default_rng(opts.seed).choice(used, opts.n_words, replace=False))
     wt = lexicon.resolve_words(model.tokenizer, [words[i] for i in used], opts.policy)
   report["sampled"] = {"n": int(wt.n_used), "of": report["used"], "seed": opts.seed}
-  return _Rated(name, wt, {c: np.asarray(v)[used] for c, v in columns.items()}, report)
+  return RatedTable(name, wt, {c: np.asarray(v)[used] for c, v in columns.items()}, report)
 
 
 def _pole_words(model, scale_set, policy: str) -> lexicon.WordTokens:
@@ -182,88 +183,12 @@ def _hidden_ids(wt: lexicon.WordTokens) -> list[tuple[int, ...]]:
   return [tuple(t) for t in (wt.used_all_ids or wt.used_token_ids)]
 
 
-# ----------------------------------------------------------------------------- geometry inputs
-
-
-@dataclasses.dataclass(frozen=True)
-class _GeometryInputs:
-  """What the geometry relation shares across sites: the human side and the sampled words."""
-  human: geometry_lib.HumanSide
-  tokens: lexicon.WordTokens
-  covered: np.ndarray
-
-
-def _geometry_inputs(model, scale_set, rated: list[_Rated], opts: LayerOptions,
-                     key: jax.Array) -> tuple[_GeometryInputs | None, dict[str, Any]]:
-  """The human side of the geometry relation over the run's sampled words, or None and why not."""
-  tables = {r.name: r for r in rated}
-  tagged, left = geometry_lib.tagged_scales(scale_set, tuple(tables))
-  kept = []
-  for s in tagged:
-    table, _, column = s.norm.partition(":")
-    if column in tables[table].columns:
-      kept.append(s)
-    else:
-      left[s.name] = f"tagged {s.norm}, a column the {table} table does not have"
-  k = len(kept)
-  info: dict[str, Any] = {
-      "scales": [s.name for s in kept], "columns": [s.norm for s in kept], "n_scales": k,
-      "n_pairs": k * (k - 1) // 2, "left_out": left, "skipped": None,
-      "words": "the run's sample: the union of every table's sampled words, each rated by every table "
-               "that rates it; the human r of a pair is over the sampled words both tables rate",
-      "settings": {"n_boot": opts.n_boot, "n_perm": opts.geometry_n_perm, "seed": opts.seed,
-                   "metric": opts.metric, "min_scales": MIN_GEOMETRY_SCALES,
-                   "bootstrap": {"unit": geometry_lib.BOOTSTRAP_UNIT, "interval": "95% percentile",
-                                 "draws": "the same word and pole-word draws at every site"},
-                   "mantel": {"permuted": "the model matrix's scale labels, rows and columns together",
-                              "p": "(1 + #null >= observed) / (1 + n_perm)", "alternative": "greater"}},
-  }
-  if not opts.geometry:
-    info["skipped"] = "turned off (--geometry=false)"
-  elif k < MIN_GEOMETRY_SCALES:
-    info["skipped"] = (f"only {k} scale(s) of {scale_set.name} carry a norm tag of {', '.join(tables)} "
-                       f"({k * (k - 1) // 2} pairs); the relation needs at least {MIN_GEOMETRY_SCALES} "
-                       "tagged scales (6 pairs): give more tables, e.g. "
-                       "--norms=warriner,dal,brysbaert,lancaster (11-12 tagged columns)")
-  if info["skipped"]:
-    return None, info
-  words = list(dict.fromkeys(w for r in rated for w in r.tokens.used_words))
-  rw = geometry_lib.rated_words(info["columns"], words=words)
-  human = geometry_lib.human_side(info["scales"], info["columns"], rw, key=key, n_boot=opts.n_boot)
-  wt = lexicon.resolve_words(model.tokenizer, list(rw.words), opts.policy)
-  info["human_r"] = {"matrix": human.r.tolist(), "n": human.n.tolist(), "ci": human.ci.tolist()}
-  info["n_words"] = len(rw.words)
-  info["tables"] = {t: int(m.sum()) for t, m in rw.tables.items()}
-  return _GeometryInputs(human, wt, np.asarray(wt.used)), info
-
-
-def _geometry_at(model, space, dirs: scale_directions.Directions, inputs: _GeometryInputs,
-                 opts: LayerOptions) -> dict[str, Any]:
-  """The geometry relation of one site: ``{n_pairs, relation, cosines, projection_r}`` or a ``note``."""
-  names = inputs.human.names
-  missing = [n for n in names if n not in dirs.names]
-  if missing:
-    return {"note": f"scale(s) {', '.join(missing)} could not be built at this site"}
-  idx = [dirs.names.index(n) for n in names]
-  sub = dataclasses.replace(dirs, names=names, vectors=dirs.vectors[np.asarray(idx)],
-                            factors=tuple(dirs.factors[i] for i in idx), norms=inputs.human.tags,
-                            pole_vectors={n: dirs.pole_vectors[n] for n in names if n in dirs.pole_vectors})
-  vectors = spaces_lib.word_vectors(model, inputs.tokens, space)
-  res = geometry_lib.model_side(inputs.human, sub, inputs.covered, vectors, n_perm=opts.geometry_n_perm,
-                                metric=opts.metric)
-  keys = ("r", "ci", "slope", "slope_ci", "mantel_p", "n_perm", "n_pairs")
-  return {"n_pairs": len(res["pairs"]),
-          "relation": {side: {k: res["relation"][side][k] for k in keys}
-                       for side in ("cosine", "projection")},
-          "cosines": res["cosines"]["matrix"], "projection_r": res["projection_r"]["matrix"]}
-
-
 # ----------------------------------------------------------------------------- one site
 
 
-def _measure(model, space, sets: dict[str, Any], rated: list[_Rated], opts: LayerOptions,
+def _measure(model, space, sets: dict[str, Any], rated: list[RatedTable], opts: LayerOptions,
              key: jax.Array, progress: bool = False,
-             geometry: _GeometryInputs | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+             geometry: layers_geometry.GeometryInputs | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
   """Alignment, structure and (given ``geometry``) the geometry relation in one space -> (the site's
   numbers, its directions reports).
 
@@ -304,7 +229,8 @@ def _measure(model, space, sets: dict[str, Any], rated: list[_Rated], opts: Laye
                                                                "n_sets")},
       "epa_null": None if not epa else {k: epa[k] for k in ("observed", "null_p95", "p_value", "p_at_floor",
                                                             "n_perms")},
-      "geometry": None if geometry is None else _geometry_at(model, space, dirs, geometry, opts),
+      "geometry": (None if geometry is None
+                   else layers_geometry.geometry_at(model, space, dirs, geometry, opts)),
       "space_provenance": space.provenance(),
   }
   return point, {"align": dirs.report(), "structure": sdirs.report(), "settings": {
@@ -351,36 +277,6 @@ def best_layers(points: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
   return best
 
 
-def best_geometry(points: list[dict[str, Any]]) -> dict[str, Any] | None:
-  """The site of the residual stream where the geometry relation's cosine r is highest.
-
-  The candidates are the hidden sites (all points when there are none), as in ``best_layers``;
-  the static input embedding and the unembedding are reported beside the winner.
-
-  Returns:
-    ``{site, layer, depth, space, n_pairs, cosine, projection, static, unembedding}`` (``cosine``
-    and ``projection``: the relation blocks; ``static``/``unembedding``: ``{cosine, projection}`` of
-    those spaces or None), or None when no site carries a relation.
-  """
-  def has(p):
-    return bool(p.get("geometry")) and "relation" in p["geometry"] and np.isfinite(
-        p["geometry"]["relation"]["cosine"]["r"])
-
-  hidden = [p for p in points if p["space"] == "hidden" and has(p)] or [p for p in points if has(p)]
-  if not hidden:
-    return None
-
-  def beside(space: str) -> dict[str, Any] | None:
-    p = next((q for q in points if q["space"] == space and has(q)), None)
-    return None if p is None else dict(p["geometry"]["relation"])
-
-  p = max(hidden, key=lambda q: q["geometry"]["relation"]["cosine"]["r"])
-  rel = p["geometry"]["relation"]
-  return {"site": p["site"], "layer": p["layer"], "depth": p["depth"], "space": p["space"],
-          "n_pairs": p["geometry"]["n_pairs"], "cosine": rel["cosine"], "projection": rel["projection"],
-          "static": beside("input_embedding"), "unembedding": beside("unembedding")}
-
-
 def run_layers(model, opts: LayerOptions, progress: bool = True) -> dict[str, Any]:
   """Alignment and structure at the input embedding, every site of the residual stream and the
   unembedding (see the module docstring); ``progress`` prints progress lines (on process 0).
@@ -410,7 +306,8 @@ def run_layers(model, opts: LayerOptions, progress: bool = True) -> dict[str, An
   if opts.n_pair_sets > 0:
     sets["wordnet"] = scales_io.load_scales("wordnet")
   rated = [_rated(model, name, opts) for name in opts.norms]
-  geometry, geometry_info = _geometry_inputs(model, sets["align"], rated, opts, jax.random.fold_in(key, 4))
+  geometry, geometry_info = layers_geometry.build_inputs(model, sets["align"], rated, opts,
+                                                         jax.random.fold_in(key, 4))
   seqs = list(dict.fromkeys(t for wt in [r.tokens for r in rated] + [_pole_words(model, s, opts.policy)
                                                                       for s in sets.values()]
                             for t in _hidden_ids(wt)))
@@ -459,7 +356,7 @@ def run_layers(model, opts: LayerOptions, progress: bool = True) -> dict[str, An
   return {
       "layers": points,
       "best": best_layers(points),
-      "best_geometry": best_geometry(points),
+      "best_geometry": layers_geometry.best_geometry(points),
       "geometry": geometry_info,
       "templates": list(templates),
       "sites": [p["site"] for p in points],

@@ -18,7 +18,8 @@ The functions:
   intercept 0.
 * ``analyse``: the above, bootstrap CIs, the shuffled-label null (below), the dose-response
   summary (``dose_response``) and, given the direct-path prediction, the direct-path control.
-* ``partial_correlation``: Pearson r of ``y`` and ``x`` after both are residualised on ``[1, z]``.
+* the regressions themselves and ``partial_correlation`` live in ``offtarget_fits``; the per-block
+  summaries of a run at many blocks (``on_target_per_unit``, ``depth_trend``) in ``offtarget_depth``.
 
 The checks and bootstrap helpers (``check_effects``, ``check_steered_index``, ``offtarget_mask``,
 ``draw_counts``, ``ci95``, ...) are shared with ``steering_compare``, which compares steering
@@ -59,13 +60,12 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxsem.analyses import offtarget_fits
 from jaxsem.errors import InputError
 from jaxsem.kernels import stats
 
 # A mean on-target change below this is treated as none: nothing to divide by.
 TINY = 1e-12
-# A residual sum of squares below this fraction of the total is rounding: the fit is exact.
-_EXACT = 1e-20
 
 
 def as_key(key_or_seed) -> jax.Array:
@@ -75,7 +75,8 @@ def as_key(key_or_seed) -> jax.Array:
   return key_or_seed
 
 
-def _rng(key: jax.Array) -> np.random.Generator:
+def numpy_rng(key: jax.Array) -> np.random.Generator:
+  """A numpy generator seeded from the bits of the ``jax.random`` key ``key``."""
   return np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
 
 
@@ -167,22 +168,6 @@ def draw_counts(indices: np.ndarray, n: int) -> np.ndarray:
   return np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
 
 
-def _ols(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """OLS ``y ~ slope * x + intercept`` and Pearson r for ``x [n]`` and ``y [..., n]``.
-
-  r is NaN where ``y`` is constant.
-  """
-  xc = x - x.mean()
-  ym = y.mean(axis=-1)
-  yc = y - ym[..., None]
-  sxx = xc @ xc
-  sxy = yc @ xc
-  syy = np.sum(yc * yc, axis=-1)
-  slope = sxy / sxx
-  with np.errstate(invalid="ignore", divide="ignore"):
-    r = np.where(syy > 0, sxy / np.sqrt(sxx * np.where(syy > 0, syy, 1.0)), np.nan)
-  return slope, ym - slope * x.mean(), np.clip(r, -1.0, 1.0)
-
 
 def _pairs(d: np.ndarray, c: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   x = c[mask]
@@ -204,97 +189,6 @@ def _boot_draws(key_or_seed, n_words: int, n_steered: int, n_boot: int) -> tuple
   scales = np.asarray(stats.bootstrap_indices(jax.random.fold_in(key, 1), n_steered, n_boot))
   return words, scales
 
-
-def _fits(y: np.ndarray, x: np.ndarray, weights: np.ndarray, z: np.ndarray | None = None
-          ) -> dict[str, np.ndarray]:
-  """Weighted regression statistics of ``y`` on ``x`` (and given ``z``) over the pairs.
-
-  A pair of weight ``k`` counts ``k`` times; weight 0 leaves it out (the on-target pairs).
-
-  Args:
-    y: ``[..., S, J]`` values of ``D`` (one matrix per bootstrap draw, or one).
-    x: ``[S, J]`` cosines.
-    weights: ``[..., S, J]`` (or broadcastable) non-negative pair weights.
-    z: optional ``[S, J]`` covariate (the direct-path prediction).
-
-  Returns:
-    ``{"slope", "r"}`` of ``y ~ x`` and, with ``z``, ``"r_z"`` (r of ``y`` and ``z``),
-    ``"partial_r"`` (r of ``y`` and ``x`` after both are residualised on ``[1, z]``) and
-    ``"slope_given_z"`` (the coefficient of ``x`` in ``y ~ x + z``); each ``[...]``, NaN where
-    undefined or where a used pair of ``y`` is not finite.
-  """
-  w = np.broadcast_to(np.asarray(weights, np.float64), np.broadcast_shapes(np.shape(weights), y.shape))
-  used = w > 0
-  bad = np.any(used & ~np.isfinite(y), axis=(-2, -1))
-  y = np.where(used, y, 0.0)
-  total = w.sum(axis=(-2, -1))
-
-  def dot(a, b):
-    return np.sum(w * a * b, axis=(-2, -1))
-
-  def centre(v):
-    return v - (dot(v, 1.0) / total)[..., None, None]
-
-  def corr(a, b):
-    return np.clip(dot(a, b) / np.sqrt(dot(a, a) * dot(b, b)), -1.0, 1.0)
-
-  with np.errstate(invalid="ignore", divide="ignore"):
-    yc, xc = centre(y), centre(x)
-    out = {"slope": dot(xc, yc) / dot(xc, xc), "r": corr(xc, yc)}
-    if z is not None:
-      zc = centre(z)
-      szz = dot(zc, zc)[..., None, None]
-      ry = yc - dot(yc, zc)[..., None, None] / szz * zc
-      rx = xc - dot(xc, zc)[..., None, None] / szz * zc
-      # A residual at rounding level means z explains y (or x) exactly: no partial correlation.
-      exact = (dot(ry, ry) <= _EXACT * dot(yc, yc)) | (dot(rx, rx) <= _EXACT * dot(xc, xc))
-      out.update(r_z=corr(yc, zc), partial_r=np.where(exact, np.nan, corr(rx, ry)),
-                 slope_given_z=dot(rx, ry) / dot(rx, rx))
-  return {k: np.where(bad, np.nan, v) for k, v in out.items()}
-
-
-def _direct(direct, shape: tuple[int, int], mask: np.ndarray) -> np.ndarray:
-  z = np.asarray(direct, np.float64)
-  if z.shape != shape:
-    raise InputError(f"direct must have shape [S, J] = [{shape[0]}, {shape[1]}] like D, got {z.shape}.")
-  if not np.isfinite(z[mask]).all():
-    s, j = (int(i) for i in np.argwhere(mask & ~np.isfinite(z))[0])
-    raise InputError(f"direct is NaN or inf at steered scale {s}, readout scale {j}; every off-target pair"
-                     " needs a direct-path prediction.")
-  return z
-
-
-def partial_correlation(y, x, z) -> float:
-  """Pearson r of ``y`` and ``x`` after both are residualised on ``[1, z]`` by least squares.
-
-  Args:
-    y: ``[n]`` values.
-    x: ``[n]`` values.
-    z: ``[n]`` or ``[n, k]`` covariates to control for.
-
-  Returns:
-    The partial correlation; NaN when a residual is constant (``y`` or ``x`` is explained by
-    ``z`` exactly).
-
-  Raises:
-    InputError: for mismatched lengths, NaN/inf, or fewer than ``k + 3`` values.
-  """
-  y, x, z = (np.asarray(v, np.float64) for v in (y, x, z))
-  z = z[:, None] if z.ndim == 1 else z
-  if y.ndim != 1 or x.shape != y.shape or z.ndim != 2 or z.shape[0] != y.shape[0]:
-    raise InputError(f"partial_correlation needs y [n], x [n] and z [n] or [n, k], got {y.shape}, {x.shape}"
-                     f" and {z.shape}.")
-  if y.shape[0] < z.shape[1] + 3:
-    raise InputError(f"A partial correlation needs at least {z.shape[1] + 3} values (the covariates' count"
-                     f" plus 3), got {y.shape[0]}.")
-  if not all(np.isfinite(v).all() for v in (y, x, z)):
-    raise InputError("partial_correlation got NaN or inf; drop those values first.")
-  q, _ = np.linalg.qr(z - z.mean(axis=0))  # an orthonormal basis of the centred covariates
-  yc, xc = y - y.mean(), x - x.mean()
-  ry, rx = yc - q @ (q.T @ yc), xc - q @ (q.T @ xc)
-  if ry @ ry <= _EXACT * (yc @ yc) or rx @ rx <= _EXACT * (xc @ xc):
-    return float("nan")
-  return float(np.clip(rx @ ry / np.sqrt((rx @ rx) * (ry @ ry)), -1.0, 1.0))
 
 
 def _dose(e: np.ndarray, a: np.ndarray) -> np.ndarray:
@@ -373,7 +267,7 @@ def regress(D, cosines, steered_index) -> dict[str, Any]:
   x, y = _pairs(d, c, offtarget_mask(idx, d.shape[1]))
   if not np.isfinite(y).all():
     raise InputError("D contains NaN or inf; build it with offtarget_matrix from finite slopes.")
-  slope, intercept, r = _ols(x, y)
+  slope, intercept, r = offtarget_fits.ols(x, y)
   return {"slope": float(slope), "intercept": float(intercept), "r": finite_or_none(r),
           "r2": finite_or_none(r * r), "n_pairs": int(x.size)}
 
@@ -400,7 +294,7 @@ def shuffled_label_cosines(cosines, steered_index, key_or_seed, n_perm: int) -> 
   check_count("n_perm", n_perm)
   n_steered, n_readout = c.shape
   idx = check_steered_index(steered_index, n_steered, n_readout)
-  rng = _rng(as_key(key_or_seed))
+  rng = numpy_rng(as_key(key_or_seed))
   steered = np.sort(idx)
   rest = np.setdiff1d(np.arange(n_readout), idx)
   pi = np.empty((n_perm, n_readout), np.int64)
@@ -488,7 +382,7 @@ def analyse(effects, alphas, cosines, steered_index, *, key_or_seed, n_boot: int
   d = offtarget_matrix(slopes, idx, names)
   fit = regress(d, c, idx)
   mask = offtarget_mask(idx, n_readout)
-  z = None if direct is None else _direct(direct, (n_steered, n_readout), mask)
+  z = None if direct is None else offtarget_fits.check_direct(direct, (n_steered, n_readout), mask)
   _, y = _pairs(d, c, mask)
   key_boot, key_perm = jax.random.split(as_key(key_or_seed))
 
@@ -499,13 +393,13 @@ def analyse(effects, alphas, cosines, steered_index, *, key_or_seed, n_boot: int
   on = means[:, np.arange(n_steered), idx]  # [B, S]
   on = np.where(np.isfinite(on) & (np.abs(on) >= TINY), on, np.nan)
   d_boot = means / on[..., None]  # [B, S, J]
-  words_only = _fits(d_boot, c, mask, z)
-  joint = _fits(d_boot, c, draw_counts(scale_idx, n_steered)[:, :, None] * mask, z)
+  words_only = offtarget_fits.weighted_fits(d_boot, c, mask, z)
+  joint = offtarget_fits.weighted_fits(d_boot, c, draw_counts(scale_idx, n_steered)[:, :, None] * mask, z)
 
   null = shuffled_label_cosines(c, idx, key_perm, n_perm)[:, mask]  # [P, n_pairs]
   shuffled = {"null_r_p95": None, "p_value": None, "n": int(n_perm)}
   if fit["r"] is not None:
-    _, _, r_null = _ols(y, null)  # Pearson r is symmetric in its arguments
+    _, _, r_null = offtarget_fits.ols(y, null)  # Pearson r is symmetric in its arguments
     summary = stats.null_summary(np.float64(fit["r"]), r_null)
     shuffled.update(null_r_p95=finite_or_none(summary["p95"]), p_value=finite_or_none(summary["p_value"]))
 
@@ -521,63 +415,10 @@ def analyse(effects, alphas, cosines, steered_index, *, key_or_seed, n_boot: int
          "D": d.tolist(), "per_pair": per_pair, "shuffled_labels": shuffled,
          "dose_response": dose_response(effects, alphas, idx)}
   if z is not None:
-    point = _fits(d, c, mask, z)
+    point = offtarget_fits.weighted_fits(d, c, mask, z)
     out["direct_path"] = {
         "r_direct": finite_or_none(point["r_z"]), "partial_r": finite_or_none(point["partial_r"]),
         "partial_ci": ci95(joint["partial_r"]), "partial_ci_words": ci95(words_only["partial_r"]),
         "share_direct": finite_or_none(point["r_z"] ** 2), "r_cos": finite_or_none(point["r"]),
         "slope_cos_given_direct": finite_or_none(point["slope_given_z"]), "n_pairs": fit["n_pairs"]}
-  return out
-
-
-def on_target_per_unit(effects, alphas, steered_index, key_or_seed, n_boot: int) -> dict[str, Any]:
-  """The on-target rating change per unit strength: each word's dose slope on its own scale.
-
-  Args:
-    effects: ``[W, S, A, J]`` rating changes.
-    alphas: ``[A]`` strengths (site-norm units).
-    steered_index: ``[S]`` on-target readout column of each steered scale.
-    key_or_seed: key or seed of the bootstrap over words.
-    n_boot: bootstrap draws.
-
-  Returns:
-    ``{"mean", "ci" (95%, words resampled), "per_scale": [S]}``: means over words (and steered scales).
-  """
-  check_count("n_boot", n_boot)
-  slopes = dose_slopes(effects, alphas)  # [W, S, J]
-  n_words, n_steered, n_readout = slopes.shape
-  idx = check_steered_index(steered_index, n_steered, n_readout)
-  on = slopes[:, np.arange(n_steered), idx]  # [W, S]
-  words = _rng(as_key(key_or_seed)).integers(0, n_words, size=(n_boot, n_words))
-  boot = on.mean(axis=1)[words].mean(axis=1)
-  return {"mean": float(on.mean()), "ci": ci95(boot), "per_scale": on.mean(axis=0).tolist()}
-
-
-def depth_trend(layers, values, n_perm: int = 9999) -> dict[str, Any]:
-  """Whether ``values`` (e.g. the off-target r per layer) grow or shrink with depth.
-
-  Args:
-    layers: ``[L]`` block numbers.
-    values: ``[L]`` values (None or NaN where missing).
-    n_perm: shuffles of the layer order in the two-sided permutation p of rho (seeded, fixed).
-
-  Returns:
-    ``{"spearman_rho", "p_value", "direction", "n_layers"}``: Spearman's rho of the values on
-    the block over the blocks with a finite value (None below 3); ``direction`` is ``grows`` or
-    ``shrinks`` where p < 0.05, else ``no clear trend`` (None without a rho).
-  """
-  x = np.asarray(layers, np.float64)
-  y = np.array([np.nan if v is None else v for v in values], np.float64)
-  ok = np.isfinite(y)
-  out = {"spearman_rho": None, "p_value": None, "direction": None, "n_layers": int(ok.sum())}
-  if ok.sum() < 3 or np.ptp(y[ok]) == 0:
-    return out
-  rho = float(stats.spearman(x[ok], y[ok]))
-  rx, ry = np.argsort(np.argsort(x[ok])), np.asarray(stats.rank(y[ok]), np.float64)
-  shuffled = np.random.default_rng(0).permuted(np.broadcast_to(rx, (n_perm, len(rx))), axis=1)
-  cx, cy = shuffled - shuffled.mean(axis=1, keepdims=True), ry - ry.mean()
-  null = cx @ cy / np.sqrt(np.sum(cx * cx, axis=1) * (cy @ cy))
-  p = float((1 + np.sum(np.abs(null) >= abs(rho) - 1e-12)) / (1 + n_perm))
-  out.update(spearman_rho=finite_or_none(rho), p_value=p,
-             direction=("grows" if rho > 0 else "shrinks") if p < 0.05 else "no clear trend")
   return out

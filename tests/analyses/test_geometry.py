@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from jaxsem.analyses import geometry
+from jaxsem.analyses import geometry, geometry_inputs
 from jaxsem.analyses import scale_directions
 from jaxsem.errors import InputError
 from jaxsem.io import scales as scales_io
@@ -104,7 +104,7 @@ def _planted_directions(rng, s: int = 5, d: int = 16):
   words = rng.standard_normal((n, d))
   columns = {f"t:{name}": words @ v + rng.standard_normal(n) for name, v in zip(names, vectors)}
   columns["t:s1"][:40] = np.nan  # pairwise complete
-  rated = geometry.RatedWords(words=tuple(f"w{i}" for i in range(n)), columns=columns,
+  rated = geometry_inputs.RatedWords(words=tuple(f"w{i}" for i in range(n)), columns=columns,
                               tables={"t": np.ones(n, bool)})
   covered = np.ones(n, bool)
   covered[::7] = False
@@ -131,11 +131,11 @@ def test_the_human_side_computed_once_gives_compare_at_every_site():
 
 def test_rated_words_over_a_given_word_list():
   """A word list restricts the universe to it, in its order; a word no table rates stays, unrated."""
-  full = geometry.rated_words(["warriner:valence", "dal:pleasantness"])
+  full = geometry_inputs.rated_words(["warriner:valence", "dal:pleasantness"])
   dal = full.columns["dal:pleasantness"]
   some = [w for w in full.words[:50] if np.isfinite(dal[full.words.index(w)])][:5]
   words = [some[2], "zzznotaword", some[0], some[2]]
-  got = geometry.rated_words(["warriner:valence", "dal:pleasantness"], words=words)
+  got = geometry_inputs.rated_words(["warriner:valence", "dal:pleasantness"], words=words)
   assert got.words == (some[2], "zzznotaword", some[0])
   for tag in ("warriner:valence", "dal:pleasantness"):
     want = [full.columns[tag][full.words.index(w)] for w in (some[2], some[0])]

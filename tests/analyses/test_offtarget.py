@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxsem.analyses import offtarget
+from jaxsem.analyses import offtarget, offtarget_fits
 from jaxsem.errors import InputError
 from jaxsem.report import figures
 
@@ -191,19 +191,19 @@ def test_partial_correlation_matches_numpy():
   z = rng.normal(size=50)
   x = 0.7 * z + rng.normal(size=50)
   y = 0.5 * x - 0.8 * z + rng.normal(size=50)
-  got = offtarget.partial_correlation(y, x, z)
+  got = offtarget_fits.partial_correlation(y, x, z)
   assert got == pytest.approx(_numpy_partial(y, x, z), abs=1e-12)
   assert abs(got - np.corrcoef(y, x)[0, 1]) > 0.1  # controlling for z changes the answer
   z2 = np.column_stack([z, rng.normal(size=50)])
   design = np.column_stack([np.ones(50), z2])
   ry = y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
   rx = x - design @ np.linalg.lstsq(design, x, rcond=None)[0]
-  assert offtarget.partial_correlation(y, x, z2) == pytest.approx(np.corrcoef(ry, rx)[0, 1], abs=1e-12)
-  assert np.isnan(offtarget.partial_correlation(2.0 * z + 1.0, x, z))  # y is explained by z exactly
+  assert offtarget_fits.partial_correlation(y, x, z2) == pytest.approx(np.corrcoef(ry, rx)[0, 1], abs=1e-12)
+  assert np.isnan(offtarget_fits.partial_correlation(2.0 * z + 1.0, x, z))  # y is explained by z exactly
   with pytest.raises(InputError, match="needs y"):
-    offtarget.partial_correlation(y, x[:-1], z)
+    offtarget_fits.partial_correlation(y, x[:-1], z)
   with pytest.raises(InputError, match="at least 4 values"):
-    offtarget.partial_correlation(y[:2], x[:2], z[:2])
+    offtarget_fits.partial_correlation(y[:2], x[:2], z[:2])
 
 
 def test_pure_geometry_gives_partial_r_near_zero():
@@ -225,7 +225,7 @@ def test_pure_geometry_gives_partial_r_near_zero():
   assert dp["r_direct"] == pytest.approx(np.corrcoef(d[off], direct[off])[0, 1], abs=1e-12)
   assert dp["share_direct"] == pytest.approx(dp["r_direct"] ** 2, abs=1e-12)
   assert dp["partial_r"] == pytest.approx(_numpy_partial(d[off], cos[off], direct[off]), abs=1e-10)
-  helper = offtarget.partial_correlation(d[off], cos[off], direct[off])
+  helper = offtarget_fits.partial_correlation(d[off], cos[off], direct[off])
   assert dp["partial_r"] == pytest.approx(helper, abs=1e-10)
   design = np.column_stack([np.ones(off.sum()), cos[off], direct[off]])
   assert dp["slope_cos_given_direct"] == pytest.approx(np.linalg.lstsq(design, d[off], rcond=None)[0][1],

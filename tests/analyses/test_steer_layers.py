@@ -8,7 +8,7 @@ import pytest
 
 from jaxsem import sharding
 from jaxsem.analyses import grid as grid_lib
-from jaxsem.analyses import offtarget, readouts, steer
+from jaxsem.analyses import offtarget_depth, readouts, steer, steer_layers
 from jaxsem.errors import InputError
 from jaxsem.report import writers
 from tests.analyses import toy_model
@@ -122,16 +122,16 @@ def test_on_target_per_unit_and_depth_trend():
   e = np.zeros((5, 2, 2, 3))
   e[:, 0, :, 0] = np.array([-1.0, 1.0]) * 2.0  # scale 0 moves its column 2 per unit strength
   e[:, 1, :, 2] = np.array([-1.0, 1.0]) * 4.0
-  out = offtarget.on_target_per_unit(e, [-1.0, 1.0], [0, 2], 0, n_boot=20)
+  out = offtarget_depth.on_target_per_unit(e, [-1.0, 1.0], [0, 2], 0, n_boot=20)
   assert out["per_scale"] == [2.0, 4.0] and out["mean"] == 3.0 and out["ci"] == [3.0, 3.0]
-  grows = offtarget.depth_trend(range(8), [0.1, 0.2, 0.25, 0.5, 0.55, 0.6, 0.62, 0.7])
+  grows = offtarget_depth.depth_trend(range(8), [0.1, 0.2, 0.25, 0.5, 0.55, 0.6, 0.62, 0.7])
   assert grows["spearman_rho"] == pytest.approx(1.0) and grows["direction"] == "grows"
   assert grows["p_value"] == pytest.approx(2 / 40320, abs=2e-3) and grows["n_layers"] == 8
-  shrinks = offtarget.depth_trend(range(8), [0.9, 0.8, 0.85, 0.5, 0.4, 0.3, 0.35, 0.1])
+  shrinks = offtarget_depth.depth_trend(range(8), [0.9, 0.8, 0.85, 0.5, 0.4, 0.3, 0.35, 0.1])
   assert shrinks["spearman_rho"] < -0.9 and shrinks["direction"] == "shrinks"
-  flat = offtarget.depth_trend(range(8), [0.3, 0.5, 0.2, 0.6, 0.1, 0.5, 0.3, 0.4])
+  flat = offtarget_depth.depth_trend(range(8), [0.3, 0.5, 0.2, 0.6, 0.1, 0.5, 0.3, 0.4])
   assert flat["direction"] == "no clear trend" and flat["p_value"] > 0.05
-  assert offtarget.depth_trend([0, 1, 2], [0.5, None, 0.1])["spearman_rho"] is None
+  assert offtarget_depth.depth_trend([0, 1, 2], [0.5, None, 0.1])["spearman_rho"] is None
 
 
 def test_write_steer_over_layers_writes_figures_and_digest_line(model, layers_run, scales_file, tmp_path):
@@ -157,12 +157,12 @@ def test_write_steer_over_layers_writes_figures_and_digest_line(model, layers_ru
 def test_bad_layers_are_one_clear_error(model, scales_file, kw, needles):
   opts = dataclasses.replace(_opts(scales_file), **kw)
   with pytest.raises(InputError) as e:
-    steer.check_layers(opts, model.config.n_layers)
+    steer_layers.check_layers(opts, model.config.n_layers)
   for needle in needles:
     assert needle in str(e.value)
-  assert steer.check_layers(_opts(scales_file, layers="2,0,0"), 4) == ((0, 2), (0,))
+  assert steer_layers.check_layers(_opts(scales_file, layers="2,0,0"), 4) == ((0, 2), (0,))
   every = _opts(scales_file, site="resid_pre", compare_layers="all")
-  assert steer.check_layers(every, 4) == ((0, 1, 2, 3),) * 2
+  assert steer_layers.check_layers(every, 4) == ((0, 1, 2, 3),) * 2
 
 
 @pytest.mark.slow
