@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxsem.errors import InputError
 from jaxsem.io import host_memory
 from jaxsem.models import params as params_lib
-from jaxsem.models.config import ModelConfig
+from jaxsem.models.families import leaf_table as leaves_lib
 
 MESH_AXES = ("data", "model")
 # The mesh of a run without --mesh: every device on the model axis (one device: 1 x 1).
@@ -47,28 +47,8 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | None], ...] = (
     ("scales", "data"),
 )
 
-# param leaf path -> logical axes of its dimensions.
-PARAM_AXES: dict[str, tuple[str, ...]] = {
-    "embed": ("vocab", "embed"),
-    "unembed": ("vocab", "embed"),
-    "final_norm": ("embed",),
-    "blocks/attn_norm": ("layers", "embed"),
-    "blocks/q": ("layers", "embed", "heads", "head_dim"),
-    "blocks/k": ("layers", "embed", "kv_heads", "head_dim"),
-    "blocks/v": ("layers", "embed", "kv_heads", "head_dim"),
-    "blocks/o": ("layers", "heads", "head_dim", "embed"),
-    "blocks/q_bias": ("layers", "heads", "head_dim"),
-    "blocks/k_bias": ("layers", "kv_heads", "head_dim"),
-    "blocks/v_bias": ("layers", "kv_heads", "head_dim"),
-    "blocks/q_norm": ("layers", "head_dim"),
-    "blocks/k_norm": ("layers", "head_dim"),
-    "blocks/post_attn_norm": ("layers", "embed"),
-    "blocks/mlp_norm": ("layers", "embed"),
-    "blocks/gate": ("layers", "embed", "mlp"),
-    "blocks/up": ("layers", "embed", "mlp"),
-    "blocks/down": ("layers", "mlp", "embed"),
-    "blocks/post_mlp_norm": ("layers", "embed"),
-}
+# param leaf path -> logical axes of its dimensions, read from the leaf table.
+PARAM_AXES: dict[str, tuple[str, ...]] = leaves_lib.PARAM_AXES
 
 _VOCAB_LEAVES = ("embed", "unembed")
 
@@ -158,7 +138,7 @@ def pad_vocab(array: np.ndarray, multiple: int) -> np.ndarray:
 def param_sharding(path: str, shape: tuple[int, ...], mesh: Mesh) -> NamedSharding:
   """NamedSharding of the param leaf ``path`` (e.g. ``"blocks/q"``)."""
   if path not in PARAM_AXES:
-    raise KeyError(f"no logical axes for param {path!r}; add it to PARAM_AXES")
+    raise KeyError(f"no logical axes for param {path!r}; add it to jaxsem.models.families.leaf_table")
   return NamedSharding(mesh, logical_to_spec(PARAM_AXES[path], shape, mesh))
 
 

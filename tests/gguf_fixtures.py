@@ -9,9 +9,9 @@ Typical use::
 
 Params are in jaxsem's layout (see ``jaxsem.models.config``). The writer converts
 them as the converter does: weights become ``[out, in]`` matrices, llama Q/K rows (and
-biases) are permuted to interleaved-RoPE order, Gemma norms are stored as ``1 + w``
-(which is the multiplier the params already hold), Llama 3.1 RoPE scaling becomes a
-``rope_freqs.weight`` tensor, and metadata keys use llama.cpp's names. Norms and
+biases) are permuted to interleaved-RoPE order (not those of qwen2/qwen3/gemma3), Gemma
+norms are stored as ``1 + w`` (which is the multiplier the params already hold), Llama 3.1
+RoPE scaling becomes a ``rope_freqs.weight`` tensor, and metadata keys use llama.cpp's names. Norms and
 biases are always F32, as in llama.cpp.
 
 Quantization uses ``gguf.quants`` for the types it can quantize and small reference
@@ -45,6 +45,17 @@ def tiny_llama_config(*, tied: bool = True, n_layers: int = 2, vocab_size: int =
       family="llama", vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
       n_kv_heads=n_kv_heads, head_dim=head_dim, d_ff=d_ff, norm_eps=1e-5, rope_theta=rope_theta,
       rope_scaling=rope_scaling, qkv_bias=qkv_bias, tie_embeddings=tied, max_position=256,
+      bos_token_id=BOS, eos_token_ids=(EOS,), pad_token_id=PAD)
+
+
+def tiny_qwen_config(family: str, *, tied: bool = True, n_layers: int = 2, vocab_size: int = 96,
+                     d_model: int = 64, n_heads: int = 4, n_kv_heads: int = 2, head_dim: int = 32,
+                     d_ff: int = 96) -> ModelConfig:
+  """A small Qwen 2.5 (``"qwen2"``: q/k/v biases) or Qwen 3 (``"qwen3"``: q/k norms) config."""
+  return ModelConfig(
+      family=family, vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
+      n_kv_heads=n_kv_heads, head_dim=head_dim, d_ff=d_ff, norm_eps=1e-6, rope_theta=1e6,
+      qkv_bias=family == "qwen2", qk_norm=family == "qwen3", tie_embeddings=tied, max_position=256,
       bos_token_id=BOS, eos_token_ids=(EOS,), pad_token_id=PAD)
 
 
@@ -245,7 +256,7 @@ def _llama3_rope_freqs(s: RopeScaling, theta: float, dim: int) -> np.ndarray:
 
 def gguf_metadata(config: ModelConfig, name: str = "tiny") -> dict[str, tuple[Any, GGUFValueType]]:
   """llama.cpp-named metadata for ``config``: key -> (value, GGUF value type)."""
-  a = "gemma3" if config.family == "gemma3" else "llama"
+  a = config.family  # the GGUF architecture of each family has the family's name
   u32, f32, s = GGUFValueType.UINT32, GGUFValueType.FLOAT32, GGUFValueType.STRING
   arr = GGUFValueType.ARRAY
   m: dict[str, tuple[Any, GGUFValueType]] = {
@@ -258,7 +269,7 @@ def gguf_metadata(config: ModelConfig, name: str = "tiny") -> dict[str, tuple[An
       f"{a}.attention.layer_norm_rms_epsilon": (config.norm_eps, f32),
       f"{a}.rope.freq_base": (config.rope_theta, f32),
   }
-  if a == "llama":
+  if a != "gemma3":
     m[f"{a}.rope.dimension_count"] = (config.head_dim, u32)
     m[f"{a}.vocab_size"] = (config.vocab_size, u32)
     if config.head_dim != config.d_model // config.n_heads:
@@ -296,7 +307,7 @@ def write_gguf(path: str | os.PathLike, config: ModelConfig, params: Mapping[str
 
   Args:
     path: destination.
-    config: the model; its family picks the ``llama`` or ``gemma3`` architecture.
+    config: the model; its family names the architecture (``llama``, ``gemma3``, ``qwen2``, ``qwen3``).
     params: jaxsem-layout params (e.g. ``random_params(config)``).
     types: GGML type name for every 2-D weight, or a mapping from leaf name (``"embed"``,
       ``"unembed"``, ``"q"``, ``"k"``, ``"v"``, ``"o"``, ``"gate"``, ``"up"``, ``"down"``) to

@@ -33,6 +33,12 @@ def _qwen2_bias():
                                   rope_theta=1_000_000.0, tie_word_embeddings=True)
 
 
+def _qwen3_qk_norm():
+  # head_dim * heads (96) differs from hidden_size (64), as in the real Qwen 3 models.
+  return transformers.Qwen3Config(**dict(_COMMON, head_dim=24), num_hidden_layers=2, num_key_value_heads=2,
+                                  rope_theta=1_000_000.0, tie_word_embeddings=False)
+
+
 def _mistral_window():
   return transformers.MistralConfig(**_COMMON, num_hidden_layers=2, num_key_value_heads=2,
                                     sliding_window=5, tie_word_embeddings=False)
@@ -57,6 +63,7 @@ CONFIGS = {
     "llama_gqa": _llama_gqa,              # untied, grouped-query attention
     "llama3_rope": _llama3_rope,          # tied, llama3 RoPE scaling, one kv head
     "qwen2_bias": _qwen2_bias,            # tied, q/k/v biases
+    "qwen3_qk_norm": _qwen3_qk_norm,      # untied, q/k RMS norm per head, head_dim * heads != hidden
     "mistral_window": _mistral_window,    # untied, sliding window on every layer
     "gemma3": _gemma3,                    # tied, local + global layers, linear RoPE on global
     "gemma3_softcap_untied": _gemma3_softcap_untied,

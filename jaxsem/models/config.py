@@ -1,7 +1,9 @@
 """ModelConfig: one frozen description of every architecture jaxsem runs.
 
-Llama-like models (Llama 2/3, SmolLM, Mistral, Qwen2) and Gemma 3 share one forward
-pass; the fields below switch the family-specific pieces on and off. The config is
+Llama-like models (Llama 2/3, SmolLM, Mistral, Qwen 2.5, Qwen 3) and Gemma 3 share one
+forward pass; the fields below switch the family-specific pieces on and off. How each
+family's checkpoints map to these fields, and the leaf table behind the layout below,
+live in ``jaxsem.models.families``. The config is
 hashable so it can be a static argument of ``jax.jit``.
 
 Params layout (a plain dict pytree; ``L`` layers, ``D`` d_model, ``H`` heads, ``K`` kv
@@ -16,7 +18,7 @@ heads, ``Dh`` head_dim, ``F`` d_ff, ``V`` vocab)::
       k, v           [L, D, K, Dh]
       o              [L, H, Dh, D]
       q_bias         [L, H, Dh]    only when ``qkv_bias``; likewise k_bias, v_bias [L, K, Dh]
-      q_norm, k_norm [L, Dh]       only when ``qk_norm`` (Gemma 3)
+      q_norm, k_norm [L, Dh]       only when ``qk_norm`` (Gemma 3, Qwen 3)
       post_attn_norm [L, D]        only when ``post_norms`` (Gemma 3)
       mlp_norm       [L, D]        pre-MLP RMSNorm multiplier
       gate, up       [L, D, F]
@@ -64,7 +66,8 @@ class ModelConfig:
   """Architecture of a decoder-only transformer (no weights).
 
   Attributes:
-    family: ``"llama"`` (Llama, SmolLM, Mistral, Qwen2) or ``"gemma3"``.
+    family: a name in ``jaxsem.models.families.FAMILIES``: ``"llama"`` (Llama, SmolLM,
+      Mistral), ``"gemma3"``, ``"qwen2"`` (Qwen 2 / 2.5) or ``"qwen3"``.
     vocab_size: rows of the embedding matrix.
     d_model: residual stream width.
     n_layers: number of transformer blocks.
@@ -80,8 +83,8 @@ class ModelConfig:
       ``q_pos - k_pos < sliding_window``); None for no local layers.
     local_layers: per-layer flags, True where the layer uses the sliding window.
     activation: ``"silu"`` (SwiGLU) or ``"gelu_tanh"`` (GeGLU, Gemma).
-    qkv_bias: Q/K/V projections have biases (Qwen2).
-    qk_norm: RMSNorm on each query/key head before RoPE (Gemma 3).
+    qkv_bias: Q/K/V projections have biases (Qwen 2.5; some llama GGUFs).
+    qk_norm: RMSNorm on each query/key head before RoPE (Gemma 3, Qwen 3).
     post_norms: RMSNorm after attention and after the MLP, before the residual add (Gemma).
     embed_scale: multiplier applied to embedding rows (Gemma: sqrt(d_model), rounded
       to the compute dtype as the reference does; llama: 1).
@@ -125,8 +128,9 @@ class ModelConfig:
   pad_token_id: int | None = None
 
   def __post_init__(self):
-    if self.family not in ("llama", "gemma3"):
-      raise ValueError(f"unknown model family {self.family!r}; expected 'llama' or 'gemma3'")
+    from jaxsem.models import families  # the family files build ModelConfigs themselves
+
+    families.get(self.family)  # ValueError naming the known families
     if self.activation not in ("silu", "gelu_tanh"):
       raise ValueError(f"unknown activation {self.activation!r}")
     for name in _SIZES + (("sliding_window",) if self.sliding_window is not None else ()):

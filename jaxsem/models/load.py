@@ -14,11 +14,13 @@ from jaxsem import sharding as sharding_lib
 from jaxsem.errors import InputError
 from jaxsem.io import assets
 from jaxsem.io import gguf_file
-from jaxsem.io import gguf_params
 from jaxsem.io import hf_checkpoint
 from jaxsem.io import params_cache as params_cache_lib
 from jaxsem.io import tokenizer as tokenizer_lib
 from jaxsem.io import tokenizer_cache
+from jaxsem.models import families
+from jaxsem.models import gguf_load
+from jaxsem.models import hf_load
 from jaxsem.models.model import Model
 from jaxsem.progress import Progress
 
@@ -130,7 +132,7 @@ def load(name_or_path: str | os.PathLike = assets.DEFAULT_MODEL, *, mesh: Mesh |
   }
   if resolved.kind == "gguf":
     with gguf_file.GGUFFile(resolved.path) as f:
-      config = gguf_params.read_config(f)
+      config = gguf_load.read_config(f)
       report = Progress(f"load {resolved.name}", config.n_params, unit="params") if progress else None
       # The tokenizer first: the transient memory of building (or reading) it is free
       # again before the params arrive, so the two peaks do not add up.
@@ -141,22 +143,22 @@ def load(name_or_path: str | os.PathLike = assets.DEFAULT_MODEL, *, mesh: Mesh |
                    "token_embd.weight")
       params, cache_info = params_cache_lib.cached_params(
           f.path, config, dtype, mesh, use_cache=params_cache,
-          build=lambda: gguf_params.load_gguf_params(f, config, dtype=np.float32, place=place, progress=report))
-      file_prov = _merge_file_provenance(provenance, gguf_params.gguf_provenance(f, config))
+          build=lambda: gguf_load.load_gguf_params(f, config, dtype=np.float32, place=place, progress=report))
+      file_prov = _merge_file_provenance(provenance, gguf_load.gguf_provenance(f, config))
       counts = file_prov.get("quant_types", {})
       provenance["quantization"] = ", ".join(f"{k} x{v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
   else:
     config_json, tokenizer_path, _ = hf_checkpoint.read_hf_dir(resolved.path)
-    config = hf_checkpoint.config_from_hf(config_json, str(resolved.path))
+    config = families.config_from_hf(config_json, str(resolved.path))
     report = Progress(f"load {resolved.name}", config.n_params, unit="params") if progress else None
     tokenizer = tokenizer_lib.tokenizer_from_json(tokenizer_path)
     _check_vocab(_hf_token_ids(tokenizer), config.vocab_size, tokenizer.provenance()["source"],
                  "vocab_size in config.json")
     params, cache_info = params_cache_lib.cached_params(
         resolved.path, config, dtype, mesh, use_cache=params_cache,
-        build=lambda: hf_checkpoint.load_hf_params(resolved.path, config, dtype=np.float32, place=place,
+        build=lambda: hf_load.load_hf_params(resolved.path, config, dtype=np.float32, place=place,
                                                    progress=report))
-    _merge_file_provenance(provenance, hf_checkpoint.hf_provenance(config_json, config))
+    _merge_file_provenance(provenance, hf_load.hf_provenance(config_json, config))
     provenance.setdefault("quantization", "none (safetensors)")
   provenance.update({
       "input_embedding": "embed",

@@ -5,36 +5,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxsem.models import families
 from jaxsem.models.config import ModelConfig
 
 
 def param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-  """Leaf path (``"embed"``, ``"blocks/q"`` ...) -> shape, as documented in config.py."""
-  c = config
-  L, D, H, K, Dh, F, V = (c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, c.d_ff,
-                          c.vocab_size)
-  shapes = {
-      "embed": (V, D),
-      "final_norm": (D,),
-      "blocks/attn_norm": (L, D),
-      "blocks/q": (L, D, H, Dh),
-      "blocks/k": (L, D, K, Dh),
-      "blocks/v": (L, D, K, Dh),
-      "blocks/o": (L, H, Dh, D),
-      "blocks/mlp_norm": (L, D),
-      "blocks/gate": (L, D, F),
-      "blocks/up": (L, D, F),
-      "blocks/down": (L, F, D),
-  }
-  if not c.tie_embeddings:
-    shapes["unembed"] = (V, D)
-  if c.qkv_bias:
-    shapes.update({"blocks/q_bias": (L, H, Dh), "blocks/k_bias": (L, K, Dh), "blocks/v_bias": (L, K, Dh)})
-  if c.qk_norm:
-    shapes.update({"blocks/q_norm": (L, Dh), "blocks/k_norm": (L, Dh)})
-  if c.post_norms:
-    shapes.update({"blocks/post_attn_norm": (L, D), "blocks/post_mlp_norm": (L, D)})
-  return shapes
+  """Leaf path (``"embed"``, ``"blocks/q"`` ...) -> shape, from the family's leaf table."""
+  return {leaf.path: leaf.shape(config) for leaf in families.leaves(config)}
 
 
 def unflatten(flat: dict[str, object]) -> dict:

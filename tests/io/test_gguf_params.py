@@ -1,4 +1,4 @@
-"""GGUF -> ModelConfig + params: synthetic round trips, broken files, and the real embedded models."""
+"""GGUF -> ModelConfig + params (jaxsem.models.gguf_load): synthetic round trips, broken files, and the real embedded models."""
 
 import gc
 import math
@@ -15,7 +15,9 @@ from gguf import GGMLQuantizationType as T
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxsem.errors import InputError
-from jaxsem.io import gguf_params as gp
+from jaxsem.models import families
+from jaxsem.models import gguf_load as gp
+from jaxsem.models.families import gguf_config
 from jaxsem.io.gguf_file import GGUFFile
 from jaxsem.models.config import RopeScaling
 from tests import gguf_fixtures as fx
@@ -65,6 +67,9 @@ ROUND_TRIPS = {
         lambda: fx.tiny_gemma3_config(n_layers=4, local_layers=(True, False, True, True),
                                       final_softcap=30.0, rope_scaling=RopeScaling("linear", 8.0)),
         {"*": "Q5_0", "v": "Q8_0", "embed": "Q8_0", "down": "F16"}),
+    "qwen2_bias_f32": (lambda: fx.tiny_qwen_config("qwen2"), "F32"),
+    "qwen3_qk_norm_untied_q8": (lambda: fx.tiny_qwen_config("qwen3", tied=False, n_heads=8),
+                                {"*": "Q8_0", "embed": "F16"}),
 }
 
 
@@ -166,19 +171,19 @@ def _gemma_metadata(**over):
 
 
 def test_gemma3_27b_query_scale_and_defaults():
-  config = gp.config_from_gguf(_gemma_metadata(), "g27.gguf")
+  config = families.config_from_gguf(_gemma_metadata(), "g27.gguf")
   assert math.isclose(config.query_scale, 168 ** -0.5)
   assert math.isclose(config.embed_scale, math.sqrt(5376))
   assert config.local_layers == tuple((i + 1) % 6 != 0 for i in range(62))
   assert config.rope_local_theta == 10000.0 and config.rope_theta == 1e6
   assert config.final_softcap is None and config.vocab_size == 1000
   assert config.eos_token_ids == (1, 106)
-  smaller = gp.config_from_gguf(_gemma_metadata(**{"gemma3.block_count": 34}), "g4.gguf")
+  smaller = families.config_from_gguf(_gemma_metadata(**{"gemma3.block_count": 34}), "g4.gguf")
   assert math.isclose(smaller.query_scale, 128 ** -0.5)
 
 
 def test_gemma3_integer_sliding_window_pattern():
-  config = gp.config_from_gguf(_gemma_metadata(**{"gemma3.attention.sliding_window_pattern": 3,
+  config = families.config_from_gguf(_gemma_metadata(**{"gemma3.attention.sliding_window_pattern": 3,
                                                   "gemma3.block_count": 7}), "g.gguf")
   assert config.local_layers == (True, True, False, True, True, False, True)
 
@@ -187,12 +192,12 @@ def test_gemma3_integer_sliding_window_pattern():
 def test_llama3_scaling_recovered_from_rope_freqs(low, high, factor):
   scaling = RopeScaling("llama3", factor, low, high, 8192)
   freqs = fx._llama3_rope_freqs(scaling, 500000.0, 128)
-  got = gp.llama3_scaling_from_freqs(freqs.astype(np.float64), 500000.0, 128, 8192)
+  got = gguf_config.llama3_scaling_from_freqs(freqs.astype(np.float64), 500000.0, 128, 8192)
   assert got.kind == "llama3" and got.factor == factor
-  np.testing.assert_allclose(gp.llama3_factors(got, 500000.0, 128), freqs, rtol=1e-5)
+  np.testing.assert_allclose(gguf_config.llama3_factors(got, 500000.0, 128), freqs, rtol=1e-5)
   assert math.isclose(got.low_freq_factor, low, rel_tol=1e-3)
   assert math.isclose(got.high_freq_factor, high, rel_tol=1e-3)
-  assert gp.llama3_scaling_from_freqs(np.ones(64), 500000.0, 128, 8192) is None
+  assert gguf_config.llama3_scaling_from_freqs(np.ones(64), 500000.0, 128, 8192) is None
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -282,7 +287,7 @@ def test_rope_freqs_not_llama3(tiny_file):
 def test_config_not_from_this_file(tiny_file):
   path = tiny_file()
   with GGUFFile(path) as f:
-    config = gp.config_from_gguf(f.metadata, path)  # no tensor index: assumed tied
+    config = families.config_from_gguf(f.metadata, path)  # no tensor index: assumed tied
     assert config.tie_embeddings
     with pytest.raises(InputError, match="output.weight"):
       gp.load_gguf_params(f, config)
@@ -335,6 +340,7 @@ def test_load_reports_progress_up_to_every_param(tmp_path):
   with GGUFFile(path) as f:
     gp.load_gguf_params(f, gp.read_config(f), progress=lambda done, total: calls.append((done, total)))
   done = [d for d, _ in calls]
-  assert len(calls) == 2 + 3 * len(gp.block_leaves(config, False))
+  stacked = [leaf for leaf in families.leaves(config) if leaf.stacked]
+  assert len(calls) == 2 + 3 * len(stacked)
   assert all(b > a for a, b in zip(done, done[1:]))
   assert {t for _, t in calls} == {config.n_params} and done[-1] == config.n_params

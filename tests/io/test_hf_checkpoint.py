@@ -1,4 +1,5 @@
-"""Loading Hugging Face snapshots that transformers itself saved: the layout against its state dicts.
+"""Loading Hugging Face snapshots that transformers itself saved: the layout against its state dicts
+(``jaxsem.io.hf_checkpoint`` reads the files, ``jaxsem.models.hf_load`` maps them).
 
 Slow: needs torch and transformers (the reference). The same loader's configs, layout and bad
 input are checked without them in ``test_hf_checkpoint_input.py``.
@@ -20,6 +21,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from jaxsem.io import hf_checkpoint as hc  # noqa: E402
+from jaxsem.models import families  # noqa: E402
+from jaxsem.models import hf_load  # noqa: E402
 from jaxsem.models import params as params_lib  # noqa: E402
 from jaxsem.models.config import RopeScaling  # noqa: E402
 from tests import hf_fixtures as fx  # noqa: E402
@@ -27,9 +30,20 @@ from tests.io.test_hf_checkpoint_input import GEMMA3_1B_STYLE  # noqa: E402
 from tests.io.test_hf_checkpoint_input import GEMMA3_4B_STYLE  # noqa: E402
 from tests.io.test_hf_checkpoint_input import LLAMA31_STYLE  # noqa: E402
 from tests.io.test_hf_checkpoint_input import _assert_equal_flat  # noqa: E402
-from tests.io.test_hf_checkpoint_input import expected_params  # noqa: E402
+from tests.io.test_hf_checkpoint_input import expected_params as _expected_common  # noqa: E402
 
 pytestmark = pytest.mark.slow
+
+
+def expected_params(sd: dict[str, np.ndarray], config, prefix: str = "model.") -> dict[str, np.ndarray]:
+  """The documented layout written out independently of the loader, with Qwen 3's q/k norms
+  (the multiplier itself, no ``+1``)."""
+  flat = _expected_common(sd, config, prefix)
+  if config.qk_norm and config.family != "gemma3":
+    for name in ("q_norm", "k_norm"):
+      flat[f"blocks/{name}"] = np.stack([sd[f"{prefix}layers.{i}.self_attn.{name}.weight"]
+                                         for i in range(config.n_layers)])
+  return flat
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +70,9 @@ def test_params_equal_state_dict(saved, name):
   assert tokenizer is None and files == [os.path.join(d, "model.safetensors")]
   with warnings.catch_warnings():
     warnings.simplefilter("error")  # every tensor is used, nothing is unsupported
-    config = hc.config_from_hf(config_json, d)
+    config = families.config_from_hf(config_json, d)
     calls = []
-    params = hc.load_hf_params(d, config, progress=lambda done, total: calls.append((done, total)))
+    params = hf_load.load_hf_params(d, config, progress=lambda done, total: calls.append((done, total)))
   expected = expected_params(fx.state_dict(model), config)
   assert [t for _, t in calls] == [config.n_params] * len(calls) and calls[-1][0] == config.n_params
   assert all(b[0] > a[0] for a, b in zip(calls, calls[1:]))
@@ -73,13 +87,14 @@ def test_sharded_checkpoint_loads_the_same(saved, tmp_path):
   _, _, files = hc.read_hf_dir(sharded)
   assert os.path.isfile(os.path.join(sharded, "model.safetensors.index.json"))
   assert len(files) > 3
-  config = hc.config_from_hf(hc.read_hf_dir(d)[0], d)
-  _assert_equal_flat(hc.load_hf_params(sharded, config), params_lib.flatten(hc.load_hf_params(d, config)))
+  config = families.config_from_hf(hc.read_hf_dir(d)[0], d)
+  want = params_lib.flatten(hf_load.load_hf_params(d, config))
+  _assert_equal_flat(hf_load.load_hf_params(sharded, config), want)
 
 
 def test_place_called_once_per_complete_leaf(saved):
   model, d = saved("qwen2_bias")
-  config = hc.config_from_hf(hc.read_hf_dir(d)[0], d)
+  config = families.config_from_hf(hc.read_hf_dir(d)[0], d)
   expected = expected_params(fx.state_dict(model), config)
   calls = []
 
@@ -88,7 +103,7 @@ def test_place_called_once_per_complete_leaf(saved):
     calls.append(path)
     return ("placed", path)
 
-  params = hc.load_hf_params(d, config, place=place)
+  params = hf_load.load_hf_params(d, config, place=place)
   assert sorted(calls) == sorted(expected)
   assert all(v == ("placed", k) for k, v in params_lib.flatten(params).items())
 
@@ -97,10 +112,10 @@ def test_bfloat16_checkpoint(saved, tmp_path):
   model, _ = saved("gemma3")
   bf16 = fx.build("gemma3").to(torch.bfloat16)
   d = fx.save(bf16, str(tmp_path / "bf16"))
-  config = hc.config_from_hf(hc.read_hf_dir(d)[0], d)
+  config = families.config_from_hf(hc.read_hf_dir(d)[0], d)
   sd = fx.state_dict(bf16)  # bf16 values, widened exactly to float32
-  _assert_equal_flat(hc.load_hf_params(d, config), expected_params(sd, config))
-  params = params_lib.flatten(hc.load_hf_params(d, config, dtype=ml_dtypes.bfloat16))
+  _assert_equal_flat(hf_load.load_hf_params(d, config), expected_params(sd, config))
+  params = params_lib.flatten(hf_load.load_hf_params(d, config, dtype=ml_dtypes.bfloat16))
   assert params["blocks/q"].dtype == ml_dtypes.bfloat16
   want = sd["model.layers.1.self_attn.q_proj.weight"].T.reshape(64, 4, 16)
   np.testing.assert_array_equal(params["blocks/q"][1].astype(np.float32), want)
@@ -118,11 +133,11 @@ def test_gemma3_multimodal_text_weights(tmp_path):
   model = transformers.Gemma3ForConditionalGeneration(cfg)
   fx.randomize(model, 0)
   d = fx.save(model, str(tmp_path / "mm"))
-  config = hc.config_from_hf(hc.read_hf_dir(d)[0], d)
+  config = families.config_from_hf(hc.read_hf_dir(d)[0], d)
   assert config.family == "gemma3" and config.n_layers == 2 and config.tie_embeddings
   text_sd = {f"model.{k}": v for k, v in fx.state_dict(model.model.language_model).items()}
   expected = expected_params(text_sd, config)
-  _assert_equal_flat(hc.load_hf_params(d, config), expected)
+  _assert_equal_flat(hf_load.load_hf_params(d, config), expected)
   # The newer layout names the text model "model.language_model.*"; both load the same.
   renamed = tmp_path / "renamed"
   renamed.mkdir()
@@ -130,7 +145,7 @@ def test_gemma3_multimodal_text_weights(tmp_path):
   with safetensors.safe_open(os.path.join(d, "model.safetensors"), "numpy") as f:
     tensors = {k.replace("language_model.model.", "model.language_model."): f.get_tensor(k) for k in f.keys()}
   safetensors.numpy.save_file(tensors, str(renamed / "model.safetensors"))
-  _assert_equal_flat(hc.load_hf_params(renamed, config), expected)
+  _assert_equal_flat(hf_load.load_hf_params(renamed, config), expected)
 
 
 # ----------------------------------------------------------------------------- configs
@@ -138,14 +153,14 @@ def test_gemma3_multimodal_text_weights(tmp_path):
 
 def test_gemma3_old_form_layer_types_match_the_reference():
   """The old form's sliding_window_pattern gives the layer types transformers reads from it."""
-  c = hc.config_from_hf(GEMMA3_1B_STYLE, "config.json")
+  c = families.config_from_hf(GEMMA3_1B_STYLE, "config.json")
   ref = transformers.Gemma3TextConfig(**{k: v for k, v in GEMMA3_1B_STYLE.items() if k != "torch_dtype"})
   assert c.local_layers == tuple(t == "sliding_attention" for t in ref.layer_types)
   assert not all(c.local_layers) and any(c.local_layers)
 
 
 def test_gemma3_multimodal_config_defaults():
-  c = hc.config_from_hf(GEMMA3_4B_STYLE, "config.json")
+  c = families.config_from_hf(GEMMA3_4B_STYLE, "config.json")
   ref = transformers.Gemma3Config(**GEMMA3_4B_STYLE).text_config
   assert (c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size) == (
       ref.num_attention_heads, ref.num_key_value_heads, ref.head_dim, ref.vocab_size)
@@ -157,7 +172,7 @@ def test_gemma3_multimodal_config_defaults():
 
 
 def test_llama31_old_and_new_rope_forms_agree():
-  old = hc.config_from_hf(LLAMA31_STYLE, "config.json")
+  old = families.config_from_hf(LLAMA31_STYLE, "config.json")
   new_json = json.loads(transformers.LlamaConfig(**LLAMA31_STYLE).to_json_string())
   assert "rope_parameters" in new_json
-  assert hc.config_from_hf(new_json, "config.json") == old
+  assert families.config_from_hf(new_json, "config.json") == old

@@ -16,7 +16,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from jaxsem import sharding  # noqa: E402
-from jaxsem.io import hf_checkpoint as hc  # noqa: E402
+from jaxsem.models import hf_load as hc  # noqa: E402
 from jaxsem.models.forward import forward  # noqa: E402
 from tests import hf_fixtures as fx  # noqa: E402
 
@@ -71,6 +71,8 @@ def test_logits_match_transformers(case, name):
     ("gemma3", {"rope_scaling": None}),
     ("llama3_rope", {"rope_scaling": None}),
     ("gemma3", {"rope_local_theta": 1_000_000.0}),
+    ("qwen2_bias", {"qkv_bias": False}),
+    ("qwen3_qk_norm", {"qk_norm": False}),
 ])
 def test_fixture_features_matter(case, name, change):
   """The parity above is meaningful: each feature changes the logits of this batch."""
@@ -93,7 +95,7 @@ def test_gemma3_attn_softcap_in_config_is_ignored_like_the_reference(tmp_path):
   assert np.abs(capped[valid] - ref[valid]).max() > 1e-3
 
 
-@pytest.mark.parametrize("name", ["gemma3_softcap_untied", "qwen2_bias"])
+@pytest.mark.parametrize("name", ["gemma3_softcap_untied", "qwen2_bias", "qwen3_qk_norm"])
 def test_sharded_equals_unsharded(case, name):
   config, params, ids, mask, _ = case(name)
   mesh = sharding.make_mesh("data:2,model:4")

@@ -1,0 +1,151 @@
+"""Hugging Face snapshot directory -> (ModelConfig, params), by the families' leaf table.
+
+Weights are read one tensor at a time (``jaxsem.io.hf_checkpoint``), converted to the
+layout documented in ``jaxsem.models.config`` by each leaf's converter, stacked into one
+preallocated ``[L, ...]`` buffer per leaf, and handed to ``place`` as soon as the leaf is
+complete. Stacked leaves are named ``{prefix}layers.{i}.{leaf.hf}``, the others
+``{prefix}{leaf.hf}``; the output head is ``lm_head.weight``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from jaxsem.errors import InputError
+from jaxsem.io import hf_checkpoint
+from jaxsem.io import host_memory
+from jaxsem.models import families
+from jaxsem.models.config import ModelConfig
+from jaxsem.models.families import leaf_table as leaves_lib
+
+Place = Callable[[str, np.ndarray], Any]
+
+# Prefixes of the text model inside a checkpoint, tried in order.
+_PREFIXES = ("model.language_model.", "language_model.model.", "model.", "")
+_LM_HEADS = ("lm_head.weight", "language_model.lm_head.weight")
+
+
+def config_from_hf(config_json: dict[str, Any], path: str) -> ModelConfig:
+  """See ``jaxsem.models.families.config_from_hf``."""
+  return families.config_from_hf(config_json, path)
+
+
+def block_leaves(config: ModelConfig) -> dict[str, tuple[str, tuple[int, ...], Callable]]:
+  """Leaf path -> (HF name under ``layers.{i}.``, HF shape, converter to one layer's slot)."""
+  out = {}
+  for leaf in families.leaves(config):
+    if leaf.stacked:
+      slot = leaf.slot_shape(config)
+      out[leaf.path] = (leaf.hf, leaf.file_shape(config), lambda w, leaf=leaf, slot=slot: leaves_lib.convert(
+          leaf, w, slot, offset=leaf.hf_offset))
+  return out
+
+
+def _prefix(tensors: hf_checkpoint.Tensors, directory: str) -> str:
+  for p in _PREFIXES:
+    if f"{p}embed_tokens.weight" in tensors.where:
+      return p
+  raise InputError(f"{directory}: no embed_tokens.weight tensor in the safetensors files; this is not "
+                   "a supported Hugging Face causal LM checkpoint.")
+
+
+def load_hf_params(directory: str | os.PathLike, config: ModelConfig, *, dtype: Any = np.float32,
+                   place: Place | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+  """Reads the weights of a snapshot directory into the jaxsem params layout.
+
+  Args:
+    directory: the snapshot directory (see ``hf_checkpoint.read_hf_dir``).
+    config: its ModelConfig (``config_from_hf``).
+    dtype: numpy dtype of the host buffers (``np.float32`` or ``ml_dtypes.bfloat16`` ...).
+    place: ``place(path, array)`` called once per complete leaf (``"embed"``,
+      ``"blocks/q"`` ...); its result is stored in the params. Default: keep the array.
+    progress: ``progress(params_done, params_total)`` after each tensor read.
+
+  Returns:
+    The nested params dict (``{"embed": ..., "blocks": {"q": ...}}``).
+
+  Raises:
+    InputError: a missing, unreadable or wrongly shaped tensor, naming the file.
+  """
+  d = os.fspath(directory)
+  place = place or (lambda path, array: array)
+  dtype = np.dtype(dtype)
+  params: dict[str, Any] = {"blocks": {}}
+  total, done = config.n_params, 0
+
+  def advance(n: int) -> None:
+    nonlocal done
+    done += n
+    if progress is not None:
+      progress(min(done, total), total)
+
+  with contextlib.ExitStack() as stack:
+    tensors = hf_checkpoint.Tensors(hf_checkpoint.read_hf_dir(d)[2], stack)
+    prefix = _prefix(tensors, d)
+    used = {"lm_head.weight"}
+
+    def need(name: str) -> str:
+      used.add(name)
+      if name not in tensors.where:
+        raise InputError(f"{d}: tensor {name} is missing from the safetensors files; the weights and "
+                         "config.json do not match.")
+      return name
+
+    def name_of(leaf: leaves_lib.Leaf, i: int | None) -> str:
+      if leaf.path == "unembed":
+        return need(next((n for n in _LM_HEADS if n in tensors.where), _LM_HEADS[0]))
+      return need(f"{prefix}{leaf.hf}" if i is None else f"{prefix}layers.{i}.{leaf.hf}")
+
+    for leaf in families.leaves(config):
+      file_shape, slot = leaf.file_shape(config), leaf.slot_shape(config)
+      if not leaf.stacked:
+        array = np.asarray(leaves_lib.convert(leaf, tensors.get(name_of(leaf, None), file_shape), slot,
+                                              offset=leaf.hf_offset), dtype=dtype)
+        params[leaf.path] = place(leaf.path, array)
+        advance(array.size)
+        del array
+        continue
+      buf = host_memory.aligned_empty(leaf.shape(config), dtype)
+      for i in range(config.n_layers):
+        w = tensors.get(name_of(leaf, i), file_shape)
+        buf[i] = leaves_lib.convert(leaf, w, slot, offset=leaf.hf_offset)
+        advance(buf[i].size)
+      params["blocks"][leaf.path.split("/", 1)[1]] = place(leaf.path, buf)
+      del buf
+  unused = sorted(n for n in tensors.where
+                  if n.startswith(prefix) and n not in used and "rotary_emb" not in n)
+  if unused:
+    warnings.warn(f"{d}: {len(unused)} tensors were not used (e.g. {', '.join(unused[:3])}); the "
+                  "architecture may have features jaxsem does not model.", stacklevel=2)
+  return params
+
+
+def hf_provenance(config_json: dict[str, Any], config: ModelConfig) -> dict[str, Any]:
+  """What was loaded and how, as a JSON-friendly dict."""
+  text = config_json.get("text_config") if config_json.get("model_type") == "gemma3" else config_json
+  text = text or {}
+  return {
+      "model_type": config_json.get("model_type"),
+      "architectures": config_json.get("architectures"),
+      "checkpoint_dtype": text.get("dtype", text.get("torch_dtype", config_json.get("torch_dtype"))),
+      "transformers_version": config_json.get("transformers_version"),
+      "embed_tensor": "embed_tokens.weight",
+      "unembed_tensor": "embed_tokens.weight" if config.tie_embeddings else "lm_head.weight",
+      "tied": config.tie_embeddings,
+      "norm_plus_one_folded": families.get(config.family).hf_norm_offset != 0.0,
+  }
+
+
+def load_hf(directory: str | os.PathLike, *, dtype: Any = np.float32,
+            place: Place | None = None) -> tuple[ModelConfig, dict[str, Any], str | None]:
+  """``(config, params, tokenizer_json_path or None)`` of a snapshot directory."""
+  config_json, tokenizer, _ = hf_checkpoint.read_hf_dir(directory)
+  config = families.config_from_hf(config_json, os.path.join(os.fspath(directory), "config.json"))
+  return config, load_hf_params(directory, config, dtype=dtype, place=place), tokenizer
