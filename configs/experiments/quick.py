@@ -37,11 +37,12 @@ def get_config() -> config_dict.ConfigDict:
   # The layer curve at newcomer size: fewer rated words, a smaller centring sample and fewer
   # resamples than launch.layers' defaults; no WordNet pair null or E/P/A tag null per site.
   config.layers = base.layers()
-  config.layers.n_words = 300
-  config.layers.stats_sample = 128
+  config.layers.n_words = 200
+  config.layers.stats_sample = 64
   config.layers.n_boot = 100
   config.layers.n_null = 100
   config.layers.n_tag_perms = 0
+  config.layers.geometry = False  # warriner alone tags too few scales; the geometry stage covers it
 
   config.steer = base.steer()
   config.steer.n_words = 96

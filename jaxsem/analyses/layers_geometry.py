@@ -23,6 +23,7 @@ from jaxsem.analyses import spaces as spaces_lib
 if TYPE_CHECKING:  # the layer run builds on this module
   from jaxsem.analyses.layers import LayerOptions, RatedTable
 
+OFF = "turned off (--geometry=false)"  # the skip reason when the relation was not asked for
 MIN_GEOMETRY_SCALES = 4  # six pairs: three pairs give a relation too loose to report
 
 
@@ -60,7 +61,7 @@ def build_inputs(model, scale_set, rated: list[RatedTable], opts: LayerOptions,
                               "p": "(1 + #null >= observed) / (1 + n_perm)", "alternative": "greater"}},
   }
   if not opts.geometry:
-    info["skipped"] = "turned off (--geometry=false)"
+    info["skipped"] = OFF
   elif k < MIN_GEOMETRY_SCALES:
     info["skipped"] = (f"only {k} scale(s) of {scale_set.name} carry a norm tag of {', '.join(tables)} "
                        f"({k * (k - 1) // 2} pairs); the relation needs at least {MIN_GEOMETRY_SCALES} "

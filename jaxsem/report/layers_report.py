@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxsem.analyses import layers_geometry
 from jaxsem.io import assets
 from jaxsem.report import figures
 from jaxsem.report import summary
@@ -148,7 +149,8 @@ def digest(result: dict[str, Any]) -> list[str]:
     value, p = max(cong, key=lambda vp: vp[0])
     lines.append(f"E/P/A congruence peaks at {p['site']} (mean {value:.2f}: " + ", ".join(
         f"{f}={v:+.2f}" for f, v in p["epa_congruence"].items()) + ")")
-  lines.append(_geometry_line(result))
+  if (result.get("geometry") or {}).get("skipped") != layers_geometry.OFF:  # asked for: measured or why not
+    lines.append(_geometry_line(result))
   cum = [(p["pca_cumulative_1_2_3"][-1], p) for p in points if p.get("pca_cumulative_1_2_3")]
   if cum:
     value, p = max(cum, key=lambda vp: vp[0])
