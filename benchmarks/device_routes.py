@@ -2,7 +2,7 @@
 
 Each ``Setup`` holds one architecture with random weights: the transformers model, built on
 the torch device with its own random init, and jaxsem's params read from the same weights
-through jaxsem's Hugging Face snapshot loader (``hf_checkpoint.load_hf``). Each route
+through jaxsem's Hugging Face snapshot loader (``hf_load.load_hf``). Each route
 function returns a dict of figures (``ours``/``peer`` throughput, ``flops`` of jaxsem's
 work, ``diff``: max |difference| of the two sides' outputs, ``scale``: the largest |output|).
 
@@ -97,7 +97,7 @@ def build(name: str, data: dict, device: str, seed: int = 0) -> Setup:
   import transformers
 
   from jaxsem import sharding
-  from jaxsem.io import hf_checkpoint
+  from jaxsem.models import hf_load
   from jaxsem.models.model import Model
 
   t0 = time.perf_counter()
@@ -108,7 +108,7 @@ def build(name: str, data: dict, device: str, seed: int = 0) -> Setup:
                                                        attn_implementation="sdpa").eval()
   with tempfile.TemporaryDirectory(prefix="device-check-") as tmp:
     tm.save_pretrained(tmp)
-    config, params, _ = hf_checkpoint.load_hf(tmp, dtype=np.float32, place=sharding.make_placer(None, np.float32))
+    config, params, _ = hf_load.load_hf(tmp, dtype=np.float32, place=sharding.make_placer(None, np.float32))
   model = Model(config=config, params=params, tokenizer=types.SimpleNamespace(pad_id=None),
                 provenance={"name": name, "dtype": "float32"})
   return Setup(name=name, torch_model=tm, model=model, device=device, setup_s=time.perf_counter() - t0)

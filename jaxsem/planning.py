@@ -46,7 +46,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxsem import experiment_config
 from jaxsem import sharding
 from jaxsem.errors import InputError
-from jaxsem.io import model_configs
 from jaxsem.kernels import projection
 from jaxsem.kernels import spectrum
 from jaxsem.kernels import steering
@@ -54,6 +53,7 @@ from jaxsem.models import interventions as iv_lib
 from jaxsem.models import params as params_lib
 from jaxsem.models.config import ModelConfig
 from jaxsem.models.kv_cache import PrefixCache
+from jaxsem.models import model_configs
 
 # Re-exported for the launcher: the architecture behind --model_config.
 load_model_config = model_configs.load_model_config

@@ -24,7 +24,7 @@ from jaxsem import cli
 from jaxsem import experiment_config
 from jaxsem.analyses import readouts, steer, steer_layers, steering_methods
 from jaxsem.errors import InputError
-from jaxsem.io import model_configs
+from jaxsem.models import model_configs
 from jaxsem.report import writers
 
 _DEFAULT = cli.define_config("steer")

@@ -1,7 +1,7 @@
 """Tiny Hugging Face snapshot directories written with numpy alone (no torch, no transformers).
 
 For tests of the loader's plumbing and its errors: missing files, bad tensors, vocabulary and
-context checks. Tensor names and shapes come from ``jaxsem.io.hf_checkpoint.block_leaves``, so
+context checks. Tensor names and shapes come from ``jaxsem.models.hf_load.block_leaves``, so
 these snapshots cannot catch a wrong layout; ``tests/io/test_hf_checkpoint.py`` checks the
 layout against transformers itself.
 """
@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import safetensors.numpy
 
-from jaxsem.io import hf_checkpoint as hc
+from jaxsem.models import families
+from jaxsem.models import hf_load
 
 LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 256, "hidden_size": 64,
          "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -28,14 +29,14 @@ QWEN2 = dict(LLAMA, model_type="qwen2", architectures=["Qwen2ForCausalLM"], tie_
 
 def state_dict(config_json: dict[str, Any], seed: int = 0) -> dict[str, np.ndarray]:
   """Random float32 tensors, HF name -> array, for the model ``config_json`` describes."""
-  config = hc.config_from_hf(config_json, "config.json")
+  config = families.config_from_hf(config_json, "config.json")
   rng = np.random.default_rng(seed)
   shapes = {"model.embed_tokens.weight": (config.vocab_size, config.d_model),
             "model.norm.weight": (config.d_model,)}
   if not config.tie_embeddings:
     shapes["lm_head.weight"] = (config.vocab_size, config.d_model)
   for i in range(config.n_layers):
-    for name, shape, _ in hc.block_leaves(config).values():
+    for name, shape, _ in hf_load.block_leaves(config).values():
       shapes[f"model.layers.{i}.{name}"] = shape
   return {name: (rng.standard_normal(shape) / np.sqrt(shape[-1])).astype(np.float32)
           for name, shape in shapes.items()}

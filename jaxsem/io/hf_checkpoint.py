@@ -119,19 +119,3 @@ class Tensors:
     raise InputError(f"{path}: tensor {name} has shape {list(found)} but config.json implies "
                      f"{list(shape)}; the weights and config.json do not match.")
 
-
-# ----------------------------------------------------------------------------- compatibility
-
-# Names that moved to ``jaxsem.models.hf_load`` / ``jaxsem.models.families``; still reachable
-# here for existing callers, imported on first use only.
-_MOVED = {"config_from_hf": "jaxsem.models.families", "SUPPORTED_MODEL_TYPES": "jaxsem.models.families",
-          "load_hf_params": "jaxsem.models.hf_load", "load_hf": "jaxsem.models.hf_load",
-          "hf_provenance": "jaxsem.models.hf_load", "block_leaves": "jaxsem.models.hf_load"}
-
-
-def __getattr__(name: str) -> Any:
-  if name in _MOVED:
-    import importlib
-
-    return getattr(importlib.import_module(_MOVED[name]), name)
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

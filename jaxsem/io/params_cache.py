@@ -1,60 +1,39 @@
-"""A cache of loaded params: dequantize a checkpoint once, restore the arrays after that.
+"""A store of array checkpoints: orbax entries, restored shard by shard with tensorstore and checked.
 
-The first ``jaxsem.load`` of a model saves its params, exactly as the loader produced
-them (dequantized, cast to the requested dtype), with orbax under
+This module knows the entry format and nothing of models: which arrays an entry must hold,
+and how an entry is keyed, belong to ``jaxsem.models.params_cache`` (the cache of loaded
+params that ``jaxsem.load`` uses). An entry lives under ``root()``:
 
-    cache_dir()/params/<source sha256>-<dtype>-<loader fingerprint>/
+    cache_dir()/params/<key>/
         orbax/              the orbax checkpoint (OCDBT, uncompressed, chunks of <= 8 MiB)
         checksums.<p>.json  a checksum of every block of the arrays process p saved
-        meta.json           key, dtype, config, leaf shapes, checksum files; written last
+        meta.json           the key, what the arrays are, the checksum files; written last
 
-Later loads of the same file and dtype restore from there, straight onto the target
-mesh: each process reads only the chunks of the shards its devices hold, with
+A restore reads, in each process, only the chunks of the shards its devices hold, with
 tensorstore (through memory maps), using the spec orbax gives for each array, into
 64-byte-aligned buffers that CPU devices adopt without a copy. (orbax's own restore
 stages every shard in a fresh ``np.zeros`` buffer and copies it again onto the device:
 for Gemma 3 270M on the 2-core test machine it took about twice as long and its peak
 resident memory was 0.3-0.5 GB above the params' 1 GB, where this one adds ~10 MB.)
 Files written before the reader mapped them are never truncated in place (a rewrite
-removes and recreates them), so the memory maps are safe. The key is
-
-* the sha256 of the source file(s) (a GGUF file, or a snapshot's config.json and
-  safetensors files); it is computed once and remembered in a small JSON record beside
-  the file's size, mtime, ctime and inode, so later calls only ``stat`` the file;
-* the dtype; and
-* a fingerprint of the cache format and of the loader's code (the modules that read
-  and dequantize checkpoints), so a fix to a dequantizer never meets stale params.
-  Entries of the same source and dtype left by older loader code are removed when a
-  new one is saved.
-
-The vocabulary leaves (``embed``, ``unembed``) are saved as they were placed: padded
-with zero rows to the first load's mesh (``sharding.pad_vocab``). A restore onto
-another mesh reads them into that mesh's padded shape: rows past the stored ones are
-zeros, and stored rows past the target (zeros too) are not read.
+removes and recreates them), so the memory maps are safe.
 
 Every array is checksummed in blocks: its shard as saved, split along its leading axes to
-at most ``CHUNK_BYTES`` (``jaxsem.io.params_checksums``). The sums are taken from the params
+at most ``CHUNK_BYTES`` (``jaxsem.io.params_checksums``). The sums are taken from the arrays
 in memory as they are saved and kept in a small JSON manifest per saving process, written
-atomically. A restore reads whole blocks (the shards of the saving mesh are, so only a restore onto another
-mesh reads a little more) and checks each block it read, in threads while later reads
-are in flight; a block that differs from its sum, a missing or damaged manifest, or an
-entry of an older layout (no manifest) is never served.
+atomically. A restore reads whole blocks (the shards of the saving mesh are, so only a
+restore onto another mesh reads a little more) and checks each block it read, in threads
+while later reads are in flight; a block that differs from its sum, a missing or damaged
+manifest, or an entry of an older layout (no manifest) is never served.
 
 An entry counts only once ``meta.json`` exists (orbax finalizes its own directory
-atomically, and the meta is written after it with ``atomic_write_text``) and agrees
-with the key and the source's config, its arrays have the shapes and dtype the config
-implies, and every block read matches its checksum. A damaged entry costs one warning
-line on stderr and a load from the source, which then rewrites the entry. A cache
-directory that cannot be written costs one warning line; the load goes on without the
-cache. ``JAXSEM_PARAMS_CACHE=0`` (or ``load(..., params_cache=False)``) turns the
-cache off.
+atomically, and the meta is written after it with ``atomic_write_text``).
+``JAXSEM_PARAMS_CACHE=0`` turns the cache off (``enabled``).
 
-Multi-process runs (``jax.distributed``): every process calls ``cached_params`` with
-the same arguments. The processes agree on hit or miss before reading, and on
-success after it (a restore has no barrier, so one failing process cannot strand the
-others); orbax saves collectively (each process writes its own shards, process 0
-finalizes); each process writes the checksums of the shards it saved; only process 0
-writes ``meta.json`` and prints warnings.
+Multi-process runs (``jax.distributed``): orbax saves collectively (each process writes
+its own shards, process 0 finalizes); each process writes the checksums of the shards it
+saved; only process 0 writes ``meta.json`` and prints warnings. A restore makes no
+barrier, so the caller can agree on success afterwards.
 """
 
 from __future__ import annotations
@@ -72,23 +51,19 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh
 
 from jaxsem import distributed
-from jaxsem import sharding as sharding_lib
 from jaxsem.io import host_memory
 from jaxsem.io import params_checksums
 from jaxsem.io.cache import atomic_write_text, cache_dir
 from jaxsem.io.source_hash import file_sha256, source_files, source_sha256  # noqa: F401 - part of the API
-from jaxsem.models import params as params_lib
-from jaxsem.models.config import ModelConfig
 
 ENV = "JAXSEM_PARAMS_CACHE"
 # Bump when the layout of an entry changes (what is stored, or how it is keyed).
@@ -102,11 +77,10 @@ ORBAX_DIR = "orbax"
 ORBAX_FILES = ("_METADATA", "manifest.ocdbt")
 # tensorstore file reads (and copies) in flight during a restore.
 READ_CONCURRENCY = 4
-# The modules whose code decides the params' values; their source is part of the key.
-LOADER_MODULES = ("jaxsem.io.gguf_file", "jaxsem.io.gguf_params", "jaxsem.io.dequant",
-                  "jaxsem.io.hf_checkpoint")
-_VOCAB_LEAVES = ("embed", "unembed")
 _OFF = ("0", "false", "no", "off")
+
+# (global shape, sharding) of a leaf, given its path and stored shape.
+Target = Callable[[str, tuple[int, ...]], tuple[tuple[int, ...], jax.sharding.Sharding]]
 
 
 def enabled(requested: bool = True) -> bool:
@@ -122,51 +96,31 @@ def root(create: bool = True) -> Path:
   return path
 
 
-def _warn(message: str) -> None:
+def warn(message: str) -> None:
   """One line on stderr, from process 0 only."""
   if jax.process_index() == 0:
     print(f"jaxsem: warning: {message}", file=sys.stderr, flush=True)
 
 
-# ---------------------------------------------------------------------------------------
-# Keys.
+def module_source(name: str) -> bytes:
+  """The source file of the importable module ``name`` (b"" if it has none), without importing it."""
+  spec = importlib.util.find_spec(name)
+  if spec is not None and spec.origin and os.path.isfile(spec.origin):
+    return Path(spec.origin).read_bytes()
+  return b""
 
 
-def loader_fingerprint() -> str:
-  """12 hex digits of the cache format version and the source of ``LOADER_MODULES``."""
+def code_fingerprint(modules: Iterable[str]) -> str:
+  """12 hex digits of ``FORMAT_VERSION`` and the names and sources of ``modules``."""
   digest = hashlib.sha256(f"jaxsem params cache v{FORMAT_VERSION}\n".encode())
-  for name in LOADER_MODULES:
-    spec = importlib.util.find_spec(name)
+  for name in modules:
     digest.update(name.encode() + b"\n")
-    if spec is not None and spec.origin and os.path.isfile(spec.origin):
-      digest.update(Path(spec.origin).read_bytes())
+    digest.update(module_source(name))
   return digest.hexdigest()[:12]
-
-
-def key(source_sha: str, dtype: str) -> str:
-  """The entry name: ``<source sha256>-<dtype>-<loader fingerprint>``."""
-  return f"{source_sha}-{dtype}-{loader_fingerprint()}"
 
 
 # ---------------------------------------------------------------------------------------
 # Entries.
-
-
-def _json_config(config: ModelConfig) -> dict[str, Any]:
-  return json.loads(json.dumps(dataclasses.asdict(config)))
-
-
-def _check_shapes(config: ModelConfig, stored: dict[str, tuple[int, ...]]) -> str | None:
-  """Why stored leaf shapes do not fit ``config`` (vocab leaves may have extra rows), or None."""
-  expected = params_lib.param_shapes(config)
-  if set(stored) != set(expected):
-    return f"it holds leaves {sorted(stored)}, not {sorted(expected)}"
-  for path, shape in expected.items():
-    got = tuple(stored[path])
-    fits = (got[1:] == shape[1:] and got[0] >= shape[0]) if path in _VOCAB_LEAVES else got == shape
-    if not fits:
-      return f"leaf {path} has shape {list(got)}, not {list(shape)}"
-  return None
 
 
 def read_meta(entry: Path) -> dict[str, Any] | None:
@@ -190,7 +144,7 @@ def read_meta(entry: Path) -> dict[str, Any] | None:
   return meta
 
 
-def _checksum_names(meta: dict[str, Any]) -> list[str]:
+def checksum_names(meta: dict[str, Any]) -> list[str]:
   """The checksum manifests ``meta`` lists, one per saving process.
 
   Raises:
@@ -203,51 +157,17 @@ def _checksum_names(meta: dict[str, Any]) -> list[str]:
   return names
 
 
-def is_valid(entry: str | os.PathLike, entry_key: str, config: ModelConfig,
-             dtype: str) -> tuple[bool, str | None]:
-  """Whether an entry can be restored, from its ``meta.json`` alone (no array is read).
-
-  Args:
-    entry: The entry directory.
-    entry_key: Its expected key (``key(...)``).
-    config: The source's config; the entry's must be the same.
-    dtype: The params dtype, e.g. ``"float32"``.
-
-  Returns:
-    ``(True, None)`` for a complete entry; ``(False, None)`` when there is none (or it
-    was never finished, so there is no meta); ``(False, why)`` when it is damaged or
-    does not match.
-  """
+def missing_file(entry: str | os.PathLike, meta: dict[str, Any]) -> str | None:
+  """Why the files of an entry whose meta is ``meta`` are incomplete, or None."""
   entry = Path(entry)
-  try:
-    meta = read_meta(entry)
-  except ValueError as e:
-    return False, str(e)
-  if meta is None:
-    return False, None
-  if meta.get("format") != FORMAT_VERSION or meta.get("key") != entry_key or meta.get("dtype") != dtype:
-    return False, f"{META} does not match the key {entry_key}"
-  if meta.get("config") != _json_config(config):
-    return False, f"{META} holds another model config"
-  leaves = meta.get("leaves")
-  if not isinstance(leaves, dict) or not all(isinstance(v, dict) and isinstance(v.get("shape"), list)
-                                             for v in leaves.values()):
-    return False, f"{META} has no valid leaf list"
-  why = _check_shapes(config, {k: tuple(v["shape"]) for k, v in leaves.items()})
-  if why is None and any(v.get("dtype") != dtype for v in leaves.values()):
-    why = f"its leaves are not all {dtype}"
-  if why is not None:
-    return False, why
   missing = [name for name in ORBAX_FILES if not (entry / ORBAX_DIR / name).is_file()]
   if missing:
-    return False, f"{ORBAX_DIR}/{missing[0]} is missing"
+    return f"{ORBAX_DIR}/{missing[0]} is missing"
   try:
-    missing = [name for name in _checksum_names(meta) if not (entry / name).is_file()]
+    missing = [name for name in checksum_names(meta) if not (entry / name).is_file()]
   except ValueError as e:
-    return False, str(e)
-  if missing:
-    return False, f"{missing[0]} is missing"
-  return True, None
+    return str(e)
+  return f"{missing[0]} is missing" if missing else None
 
 
 def read_checksums(entry: str | os.PathLike, meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -260,23 +180,7 @@ def read_checksums(entry: str | os.PathLike, meta: dict[str, Any]) -> dict[str, 
     ValueError: If ``meta`` lists no manifests, or one is missing, unreadable, of
       another algorithm or format, or disagrees with another on a leaf's block shape.
   """
-  return params_checksums.read_manifests(entry, _checksum_names(meta), FORMAT_VERSION)
-
-
-def _target(path: str, stored: tuple[int, ...], config: ModelConfig, mesh: Mesh | None, device):
-  """(global shape, sharding) of a leaf on ``mesh`` (or the one ``device``)."""
-  shape = tuple(stored)
-  if path in _VOCAB_LEAVES:
-    rows = config.vocab_size + (-config.vocab_size % sharding_lib.vocab_multiple(mesh))
-    shape = (rows,) + shape[1:]
-  if mesh is None:
-    return shape, jax.sharding.SingleDeviceSharding(device)
-  return shape, sharding_lib.param_sharding(path, shape, mesh)
-
-
-def _default_device():
-  default = jax.config.jax_default_device
-  return default if isinstance(default, jax.Device) else jax.local_devices()[0]
+  return params_checksums.read_manifests(entry, checksum_names(meta), FORMAT_VERSION)
 
 
 @dataclasses.dataclass
@@ -392,29 +296,29 @@ def read_spec(directory: str | os.PathLike, path: str) -> dict[str, Any]:
           "recheck_cached_data": False, "recheck_cached_metadata": False, "fill_missing_data_reads": False}
 
 
-def restore(entry: str | os.PathLike, config: ModelConfig, dtype: str, mesh: Mesh | None = None) -> dict:
-  """Restores an entry's params onto ``mesh``; each process reads only its devices' shards.
+def restore_arrays(entry: str | os.PathLike, paths: Iterable[str], dtype: str, target: Target,
+                   check_shapes: Callable[[dict[str, tuple[int, ...]]], str | None]) -> dict[str, jax.Array]:
+  """Restores the arrays ``paths`` of an entry; each process reads only its devices' shards.
 
   The arrays are read with tensorstore, through the spec orbax gives for each array of
   its checkpoint (``read_spec``), all leaves and shards at once, in whole checksummed
   blocks, each checked as it lands, into buffers that the devices adopt: on CPU the
-  params then occupy memory once, with no staging copy (but on another mesh than the
-  saving one, where blocks straddle shards).
-  Makes no cross-process barrier, so a process that fails here can tell the others
-  (``cached_params`` does) instead of leaving them waiting.
+  arrays then occupy memory once, with no staging copy (but on another mesh than the
+  saving one, where blocks straddle shards). Makes no cross-process barrier.
 
   Args:
-    entry: The entry directory (``is_valid`` should have accepted it).
-    config: The model config (the leaf shapes follow from it).
-    dtype: The params dtype.
-    mesh: The target mesh, or None for the default device. The vocabulary leaves are
-      padded with zero rows to a multiple of its model axis.
+    entry: The entry directory.
+    paths: The leaves to read (``"blocks/q"`` ...).
+    dtype: The dtype every leaf must be stored as.
+    target: ``(path, stored shape) -> (global shape, sharding)``; rows past the stored
+      ones are zeros, stored rows past the global shape are not read.
+    check_shapes: ``{path: stored shape} -> why they do not fit, or None``.
 
   Returns:
-    The params pytree, as ``load`` would have placed it.
+    ``{path: array}``, each placed on its target sharding.
 
   Raises:
-    ValueError: If the stored arrays do not fit ``config`` and ``dtype``.
+    ValueError: If ``check_shapes`` objects, or a leaf is stored in another dtype.
     params_checksums.ChecksumError: If a block read differs from the checksum taken when it was saved.
     Exception: Whatever tensorstore raises for missing or damaged files.
   """
@@ -423,10 +327,10 @@ def restore(entry: str | os.PathLike, config: ModelConfig, dtype: str, mesh: Mes
   directory = Path(entry) / ORBAX_DIR
   np_dtype = np.dtype(jax.numpy.dtype(dtype))
   context = ts.Context(_READ_CONTEXT)
-  paths = list(params_lib.param_shapes(config))
+  paths = list(paths)
   opening = [ts.open(read_spec(directory, path), open=True, read=True, context=context) for path in paths]
   stores = {path: future.result() for path, future in zip(paths, opening)}
-  why = _check_shapes(config, {path: tuple(store.shape) for path, store in stores.items()})
+  why = check_shapes({path: tuple(store.shape) for path, store in stores.items()})
   bad_dtype = [path for path, store in stores.items() if store.dtype.numpy_dtype != np_dtype]
   if why or bad_dtype:
     raise ValueError(why or f"leaf {bad_dtype[0]} is stored as {stores[bad_dtype[0]].dtype.name}, "
@@ -435,22 +339,21 @@ def restore(entry: str | os.PathLike, config: ModelConfig, dtype: str, mesh: Mes
   missing = [path for path in stores if path not in checksums]
   if missing:
     raise ValueError(f"the checksum manifests have no leaf {missing[0]}")
-  device = _default_device()
   regions, placements = [], {}
   for path, store in stores.items():
-    global_shape, sharding = _target(path, tuple(store.shape), config, mesh, device)
+    global_shape, sharding = target(path, tuple(store.shape))
     leaf_regions, shards = _read_leaf(path, store, global_shape, sharding, np_dtype, checksums[path]["block"])
     regions += leaf_regions
     placements[path] = (global_shape, sharding, shards)
   _finish_reads(regions, checksums)
-  params = {}
+  arrays = {}
   for path, (global_shape, sharding, shards) in placements.items():
-    arrays = [jax.device_put(buffer, d) for d, buffer in shards]
-    if mesh is None:
-      params[path] = arrays[0]
+    on_devices = [jax.device_put(buffer, d) for d, buffer in shards]
+    if isinstance(sharding, jax.sharding.SingleDeviceSharding):
+      arrays[path] = on_devices[0]
     else:
-      params[path] = jax.make_array_from_single_device_arrays(global_shape, sharding, arrays)
-  return jax.block_until_ready(params_lib.unflatten(params))
+      arrays[path] = jax.make_array_from_single_device_arrays(global_shape, sharding, on_devices)
+  return jax.block_until_ready(arrays)
 
 
 @contextlib.contextmanager
@@ -465,29 +368,26 @@ def _quiet_absl() -> Iterator[None]:
     logger.setLevel(level)
 
 
-def _remove_entry(entry: Path) -> None:
+def remove_entry(entry: Path) -> None:
   """Removes an entry, its meta first, so that no half-removed entry ever looks complete."""
   with contextlib.suppress(FileNotFoundError):
     (entry / META).unlink()
   shutil.rmtree(entry, ignore_errors=True)
 
 
-def save(entry: str | os.PathLike, params: dict, config: ModelConfig, dtype: str, entry_key: str,
-         source: dict[str, Any] | None = None) -> None:
-  """Saves params as an entry: the orbax checkpoint, the checksum manifests, then ``meta.json``.
+def save_arrays(entry: str | os.PathLike, tree: dict, meta: dict[str, Any]) -> None:
+  """Saves a pytree of arrays as an entry: the orbax checkpoint, the checksum manifests, then ``meta.json``.
 
-  Collective: every process calls it with its params (global arrays). Process 0 removes
-  what was at ``entry`` before and writes the meta; orbax writes each process's shards
-  and finalizes atomically; each process then writes the checksums of the shards it
-  saved (``CHECKSUMS``), hashed from the params in memory.
+  Collective: every process calls it with the same tree of global arrays. Process 0
+  removes what was at ``entry`` before and writes the meta; orbax writes each process's
+  shards and finalizes atomically; each process then writes the checksums of the shards
+  it saved (``CHECKSUMS``), hashed from the arrays in memory.
 
   Args:
     entry: The entry directory (``root() / key``).
-    params: The params pytree as ``load`` placed it.
-    config: The model config, recorded in the meta.
-    dtype: The params dtype, recorded in the meta.
-    entry_key: The entry's key, recorded in the meta.
-    source: Where the params came from (path, sha256), recorded in the meta.
+    tree: Nested dicts of arrays.
+    meta: What the caller records about the arrays (key, dtype, leaves ...); ``format``,
+      ``checksums``, ``saved``, ``save_seconds`` and ``versions`` are added.
 
   Raises:
     OSError: If a process could not write its checksum manifest (after the others have).
@@ -497,19 +397,19 @@ def save(entry: str | os.PathLike, params: dict, config: ModelConfig, dtype: str
   entry = Path(entry)
   main = jax.process_index() == 0
   if main:
-    _remove_entry(entry)
+    remove_entry(entry)
     entry.mkdir(parents=True, exist_ok=True)
   start = time.perf_counter()
-  save_args = jax.tree.map(lambda _: ocp.SaveArgs(chunk_byte_size=params_checksums.CHUNK_BYTES), params)
+  save_args = jax.tree.map(lambda _: ocp.SaveArgs(chunk_byte_size=params_checksums.CHUNK_BYTES), tree)
   with _quiet_absl():
     checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_compression=False))
     try:
-      checkpointer.save(entry / ORBAX_DIR, args=ocp.args.PyTreeSave(item=params, save_args=save_args))
+      checkpointer.save(entry / ORBAX_DIR, args=ocp.args.PyTreeSave(item=tree, save_args=save_args))
     finally:
       checkpointer.close()
   try:
     manifest = {"format": FORMAT_VERSION, "algorithm": params_checksums.CHECKSUM_ALGORITHM,
-                "leaves": params_checksums.compute(params)}
+                "leaves": params_checksums.compute(tree)}
     atomic_write_text(entry / CHECKSUMS.format(process=jax.process_index()), json.dumps(manifest) + "\n")
     error = None
   except OSError as e:
@@ -518,10 +418,7 @@ def save(entry: str | os.PathLike, params: dict, config: ModelConfig, dtype: str
   if not distributed.all_true(error is None):
     raise error or OSError(f"another process could not write its {CHECKSUMS.format(process='<p>')}")
   if main:
-    leaves = {path: {"shape": list(leaf.shape), "dtype": str(np.dtype(leaf.dtype))}
-              for path, leaf in params_lib.flatten(params).items()}
-    meta = {"format": FORMAT_VERSION, "key": entry_key, "dtype": dtype, "source": source or {},
-            "config": _json_config(config), "leaves": leaves,
+    meta = {"format": FORMAT_VERSION, **meta,
             "checksums": [CHECKSUMS.format(process=p) for p in range(jax.process_count())],
             "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "save_seconds": round(time.perf_counter() - start, 3),
@@ -534,7 +431,7 @@ def save(entry: str | os.PathLike, params: dict, config: ModelConfig, dtype: str
 
 
 @contextlib.contextmanager
-def _try_lock(entry: Path) -> Iterator[bool]:
+def try_lock(entry: Path) -> Iterator[bool]:
   """Yields whether this process got the entry's write lock (never waits for it)."""
   lock_path = entry.with_name(entry.name + ".lock")
   try:
@@ -554,12 +451,12 @@ def _try_lock(entry: Path) -> Iterator[bool]:
       fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
 
 
-def _main_flag(flag: bool) -> bool:
+def main_flag(flag: bool) -> bool:
   """Process 0's ``flag`` on every process."""
   return bool(np.asarray(distributed.broadcast(np.asarray(int(flag), np.int32))))
 
 
-def _same_key(entry_key: str) -> bool:
+def same_key(entry_key: str) -> bool:
   """True when every process computed the same key (they read the same source)."""
   if jax.process_count() == 1:
     return True
@@ -570,7 +467,7 @@ def _same_key(entry_key: str) -> bool:
   return bool((gathered == gathered.reshape(-1, digest.size)[0]).all())
 
 
-def _writable(directory: Path) -> str | None:
+def writable(directory: Path) -> str | None:
   """None if files can be created in ``directory`` (made if needed), else why not."""
   try:
     directory.mkdir(parents=True, exist_ok=True)
@@ -582,97 +479,13 @@ def _writable(directory: Path) -> str | None:
   return None
 
 
-def _prune_siblings(entry: Path, prefix: str) -> None:
+def prune_siblings(entry: Path, prefix: str) -> None:
   """Removes entries of the same source and dtype written by other loader code."""
   for other in entry.parent.glob(prefix + "*"):
     if other == entry or not other.is_dir():
       continue
-    with _try_lock(other) as locked:
+    with try_lock(other) as locked:
       if locked:
-        _remove_entry(other)
+        remove_entry(other)
         with contextlib.suppress(OSError):
           other.with_name(other.name + ".lock").unlink()
-
-
-# ---------------------------------------------------------------------------------------
-# The hook used by ``jaxsem.load``.
-
-
-def cached_params(source: str | os.PathLike, config: ModelConfig, dtype: str, mesh: Mesh | None,
-                  build: Callable[[], dict], *, use_cache: bool = True) -> tuple[dict, dict[str, Any]]:
-  """Params from the cache, or from ``build()`` and then saved to the cache.
-
-  Args:
-    source: The model's GGUF file or snapshot directory (its bytes are the key).
-    config: The config read from the source; a cached entry must hold the same.
-    dtype: The params dtype, e.g. ``"float32"``.
-    mesh: The mesh ``build`` places params on, or None for the default device.
-    build: Loads the params from the source, placed as ``load`` places them.
-    use_cache: False skips the cache (so does ``$JAXSEM_PARAMS_CACHE=0``).
-
-  Returns:
-    ``(params, info)``: ``info`` is ``{"hit", "path", "seconds"}`` for provenance;
-    ``path`` is the entry used or written (None if none), ``seconds`` the time spent
-    restoring (hit) or saving (miss).
-  """
-  info: dict[str, Any] = {"hit": False, "path": None, "seconds": 0.0}
-  # Single-device params in a multi-process run are not global arrays orbax could share.
-  if not enabled(use_cache) or (mesh is None and jax.process_count() > 1):
-    return build(), {**info, "enabled": False}
-  start = time.perf_counter()
-  try:
-    directory = root()
-    source_sha = source_sha256(source)
-    entry_key, problem = key(source_sha, dtype), None
-  except Exception as e:  # an unwritable or odd cache dir never stops a load
-    entry_key, problem = "", params_checksums.describe(e)
-  if not distributed.all_true(problem is None):
-    _warn(f"params cache unusable ({problem or 'on another process'}); loading without it.")
-    return build(), info
-  entry = directory / entry_key
-  if not _same_key(entry_key):
-    _warn(f"params cache: the processes read different files for {source}; loading without the cache.")
-    return build(), info
-
-  valid, why = is_valid(entry, entry_key, config, dtype)
-  damaged = False
-  if distributed.all_true(valid):
-    try:
-      params, error = restore(entry, config, dtype, mesh), None
-    except Exception as e:  # damaged files: orbax and tensorstore raise many kinds
-      params, error = None, params_checksums.describe(e)
-    if distributed.all_true(error is None):
-      host_memory.trim()  # the readers' freed chunk buffers
-      seconds = round(time.perf_counter() - start, 3)
-      return params, {**info, "hit": True, "path": str(entry), "seconds": seconds}
-    why, damaged = error or "another process could not restore it", True
-    del params
-  if why is not None:
-    _warn(f"params cache entry {entry} is damaged ({why}); loading from the source and rewriting it.")
-
-  params = build()
-  problem = _writable(directory)
-  if not distributed.all_true(problem is None):
-    _warn(f"params cache directory {directory} is not writable ({problem or 'on another process'}); "
-          "going on without the cache.")
-    return params, info
-  start = time.perf_counter()
-  main = jax.process_index() == 0
-  with _try_lock(entry) if main else contextlib.nullcontext(True) as locked:
-    # Another job may be writing the entry (then leave it to it) or may just have finished.
-    do_save = locked and (damaged or not is_valid(entry, entry_key, config, dtype)[0])
-    if not _main_flag(do_save):
-      return params, info
-    try:
-      save(entry, params, config, dtype, entry_key, {"path": str(source), "sha256": source_sha})
-      error = None
-    except Exception as e:  # a full disk, say: the params are loaded all the same
-      error = params_checksums.describe(e)
-    if error is not None or not distributed.all_true(error is None):
-      _warn(f"params cache: could not save {entry} ({error or 'on another process'}); going on without it.")
-      if main:
-        _remove_entry(entry)
-      return params, info
-  if main:
-    _prune_siblings(entry, f"{source_sha}-{dtype}-")
-  return params, {**info, "path": str(entry), "seconds": round(time.perf_counter() - start, 3)}

@@ -21,9 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
-
-from jaxsem.models import params as params_lib
 
 # The checksum of each block. It guards against damage (bit rot, stray writes, files
 # cut short or swapped), not tampering: whoever can write the data can write its sum.
@@ -93,6 +92,12 @@ def digest(array: np.ndarray) -> str:
   return _DIGESTS[CHECKSUM_ALGORITHM](np.ascontiguousarray(array).reshape(-1).view(np.uint8))
 
 
+def flat_leaves(tree: dict) -> dict[str, Any]:
+  """``{"blocks": {"q": x}}`` -> ``{"blocks/q": x}``: leaves of nested dicts by ``/``-joined keys."""
+  return {"/".join(str(k.key) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
 def compute(params: dict) -> dict[str, dict[str, Any]]:
   """``{leaf: {"block": shape, "sums": {block name: checksum}}}`` of the shards this process saves.
 
@@ -101,7 +106,7 @@ def compute(params: dict) -> dict[str, dict[str, Any]]:
   """
   jobs: dict[str, tuple[tuple[int, ...], dict]] = {}
   with ThreadPoolExecutor(workers()) as pool:
-    for path, leaf in params_lib.flatten(params).items():
+    for path, leaf in flat_leaves(params).items():
       block = block_shape(leaf.sharding.shard_shape(leaf.shape), np.dtype(leaf.dtype).itemsize)
       sums: dict = {}
       for shard in leaf.addressable_shards:

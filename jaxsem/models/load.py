@@ -15,12 +15,12 @@ from jaxsem.errors import InputError
 from jaxsem.io import assets
 from jaxsem.io import gguf_file
 from jaxsem.io import hf_checkpoint
-from jaxsem.io import params_cache as params_cache_lib
 from jaxsem.io import tokenizer as tokenizer_lib
 from jaxsem.io import tokenizer_cache
 from jaxsem.models import families
 from jaxsem.models import gguf_load
 from jaxsem.models import hf_load
+from jaxsem.models import params_cache as params_cache_lib
 from jaxsem.models.model import Model
 from jaxsem.progress import Progress
 
@@ -96,7 +96,7 @@ def load(name_or_path: str | os.PathLike = assets.DEFAULT_MODEL, *, mesh: Mesh |
     dtype: parameter/activation dtype, ``"float32"`` (default) or ``"bfloat16"``.
     params_cache: keep the loaded params in ``cache_dir()/params`` (and a GGUF file's
       tokenizer in ``cache_dir()/tokenizers``) and restore them from there on later
-      loads of the same file and dtype (``jaxsem.io.params_cache``, ``tokenizer_cache``);
+      loads of the same file and dtype (``jaxsem.models.params_cache``, ``tokenizer_cache``);
       ``$JAXSEM_PARAMS_CACHE=0`` turns both off too.
     progress: print progress lines (params loaded, rate, ETA) while reading the
       source file; on process 0 only.

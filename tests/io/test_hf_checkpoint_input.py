@@ -18,10 +18,14 @@ import safetensors.numpy
 
 from jaxsem.errors import InputError
 from jaxsem.io import hf_checkpoint as hc
+from jaxsem.models import families
+from jaxsem.models import hf_load
 from jaxsem.models import params as params_lib
 from jaxsem.models.config import RopeScaling
 from tests import hf_snapshots as snaps
 
+QWEN3_TINY = dict(snaps.LLAMA, model_type="qwen3", architectures=["Qwen3ForCausalLM"], head_dim=24,
+                  tie_word_embeddings=True, attention_bias=False, rope_theta=1e6)
 GEMMA3_TINY = {
     "model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"], "vocab_size": 256, "hidden_size": 64,
     "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -35,7 +39,7 @@ GEMMA3_TINY = {
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
   """name -> (state dict, snapshot dir), written once per module."""
-  configs = {"llama": snaps.LLAMA, "qwen2_bias": snaps.QWEN2, "gemma3": GEMMA3_TINY}
+  configs = {"llama": snaps.LLAMA, "qwen2_bias": snaps.QWEN2, "qwen3": QWEN3_TINY, "gemma3": GEMMA3_TINY}
   cache = {}
 
   def get(name):
@@ -81,6 +85,9 @@ def expected_params(sd: dict[str, np.ndarray], config, prefix: str = "model.") -
     })
   else:
     per_layer["mlp_norm"] = lambda p: sd[p + "post_attention_layernorm.weight"]
+    if c.qk_norm:  # Qwen 3 stores the multiplier itself
+      per_layer.update({"q_norm": lambda p: sd[p + "self_attn.q_norm.weight"],
+                        "k_norm": lambda p: sd[p + "self_attn.k_norm.weight"]})
   if c.qkv_bias:
     per_layer.update({
         "q_bias": lambda p: sd[p + "self_attn.q_proj.bias"].reshape(H, Dh),
@@ -104,14 +111,15 @@ def _assert_equal_flat(params: dict, expected: dict) -> None:
 # ----------------------------------------------------------------------------- layout
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen2_bias", "gemma3"])
+@pytest.mark.parametrize("name", ["llama", "qwen2_bias", "qwen3", "gemma3"])
 def test_params_follow_the_documented_layout(saved, name):
   sd, d = saved(name)
   with warnings.catch_warnings():
     warnings.simplefilter("error")  # every tensor is used, nothing is unsupported
-    config = hc.config_from_hf(hc.read_hf_dir(d)[0], d)
-    params = hc.load_hf_params(d, config)
+    config = families.config_from_hf(hc.read_hf_dir(d)[0], d)
+    params = hf_load.load_hf_params(d, config)
   assert config.qkv_bias == (name == "qwen2_bias") and config.tie_embeddings == (name != "llama")
+  assert config.qk_norm == (name in ("qwen3", "gemma3"))
   _assert_equal_flat(params, expected_params(sd, config))
 
 
@@ -120,8 +128,8 @@ def test_sharded_snapshot_loads_the_same(saved, tmp_path):
   sharded, _ = snaps.write(tmp_path / "sharded", GEMMA3_TINY, shards=4)
   files = hc.read_hf_dir(sharded)[2]
   assert len(files) == 4 and os.path.isfile(os.path.join(sharded, "model.safetensors.index.json"))
-  config = hc.config_from_hf(hc.read_hf_dir(d)[0], d)
-  _assert_equal_flat(hc.load_hf_params(sharded, config), expected_params(sd, config))
+  config = families.config_from_hf(hc.read_hf_dir(d)[0], d)
+  _assert_equal_flat(hf_load.load_hf_params(sharded, config), expected_params(sd, config))
 
 
 # ----------------------------------------------------------------------------- configs
@@ -158,7 +166,7 @@ LLAMA31_STYLE = {
 
 
 def test_gemma3_old_form_config():
-  c = hc.config_from_hf(GEMMA3_1B_STYLE, "config.json")
+  c = families.config_from_hf(GEMMA3_1B_STYLE, "config.json")
   assert c.local_layers == tuple((i + 1) % 6 != 0 for i in range(26))
   assert (c.rope_theta, c.rope_local_theta, c.rope_scaling) == (1e6, 1e4, None)
   assert c.embed_scale == pytest.approx(math.sqrt(1152)) and c.query_scale == pytest.approx(1 / 16)
@@ -168,7 +176,7 @@ def test_gemma3_old_form_config():
 
 
 def test_llama31_old_rope_form():
-  old = hc.config_from_hf(LLAMA31_STYLE, "config.json")
+  old = families.config_from_hf(LLAMA31_STYLE, "config.json")
   assert old.rope_scaling == RopeScaling("llama3", 32.0, 1.0, 4.0, 8192) and old.rope_theta == 5e5
   assert old.head_dim == 64 and old.n_kv_heads == 8 and old.eos_token_ids == (128001, 128008, 128009)
 
@@ -183,20 +191,21 @@ def test_llama31_old_rope_form():
 def test_unsupported_configs(change, words):
   bad = dict(LLAMA31_STYLE, **change)
   with pytest.raises(InputError, match=words) as e:
-    hc.config_from_hf(bad, "/snap/config.json")
+    families.config_from_hf(bad, "/snap/config.json")
   assert "/snap/config.json" in str(e.value)
 
 
 def test_gemma3_attn_softcap_ignored_like_the_reference():
   with pytest.warns(UserWarning, match="attn_logit_softcapping"):
-    c = hc.config_from_hf(dict(GEMMA3_1B_STYLE, attn_logit_softcapping=50.0,
+    c = families.config_from_hf(dict(GEMMA3_1B_STYLE, attn_logit_softcapping=50.0,
                                final_logit_softcapping=30.0), "c.json")
   assert c.attn_softcap is None and c.final_softcap == 30.0
 
 
 def test_dynamic_rope_warns_and_is_default():
   with pytest.warns(UserWarning, match="dynamic"):
-    c = hc.config_from_hf(dict(LLAMA31_STYLE, rope_scaling={"type": "dynamic", "factor": 2.0}), "c.json")
+    dynamic = dict(LLAMA31_STYLE, rope_scaling={"type": "dynamic", "factor": 2.0})
+    c = families.config_from_hf(dynamic, "c.json")
   assert c.rope_scaling is None
 
 
@@ -221,9 +230,9 @@ def test_truncated_safetensors(saved, tmp_path):
   path = os.path.join(d, "model.safetensors")
   with open(path, "r+b") as f:
     f.truncate(os.path.getsize(path) // 2)
-  config = hc.config_from_hf(hc.read_hf_dir(d)[0], d)
+  config = families.config_from_hf(hc.read_hf_dir(d)[0], d)
   with pytest.raises(InputError, match="model.safetensors") as e:
-    hc.load_hf_params(d, config)
+    hf_load.load_hf_params(d, config)
   assert "re-download" in str(e.value)
 
 
@@ -232,7 +241,7 @@ def test_garbage_safetensors(saved, tmp_path):
   with open(os.path.join(d, "model.safetensors"), "wb") as f:
     f.write(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
   with pytest.raises(InputError, match="model.safetensors"):
-    hc.load_hf(d)
+    hf_load.load_hf(d)
 
 
 def test_shape_mismatch_names_file_tensor_and_shapes(saved, tmp_path):
@@ -244,7 +253,7 @@ def test_shape_mismatch_names_file_tensor_and_shapes(saved, tmp_path):
   with open(cfg_path, "w") as f:
     json.dump(cfg, f)
   with pytest.raises(InputError) as e:
-    hc.load_hf(d)
+    hf_load.load_hf(d)
   msg = str(e.value)
   assert "model.safetensors" in msg and "mlp.gate_proj.weight" in msg
   assert "[128, 64]" in msg and "[96, 64]" in msg
@@ -254,7 +263,7 @@ def test_missing_tensor(saved, tmp_path):
   d = _copy(saved("qwen2_bias")[1], tmp_path / "snap")
   _rewrite(os.path.join(d, "model.safetensors"), lambda t: t.pop("model.layers.1.self_attn.k_proj.bias"))
   with pytest.raises(InputError, match=r"model\.layers\.1\.self_attn\.k_proj\.bias is missing"):
-    hc.load_hf(d)
+    hf_load.load_hf(d)
 
 
 def _rewrite(path: str, change) -> None:
@@ -269,7 +278,7 @@ def test_unused_tensor_warns(saved, tmp_path):
   _rewrite(os.path.join(d, "model.safetensors"),
            lambda t: t.update({"model.layers.0.self_attn.o_proj.bias": np.zeros(64, np.float32)}))
   with pytest.warns(UserWarning, match=r"1 tensors were not used \(e.g. model.layers.0.self_attn.o_proj.bias"):
-    hc.load_hf(d)
+    hf_load.load_hf(d)
 
 
 def test_tied_checkpoint_with_stored_head_loads_silently(saved, tmp_path):
@@ -279,7 +288,7 @@ def test_tied_checkpoint_with_stored_head_loads_silently(saved, tmp_path):
            lambda t: t.update({"lm_head.weight": t["model.embed_tokens.weight"].copy()}))
   with warnings.catch_warnings():
     warnings.simplefilter("error")
-    config, params, _ = hc.load_hf(d)
+    config, params, _ = hf_load.load_hf(d)
   assert config.tie_embeddings and "unembed" not in params
   np.testing.assert_array_equal(params["embed"], sd["model.embed_tokens.weight"])
 
@@ -317,5 +326,5 @@ def test_unsupported_model_type_in_directory(saved, tmp_path):
   with open(cfg_path, "w") as f:
     json.dump(dict(cfg, model_type="falcon"), f)
   with pytest.raises(InputError, match="'falcon' is not supported; supported: llama, mistral") as e:
-    hc.load_hf(d)
+    hf_load.load_hf(d)
   assert "config.json" in str(e.value)

@@ -12,10 +12,11 @@ from tokenizers import models
 from jaxsem.errors import InputError
 from jaxsem.io import gguf_file
 from jaxsem.io import hf_checkpoint
-from jaxsem.io import model_configs
 from jaxsem.io import safe_json
 from jaxsem.io import scales
 from jaxsem.io import tokenizer as tokenizer_lib
+from jaxsem.models import families
+from jaxsem.models import model_configs
 from tests.test_launch import _assert_one_line_error, _run
 
 DEEP = 100_000
@@ -61,12 +62,12 @@ def _backend() -> Backend:
 def test_bad_config_values_are_refused(overrides, needles):
   path = "/snap/config.json"
   with pytest.raises(InputError) as info:
-    hf_checkpoint.config_from_hf({**LLAMA, **overrides}, path)
+    families.config_from_hf({**LLAMA, **overrides}, path)
   _one_sentence(str(info.value), path, *needles)
 
 
 def test_whole_floats_are_accepted_and_not_truncated():
-  config = hf_checkpoint.config_from_hf({**LLAMA, "num_hidden_layers": 2.0}, "config.json")
+  config = families.config_from_hf({**LLAMA, "num_hidden_layers": 2.0}, "config.json")
   assert config.n_layers == 2 and isinstance(config.n_layers, int)
 
 

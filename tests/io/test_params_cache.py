@@ -1,4 +1,5 @@
-"""The params cache: bitwise round trips, other meshes, keys, damaged entries, switches."""
+"""The params cache (``jaxsem.models.params_cache`` over the array store ``jaxsem.io.params_cache``):
+bitwise round trips, other meshes, keys, damaged entries, switches."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import numpy as np
 import pytest
 
 import jaxsem
-from jaxsem.io import assets, cache, params_cache
+from jaxsem.io import assets, cache
+from jaxsem.io import params_cache as store
 from jaxsem.models import params as params_lib
+from jaxsem.models import params_cache
 from tests import gguf_fixtures as fx
 
 VOCAB = 99  # pads to 100 on model:4 and to 104 on model:8
@@ -56,7 +59,7 @@ def test_second_load_restores_bitwise_equal_params(cache_root, toy, dtype, capsy
   assert first.provenance["params_cache"]["hit"] is False
   entry = _entry(first)
   assert entry.parent == cache_root / "params" and entry.name.split("-")[1] == dtype
-  meta = json.loads((entry / params_cache.META).read_text())
+  meta = json.loads((entry / store.META).read_text())
   assert meta["key"] == entry.name and meta["dtype"] == dtype
   rows = first.params["embed"].shape[0]  # padded to the mesh's model axis
   assert rows >= VOCAB and meta["leaves"]["embed"] == {"shape": [rows, 64], "dtype": dtype}
@@ -118,50 +121,84 @@ def test_key_has_source_dtype_and_loader_code(monkeypatch):
   before = params_cache.loader_fingerprint()
   monkeypatch.setattr(params_cache, "LOADER_MODULES", params_cache.LOADER_MODULES + ("jaxsem.io.cache",))
   assert params_cache.loader_fingerprint() != before
-  monkeypatch.setattr(params_cache, "FORMAT_VERSION", params_cache.FORMAT_VERSION + 1)
+  monkeypatch.setattr(store, "FORMAT_VERSION", store.FORMAT_VERSION + 1)
   assert params_cache.loader_fingerprint() != before
+
+
+def test_key_covers_every_module_that_shapes_the_params(monkeypatch):
+  families_dir = Path(jaxsem.__file__).parent / "models" / "families"
+  on_disk = {f"jaxsem.models.families.{p.stem}" for p in families_dir.glob("*.py") if p.stem != "__init__"}
+  modules = set(params_cache.LOADER_MODULES)
+  assert on_disk <= modules and "jaxsem.models.families" in modules
+  shaping = {"jaxsem.models.hf_load", "jaxsem.models.gguf_load", "jaxsem.models.families.leaf_table",
+             "jaxsem.io.dequant", "jaxsem.io.gguf_file", "jaxsem.io.hf_checkpoint"}
+  assert shaping <= modules
+  assert all(store.module_source(name) for name in params_cache.LOADER_MODULES)  # each one is found
+  real, before = store.module_source, params_cache.key("ab" * 32, "float32")
+  for name in params_cache.LOADER_MODULES:
+    monkeypatch.setattr(store, "module_source", lambda m, name=name: real(m) + (b"#" if m == name else b""))
+    assert params_cache.key("ab" * 32, "float32") != before, name
+  monkeypatch.setattr(store, "module_source", real)
+  assert params_cache.key("ab" * 32, "float32") == before
+
+
+@pytest.mark.parametrize("module", ["jaxsem.models.families.gemma3", "jaxsem.models.families.qwen3"])
+def test_changed_family_code_invalidates_the_entry(cache_root, toy, module, monkeypatch):
+  old = _entry(jaxsem.load(toy))
+  assert jaxsem.load(toy).provenance["params_cache"]["hit"] is True
+  real = store.module_source
+
+  def changed(name: str) -> bytes:
+    return real(name) + (b"\n# fixed" if name == module else b"")
+
+  monkeypatch.setattr(store, "module_source", changed)
+  new = jaxsem.load(toy)
+  assert new.provenance["params_cache"]["hit"] is False
+  assert _entry(new) != old and _entry(new).name.rsplit("-", 1)[0] == old.name.rsplit("-", 1)[0]
+  assert not old.exists()  # the entry of the older code is removed
+  assert jaxsem.load(toy).provenance["params_cache"]["hit"] is True
 
 
 def test_file_sha256_is_remembered_until_the_file_changes(tmp_path):
   path, records = tmp_path / "f.bin", tmp_path / "records"
   path.write_bytes(b"one")
-  assert params_cache.file_sha256(path, records) == assets.sha256_file(path)
+  assert store.file_sha256(path, records) == assets.sha256_file(path)
   (record,) = records.iterdir()
   data = json.loads(record.read_text())
   record.write_text(json.dumps({**data, "sha256": "remembered"}))
-  assert params_cache.file_sha256(path, records) == "remembered"  # only stat'ed
+  assert store.file_sha256(path, records) == "remembered"  # only stat'ed
   path.write_bytes(b"two")
-  assert params_cache.file_sha256(path, records) == assets.sha256_file(path)
+  assert store.file_sha256(path, records) == assets.sha256_file(path)
 
 
 def _garbage_meta(entry: Path) -> None:
-  (entry / params_cache.META).write_text("{not json")
+  (entry / store.META).write_text("{not json")
 
 
 def _wrong_config_meta(entry: Path) -> None:
-  meta = json.loads((entry / params_cache.META).read_text())
+  meta = json.loads((entry / store.META).read_text())
   meta["config"]["d_model"] = 65
-  (entry / params_cache.META).write_text(json.dumps(meta))
+  (entry / store.META).write_text(json.dumps(meta))
 
 
 def _delete_data(entry: Path) -> None:
-  for path in (entry / params_cache.ORBAX_DIR).rglob("*"):
+  for path in (entry / store.ORBAX_DIR).rglob("*"):
     if path.is_file() and path.parent.name == "d":
       path.unlink()
 
 
 def _truncate_data(entry: Path) -> None:
-  for path in (entry / params_cache.ORBAX_DIR).rglob("*"):
+  for path in (entry / store.ORBAX_DIR).rglob("*"):
     if path.is_file() and path.parent.name == "d":
       os.truncate(path, path.stat().st_size // 3)
 
 
 def _delete_orbax_metadata(entry: Path) -> None:
-  (entry / params_cache.ORBAX_DIR / "_METADATA").unlink()
+  (entry / store.ORBAX_DIR / "_METADATA").unlink()
 
 
 def _delete_manifests(entry: Path) -> None:
-  for path in (entry / params_cache.ORBAX_DIR).rglob("manifest.ocdbt"):
+  for path in (entry / store.ORBAX_DIR).rglob("manifest.ocdbt"):
     path.unlink()
 
 
@@ -187,10 +224,10 @@ def test_damaged_entry_warns_once_loads_from_source_and_is_rewritten(cache_root,
 
 def test_entry_without_meta_does_not_count_and_is_rebuilt_quietly(cache_root, toy, capsys):
   entry = _entry(jaxsem.load(toy))
-  (entry / params_cache.META).unlink()  # as if the saving process died before the meta
+  (entry / store.META).unlink()  # as if the saving process died before the meta
   model = jaxsem.load(toy)
   assert model.provenance["params_cache"]["hit"] is False
-  assert (entry / params_cache.META).is_file()
+  assert (entry / store.META).is_file()
   assert not _warnings(capsys.readouterr().err)
   assert jaxsem.load(toy).provenance["params_cache"]["hit"] is True
 
@@ -199,7 +236,7 @@ def test_failed_save_leaves_no_entry(cache_root, toy, monkeypatch, capsys):
   def fail(*args, **kwargs):
     raise OSError(28, "No space left on device")
 
-  monkeypatch.setattr(params_cache, "atomic_write_text", fail)
+  monkeypatch.setattr(store, "atomic_write_text", fail)
   model = jaxsem.load(toy)
   err = capsys.readouterr().err
   assert len(_warnings(err)) == 1 and "could not save" in err
@@ -220,7 +257,7 @@ def test_entries_of_older_loader_code_are_removed(cache_root, toy):
 @pytest.mark.parametrize("how", ["argument", "environment"])
 def test_disabled_cache_writes_nothing(cache_root, toy, how, monkeypatch):
   if how == "environment":
-    monkeypatch.setenv(params_cache.ENV, "0")
+    monkeypatch.setenv(store.ENV, "0")
   model = jaxsem.load(toy, params_cache=how != "argument")
   assert model.provenance["params_cache"] == {"hit": False, "path": None, "seconds": 0.0, "enabled": False}
   assert not (cache_root / "params").exists()
@@ -230,7 +267,7 @@ def test_unwritable_cache_dir_warns_and_loads(tmp_path, toy, monkeypatch, capsys
   blocker = tmp_path / "not-a-dir"
   blocker.write_text("")
   monkeypatch.setenv(cache.CACHE_ENV, str(blocker / "cache"))
-  monkeypatch.delenv(params_cache.ENV, raising=False)
+  monkeypatch.delenv(store.ENV, raising=False)
   model = jaxsem.load(toy)
   err = capsys.readouterr().err
   assert len(_warnings(err)) == 1 and "params cache" in err and "Traceback" not in err
@@ -275,7 +312,7 @@ def test_reader_matches_orbax_restore(cache_root, toy):
   args = {p: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype, strict=False)
           for p, x in leaves.items()}
   handler = ocp.PyTreeCheckpointHandler()
-  reference = handler.restore(entry / params_cache.ORBAX_DIR, args=ocp.args.PyTreeRestore(
+  reference = handler.restore(entry / store.ORBAX_DIR, args=ocp.args.PyTreeRestore(
       item=params_lib.unflatten(items), restore_args=params_lib.unflatten(args)))
   handler.close()
   _assert_same_params(model.params, reference)
@@ -287,13 +324,13 @@ def test_snapshot_directory_is_keyed_by_config_and_weights(cache_root, tmp_path)
   for name, data in {"config.json": "{}", "tokenizer.json": "{}", "model-00001-of-00002.safetensors": "a",
                      "model-00002-of-00002.safetensors": "b"}.items():
     (snapshot / name).write_text(data)
-  first = params_cache.source_sha256(snapshot)
+  first = store.source_sha256(snapshot)
   (snapshot / "tokenizer.json").write_text('{"changed": 1}')
-  assert params_cache.source_sha256(snapshot) == first  # the tokenizer does not make the params
+  assert store.source_sha256(snapshot) == first  # the tokenizer does not make the params
   (snapshot / "model-00002-of-00002.safetensors").write_text("c")
-  second = params_cache.source_sha256(snapshot)
+  second = store.source_sha256(snapshot)
   (snapshot / "config.json").write_text('{"changed": 1}')
-  assert len({first, second, params_cache.source_sha256(snapshot)}) == 3
+  assert len({first, second, store.source_sha256(snapshot)}) == 3
 
   config = fx.tiny_gemma3_config(vocab_size=VOCAB, n_layers=1)
   place = jaxsem.sharding.make_placer(None, np.float32)

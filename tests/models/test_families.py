@@ -3,7 +3,9 @@ from tiny Hugging Face weights loading to transformers' logits."""
 
 from __future__ import annotations
 
+import ast
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -103,10 +105,53 @@ def test_unsupported_gguf_architecture_is_one_line():
     families.config_from_gguf({"general.architecture": "phi3"}, "m.gguf")
 
 
-@pytest.mark.parametrize("module", ["hf_checkpoint.py", "gguf_file.py", "dequant.py", "tokenizer.py"])
-def test_format_readers_import_nothing_from_models(module):
-  source = (pathlib.Path(__file__).parents[2] / "jaxsem" / "io" / module).read_text()
-  assert "from jaxsem.models" not in source and "import jaxsem.models" not in source
+_IO = pathlib.Path(__file__).parents[2] / "jaxsem" / "io"
+_MODELS = re.compile(r"jaxsem\.models(\.\w+)*")
+
+
+def _models_imports(source: str, package: str = "jaxsem.io") -> list[str]:
+  """What ``source`` (a module of ``package``) imports from ``jaxsem.models``, in any form.
+
+  Import statements, from-imports (absolute or relative, of the package or a name in it),
+  and strings naming a module of it (``importlib.import_module("jaxsem.models.x")``, a
+  table of lazily imported modules); docstrings are prose and may name it.
+  """
+  tree = ast.parse(source)
+  docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                and node.body and isinstance(node.body[0], ast.Expr)
+                and isinstance(node.body[0].value, ast.Constant)}
+  found = []
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      found += [a.name for a in node.names if _MODELS.fullmatch(a.name)]
+    elif isinstance(node, ast.ImportFrom):
+      base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+      module = ".".join(base + ([node.module] if node.module else []))
+      found += [f"{module}.{a.name}" for a in node.names if _MODELS.fullmatch(f"{module}.{a.name}")]
+      found += [module] if _MODELS.fullmatch(module) else []
+    elif (isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+          and _MODELS.fullmatch(node.value.strip())):
+      found.append(node.value)
+  return found
+
+
+@pytest.mark.parametrize("source, caught", [
+    ("import jaxsem.models.params", True), ("import jaxsem.models as m", True),
+    ("from jaxsem.models import params", True), ("from jaxsem.models.config import ModelConfig", True),
+    ("from jaxsem import models", True), ("from .. import models", True), ("from ..models import load", True),
+    ("import importlib\nimportlib.import_module('jaxsem.models.families')", True),
+    ("_MOVED = {'load_hf': 'jaxsem.models.hf_load'}", True),
+    ('"""Readers; ``jaxsem.models.hf_load`` maps their tensors."""', False),
+    ("from jaxsem.io import gguf_file\nfrom . import dequant\nimport jaxsem.errors", False),
+])
+def test_models_import_check_catches_every_form(source, caught):
+  assert bool(_models_imports(source)) == caught
+
+
+@pytest.mark.parametrize("path", sorted(_IO.rglob("*.py")), ids=lambda p: p.name)
+def test_io_imports_nothing_from_models(path):
+  assert _models_imports(path.read_text(encoding="utf-8")) == [], path.name
 
 
 # ----------------------------------------------------------------------------- GGUF from HF weights

@@ -13,7 +13,7 @@ import pytest
 
 import jaxsem
 from jaxsem.io import assets
-from jaxsem.io import gguf_params as gp
+from jaxsem.models import gguf_load
 
 pytestmark = pytest.mark.slow
 
@@ -105,13 +105,13 @@ def test_greedy_decoding_matches_reference(pair):
 
 @pytest.fixture(scope="module")
 def host_params():
-  """name -> ``gguf_params.load_gguf`` of the file (config, numpy params, provenance); one model held."""
+  """name -> ``gguf_load.load_gguf`` of the file (config, numpy params, provenance); one model held."""
   cache = {}
 
   def get(name):
     if name not in cache:
       cache.clear()
-      cache[name] = gp.load_gguf(assets.resolve_model(name).path)
+      cache[name] = gguf_load.load_gguf(assets.resolve_model(name).path)
     return cache[name]
 
   yield get
