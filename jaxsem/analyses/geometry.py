@@ -255,6 +255,14 @@ def model_side(human: HumanSide, dirs: scale_directions.Directions, covered: np.
                   "cosine": float(cos[i, j]), "cosine_ci": cos_ci[i, j].tolist(),
                   "projection_r": float(proj_r[i, j]), "projection_ci": proj_ci[i, j].tolist(),
                   "n_projection": int(proj_n[i, j])})
+  # Sensitivity: the pairs whose scales share no pole word (a shared word pulls two axes together by
+  # construction). The mask is fixed in the human matrix's labels, so the Mantel null permutes only the
+  # model side, as for all pairs.
+  shared = shared_pole_words(dirs, names)
+  keep = np.array([[not shared[i][j] for j in range(s)] for i in range(s)])
+  human_kept, human_d_kept = np.where(keep, human_r, np.nan), np.where(keep, human_d, np.nan)
+  for pair in pairs:
+    pair["shared_pole_words"] = sorted(shared[names.index(pair["a"])][names.index(pair["b"])])
   return {
       "scales": names, "columns": tags,
       "human_r": {"matrix": human_r.tolist(), "n": human_n.tolist(), "ci": human_ci.tolist(),
@@ -265,7 +273,18 @@ def model_side(human: HumanSide, dirs: scale_directions.Directions, covered: np.
       "pairs": pairs,
       "relation": {"cosine": _relation_block(cos, cos_d, human_r, human_d, k_cos, n_perm),
                    "projection": _relation_block(proj_r, proj_d, human_r, human_d, k_proj, n_perm)},
+      "relation_no_shared_poles": {
+          "cosine": _relation_block(cos, cos_d, human_kept, human_d_kept, k_cos, n_perm),
+          "projection": _relation_block(proj_r, proj_d, human_kept, human_d_kept, k_proj, n_perm),
+          "n_pairs_dropped": int(np.triu(~keep, k=1).sum())},
   }
+
+
+def shared_pole_words(dirs: scale_directions.Directions, names: list[str]) -> list[list[set[str]]]:
+  """``[S][S]`` the pole words (either pole) each pair of scales has in common (empty on the diagonal)."""
+  words = [set(dirs.poles.get(n, {}).get("positive", ())) | set(dirs.poles.get(n, {}).get("negative", ()))
+           for n in names]
+  return [[set() if i == j else words[i] & words[j] for j in range(len(names))] for i in range(len(names))]
 
 
 def compare(dirs: scale_directions.Directions, rated: RatedWords, covered: np.ndarray, vectors, *, key,

@@ -132,5 +132,12 @@ def digest(result: dict[str, Any]) -> list[str]:
   """One line: pairs, columns, and the two relations with CI and Mantel p (the notes are in summary.json)."""
   rel = result["relation"]
   n_cols = len(set(result["columns"]))
-  return [f"geometry: {rel['cosine']['n_pairs']} pairs of {n_cols} human columns; "
-          f"{_line(rel['cosine'], 'cos')}; {_line(rel['projection'], 'projection r')}"]
+  lines = [f"geometry: {rel['cosine']['n_pairs']} pairs of {n_cols} human columns; "
+           f"{_line(rel['cosine'], 'cos')}; {_line(rel['projection'], 'projection r')}"]
+  apart = result.get("relation_no_shared_poles")
+  if apart and apart["n_pairs_dropped"]:
+    cos = apart["cosine"]
+    text = "too few pairs left" if not np.isfinite(cos["r"]) else _line(cos, "cos")
+    lines.append(f"  without the {apart['n_pairs_dropped']} pair(s) whose scales share a pole word "
+                 f"({cos['n_pairs']} left): {text}")
+  return lines

@@ -77,7 +77,8 @@ def test_writer_and_digest(run, tmp_path):
   assert {f["table"] for f in prov["norms_files"]} == set(result["tables"])
   for name in geometry_report.FIGURES:
     assert (tmp_path / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
-  [line] = geometry_report.digest(result)
+  line, *rest = geometry_report.digest(result)
+  assert len(rest) == (1 if result["relation_no_shared_poles"]["n_pairs_dropped"] else 0)
   assert line.startswith(f"geometry: {len(result['pairs'])} pairs of ") and "Mantel p" in line
 
 
@@ -142,3 +143,34 @@ def test_rated_words_over_a_given_word_list():
     np.testing.assert_array_equal(got.columns[tag][[0, 2]], want)
     assert np.isnan(got.columns[tag][1])
   assert not got.tables["dal"][1] and got.tables["dal"][0]
+
+
+def test_pairs_sharing_pole_words_are_named_and_left_out_of_the_sensitivity_relation(run):
+  _, _, result = run
+  pairs = result["pairs"]
+  # valence and pleasantness share pole words in configs/scales/norms.json (a fact of the file).
+  shared = {(p["a"], p["b"]) for p in pairs if p["shared_pole_words"]}
+  assert ("valence", "pleasantness") in shared
+  apart = result["relation_no_shared_poles"]
+  assert apart["n_pairs_dropped"] == len(shared)
+  assert apart["cosine"]["n_pairs"] == len(pairs) - len(shared) == apart["projection"]["n_pairs"]
+  # Independent check: r of human r on the cosine over the kept pairs, in plain numpy.
+  kept = [p for p in pairs if not p["shared_pole_words"]]
+  x = np.array([p["cosine"] for p in kept])
+  y = np.array([p["human_r"] for p in kept])
+  np.testing.assert_allclose(apart["cosine"]["r"], np.corrcoef(x, y)[0, 1], atol=1e-9)
+  assert 0 < apart["cosine"]["mantel_p"] <= 1
+  assert any("share a pole word" in line for line in geometry_report.digest(result))
+
+
+def test_shared_pole_words_of_a_pair():
+  dirs = scale_directions.Directions(
+      names=("a", "b", "c"), vectors=np.eye(3, dtype=np.float32), factors=(None,) * 3, norms=(None,) * 3,
+      method="pole_mean", policy="single", asked=3, dropped={},
+      poles={"a": {"positive": ["good", "kind"], "negative": ["bad"]},
+             "b": {"positive": ["kind"], "negative": ["cruel"]},
+             "c": {"positive": ["hot"], "negative": ["cold"]}})
+  shared = geometry.shared_pole_words(dirs, ["a", "b", "c"])
+  assert shared[0][1] == shared[1][0] == {"kind"}
+  assert shared[0][2] == shared[1][2] == set() and shared[0][0] == set()
+
