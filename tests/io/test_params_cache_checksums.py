@@ -13,6 +13,7 @@ import jaxsem
 from jaxsem.io import params_cache
 from jaxsem.io import params_checksums
 from jaxsem.models import params as params_lib
+from jaxsem.models import params_cache as model_cache
 from tests import gguf_fixtures as fx
 
 VOCAB = 99
@@ -141,7 +142,7 @@ def test_entry_of_the_layout_without_checksums_is_stale_and_rewritten(cache_root
   # What layout 1 left: no manifest, no "checksums" in the meta, its own key.
   with monkeypatch.context() as patch:
     patch.setattr(params_cache, "FORMAT_VERSION", 1)
-    old_key = params_cache.key(entry.name.split("-")[0], "float32")
+    old_key = model_cache.key(entry.name.split("-")[0], "float32")
   assert old_key != entry.name
   _deleted_manifest(entry)
   _meta_without_manifests(entry)
