@@ -11,6 +11,12 @@ compiles, for that mesh, the three programs a large run spends its device memory
   the jit-compiled core of ``kernels.spectrum.row_moments`` as the sweep calls it;
 * ``steering``: one batch of ``kernels.steering.steered_readout`` after a cached prompt
   prefix (the prefix's keys and values are abstract too).
+* ``hidden sweep``: one block of the hidden-state vocabulary sweep
+  (``analyses.hidden_sweep.projection_block``, ``launch.sweep --space=hidden --layers=all``):
+  ``HIDDEN_BLOCK`` tokens after a cached ``<bos>``, every site (the embedding and each
+  block's output) centred and projected on the directions built there (directions over the
+  model axis, tokens over the data axis), with the block's ``[sites, D, D]`` moments
+  (first ``D`` over the model axis).
 
 ``compiled.memory_analysis()`` then gives each program's per-device argument, output,
 temporary and generated-code bytes; ``total = argument + output + temp - alias``. The
@@ -45,15 +51,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxsem import experiment_config
 from jaxsem import sharding
+from jaxsem.analyses import hidden_sweep
 from jaxsem.errors import InputError
 from jaxsem.kernels import projection
 from jaxsem.kernels import spectrum
 from jaxsem.kernels import steering
 from jaxsem.models import interventions as iv_lib
+from jaxsem.models import model_configs
 from jaxsem.models import params as params_lib
 from jaxsem.models.config import ModelConfig
 from jaxsem.models.kv_cache import PrefixCache
-from jaxsem.models import model_configs
 
 # Re-exported for the launcher: the architecture behind --model_config.
 load_model_config = model_configs.load_model_config
@@ -213,6 +220,38 @@ def _lower_steering(config: ModelConfig, mesh: Mesh, opts: PlanOptions, params: 
       rows((b,), jnp.int32), rows((b,), jnp.int32), rows((b, d), jnp.float32), readout, site=opts.site)
 
 
+HIDDEN_BLOCK = 1024  # tokens per block of the hidden sweep (its --hidden_chunk_rows default)
+
+
+def _hidden_shapes(config: ModelConfig, mesh: Mesh, opts: PlanOptions) -> tuple[int, int, int]:
+  """(tokens per block rounded up to the data axis, sites, directions padded to the model axis)."""
+  rules = dict(sharding.LOGICAL_AXIS_RULES)
+  data, model = mesh.shape[rules["batch"]], mesh.shape[rules["vocab"]]
+  b = -(-HIDDEN_BLOCK // data) * data
+  return b, config.n_layers + 1, opts.directions + -opts.directions % model
+
+
+def _lower_hidden_sweep(config: ModelConfig, mesh: Mesh, opts: PlanOptions, params: dict):
+  b, n_sites, k = _hidden_shapes(config, mesh, opts)
+  d, axis = config.d_model, dict(sharding.LOGICAL_AXIS_RULES)["vocab"]
+  sites = hidden_sweep.parse_layers("all", config.n_layers)
+
+  def rows(shape, dtype):
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh, len(shape)))
+
+  kv_shape = (config.n_layers, 1, config.n_kv_heads, config.head_dim)  # the cached <bos>
+  kv_spec = sharding.logical_to_spec(("layers", "seq", "kv_heads", "head_dim"), kv_shape, mesh)
+  dtype = params["embed"].dtype
+  prefix = PrefixCache(k=_struct(mesh, kv_shape, dtype, kv_spec), v=_struct(mesh, kv_shape, dtype, kv_spec),
+                       length=1)
+  units = _struct(mesh, (n_sites, k, d), jnp.float32, P(None, axis, None))
+  mean = _struct(mesh, (n_sites, d), jnp.float32, P())
+  return hidden_sweep.projection_block.lower(
+      params, config, rows((b, 1), jnp.int32), rows((b, 1), jnp.int32), prefix, rows((b,), jnp.bool_), mean,
+      None, units, sites=sites, metric=opts.metric, scores=True,
+      out_sharding=hidden_sweep.moments_sharding(mesh))
+
+
 @dataclasses.dataclass(frozen=True)
 class ProgramMemory:
   """Per-device memory of one compiled program, in bytes.
@@ -314,7 +353,7 @@ def _config_json(config: ModelConfig) -> dict[str, Any]:
 
 def make_plan(config: ModelConfig, mesh: Mesh, options: PlanOptions = PlanOptions(),
               source: dict[str, Any] | None = None) -> Plan:
-  """Compiles the three programs for ``mesh`` and collects their per-device memory.
+  """Compiles the four programs for ``mesh`` and collects their per-device memory.
 
   Args:
     config: the architecture.
@@ -345,6 +384,10 @@ def make_plan(config: ModelConfig, mesh: Mesh, options: PlanOptions = PlanOption
       _measure("steering", f"{rows} rows x ({options.prefix_len} cached + {options.suffix_len}) tokens at "
                f"{options.site}", functools.partial(_lower_steering, config, mesh, options, params),
                0, "none (params are arguments)", xla),
+      _measure("hidden sweep", "{} tokens x {} sites on {} directions, with [sites, D, D] moments".format(
+          *_hidden_shapes(config, mesh, options)),
+               functools.partial(_lower_hidden_sweep, config, mesh, options, params), 0,
+               "none (params are arguments)", xla),
   )
   device = mesh.devices.flat[0]
   provenance = {**dict(source or {}), "mesh": dict(mesh.shape), "dtype": options.dtype,

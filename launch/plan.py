@@ -4,7 +4,8 @@
 
 Defaults: configs/experiments/plan.py (``--config``, ``--config.plan.batch=128``, ``--config_print``).
 
-Compiles the sweep's projection and moments and one steering batch on fake CPU devices
+Compiles the sweep's projection and moments, one steering batch and one block of the hidden-state
+sweep (``launch.sweep --space=hidden --layers=all``) on fake CPU devices
 (as many as --mesh names; set JAX_PLATFORMS to plan on real chips) and prints their
 per-device memory; see jaxsem/planning.py for what each number means.
 """

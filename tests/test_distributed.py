@@ -354,6 +354,26 @@ def test_sweep_only_process_0_prints_and_writes(sweeps):
       "cumulative.png", "cumulative_whitened.png", "projections.zarr", "report.html", "summary.json"]
 
 
+@pytest.mark.slow
+def test_hidden_sweep_on_two_processes_equals_one_device(sweep_cmd, tmp_path):
+  """The hidden-state sweep (every token in its context, two sites): 2 processes x 4 devices write the
+  [site, token, direction] array and spectra of one device."""
+  from jaxsem.kernels import zarr_out
+
+  module, *args = sweep_cmd
+  args = [*args, "--space=hidden", "--layers=0,final", "--hidden_chunk_rows=1024"]
+  group = _run_group(module, [*args, "--mesh=data:2,model:4", f"--out_dir={tmp_path / '2x4'}"], tmp_path)
+  one = _run_one(module, *args, f"--out_dir={tmp_path / '1x1'}", devices=None)
+  for name, r in (("2x4 process 0", group[0]), ("2x4 process 1", group[1]), ("1x1", one)):
+    assert r.returncode == 0, f"{name}:\n{r.stderr[-3000:]}"
+  docs = {n: json.loads((tmp_path / n / "summary.json").read_text()) for n in ("2x4", "1x1")}
+  assert [s["site"] for s in docs["2x4"]["sites"]] == ["resid_post.0", "final"]
+  assert _assert_same_numbers(docs["2x4"], docs["1x1"], rtol=1e-4, atol=1e-6) > 100
+  m = {n: zarr_out.open_for_read(tmp_path / n / "projections.zarr").read().result() for n in docs}
+  assert m["2x4"].shape[0] == 2 and m["2x4"].shape[2] == 28 and np.isfinite(m["2x4"]).all()
+  np.testing.assert_allclose(m["2x4"].astype(np.float32), m["1x1"].astype(np.float32), rtol=0, atol=2e-3)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Steering: a small grid (plain steering only) on 2 processes x 4 devices and on one device.
 

@@ -103,10 +103,14 @@ def test_tiny_plan_compiles_with_positive_memory():
   plan = planning.make_plan(TINY, mesh, SMALL_OPTS)
   params = planning.abstract_params(TINY, mesh, np.dtype("bfloat16"))
   assert plan.params_per_device == sum(_shard_bytes(x, mesh) for x in jax.tree.leaves(params))
-  assert [p.name for p in plan.programs] == ["projection", "sweep moments", "steering"]
+  assert [p.name for p in plan.programs] == ["projection", "sweep moments", "steering", "hidden sweep"]
   for p in plan.programs:
     assert p.argument > 0 and p.output > 0 and p.total > 0 and p.peak >= p.total
-  steering = plan.programs[-1]
+  steering, hidden = plan.programs[2:]
+  unembed = _shard_bytes(params["unembed"], mesh)  # no logits: XLA drops the unembedding from the arguments
+  assert hidden.argument > plan.params_per_device - unembed  # params, the directions of 3 sites, the block
+  # The block's scores [3 sites, 1024, 100] and moments [3, 64, 64] in float32, split over the 8 devices.
+  assert hidden.output >= (3 * 1024 * 100 + 3 * 64 * 64) * 4 // 8
   assert steering.argument > plan.params_per_device  # params, prefix cache and the batch
   assert plan.programs[0].resident > plan.params_per_device  # params + the float32 vocabulary
   doc = json.loads(json.dumps(plan.to_json()))
@@ -143,6 +147,9 @@ def test_llama_70b_plan_on_an_8x8_mesh(tmp_path):
   programs = {p["name"]: p for p in doc["programs"]}
   assert programs["steering"]["argument"] >= doc["params"]["bytes_per_device"]
   assert programs["sweep moments"]["output"] >= 8192 * 8192 * 4  # the [D, D] covariance
+  # The hidden sweep: embedding + 80 blocks; each device holds 1/8 of the [81, D, D] block moments.
+  assert programs["hidden sweep"]["output"] >= 81 * 8192 * 8192 * 4 // 8
+  assert programs["hidden sweep"]["argument"] >= doc["params"]["bytes_per_device"]
   assert "steering" in doc["over_budget"]  # 16.4 GiB of params alone on a 16 GiB device
   assert "warning:" in proc.stdout
 

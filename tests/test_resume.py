@@ -132,6 +132,32 @@ def test_sweep_of_other_inputs_is_refused_then_overwritten(sweep, tmp_path):
   assert doc["n_directions"] == 6
 
 
+HIDDEN = ("launch.sweep", "--space=hidden", "--layers=0,final", "--scales=osgood28", "--baselines=gaussian",
+          f"--hidden_chunk_rows={CHUNK}", "--checkpoint_seconds=0")
+
+
+@pytest.mark.slow
+def test_hidden_sweep_killed_mid_projection_then_resumed_is_identical(word_model, tmp_path):
+  """kill -9 once five token blocks of the projection pass are committed, then the same command:
+  the same bytes in the [site, token, direction] array and the same numbers."""
+  args = (*HIDDEN, f"--model={word_model}")
+  ref_out, out = tmp_path / "reference", tmp_path / "hidden"
+  _, ref = _finish(args, ref_out)
+  ref_matrix = zarr_out.open_for_read(ref_out / "projections.zarr").read().result()
+  chunks = -(-ref_matrix.shape[1] // CHUNK)
+  state = out / "projections.zarr" / zarr_out.STATE_NAME
+  assert _kill_when(args, out, lambda: _committed(state) >= 5) == -signal.SIGKILL
+  committed = _committed(state)
+  assert 5 <= committed < chunks and not (out / "summary.json").exists()
+  proc, doc = _finish(args, out)
+  skipped = doc["zarr"]["resumed"]["chunks_skipped"]
+  assert committed <= skipped <= committed + 1  # the moments are saved just before the state
+  assert doc["zarr"]["resumed"]["chunks_computed"] == chunks - skipped
+  np.testing.assert_array_equal(zarr_out.open_for_read(out / "projections.zarr").read().result(), ref_matrix)
+  assert _numbers(doc) == _numbers(ref)
+  assert f"{skipped * CHUNK} resumed" in proc.stderr
+
+
 @pytest.mark.slow
 def test_steering_grid_killed_then_resumed_is_identical(steer, tmp_path):
   ref_out, out = tmp_path / "reference", tmp_path / "steer"

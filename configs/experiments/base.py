@@ -176,6 +176,15 @@ def sweep() -> config_dict.ConfigDict:
       "write_zarr": True,  # stream the projection matrix to out_dir/projections.zarr
       "whitening_control": True,  # also the spectra in the whitened space
       "overwrite": False,  # replace a projection matrix made from other inputs
+      # --space=hidden only: the sites (all = embed and every block's output; or e.g. "0,6,final"), the
+      # fixed context every token sits in (one {token} slot; "{token}" = right after <bos>), the zarr
+      # dtype (auto: float32 for the static sweep, float16 for hidden), tokens per block and zarr chunk,
+      # and the least seconds between two saves of the resumable moments.
+      "layers": "all",
+      "context": "{token}",
+      "store_dtype": "auto",
+      "hidden_chunk_rows": 1024,
+      "checkpoint_seconds": 60.0,
   })
 
 

@@ -15,6 +15,9 @@ If the antonym directions need fewer components than both random baselines over 
 whole vocabulary, the low dimensionality is a property of the directions, not of a
 few rated words. The spectra come from the ``[D, D]`` moments of the vocabulary
 (``kernels.spectrum``): exact, and shared by all direction sets.
+
+``space="hidden"`` sweeps every token's hidden state at the asked sites instead
+(``analyses.hidden_sweep``): a ``[site, token, direction]`` array and spectra per site.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import numpy as np
 
 from jaxsem import experiment_config
 from jaxsem.analyses import align as align_lib
+from jaxsem.analyses import hidden_sweep
 from jaxsem.analyses import row_checkpoint
 from jaxsem.analyses import scale_directions
 from jaxsem.analyses import spaces as spaces_lib
@@ -56,7 +60,8 @@ class SweepOptions:
 
   Attributes:
     scales: scale set name or file (default every WordNet antonym pair).
-    space: ``input_embedding`` or ``unembedding`` (a whole vocabulary needs a matrix).
+    space: ``input_embedding``, ``unembedding``, or ``hidden`` (every token's state in
+      ``context`` at the sites of ``layers``, ``analyses.hidden_sweep``).
     centre: subtract the vocabulary mean.
     whiten: whiten with the vocabulary covariance.
     policy: word -> token policy of the pole words; ``mean`` (default) keeps every
@@ -74,6 +79,13 @@ class SweepOptions:
       the opposite whitening setting.
     overwrite: replace a projection matrix in ``out_dir`` made from other inputs
       (one made from the same inputs is resumed, or reused when complete).
+    layers: hidden only: ``all`` (``embed`` and every block's output) or a comma-separated
+      list of ``embed``, block indices and ``final``.
+    context: hidden only: the fixed text each token sits in, with one ``{token}`` slot.
+    store_dtype: zarr dtype: ``auto`` (float32 for the embedding spaces, float16 for
+      hidden), ``float16``, ``bfloat16`` or ``float32`` (embedding spaces: float32 only).
+    hidden_chunk_rows: hidden only: tokens per forward block and per zarr chunk.
+    checkpoint_seconds: hidden only: least seconds between two saves of the resumable moments.
   """
 
   scales: str
@@ -92,6 +104,11 @@ class SweepOptions:
   write_zarr: bool
   whitening_control: bool
   overwrite: bool
+  layers: str
+  context: str
+  store_dtype: str
+  hidden_chunk_rows: int
+  checkpoint_seconds: float
 
   def provenance(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -141,15 +158,18 @@ def run_sweep(model, opts: SweepOptions, out_dir: str | os.PathLike | None = Non
     ``space``, timings and throughput.
 
   Raises:
-    InputError: a hidden space, unknown baseline, too few usable scales, a bad
-      chunk size, NaN/inf in the vocabulary.
+    InputError: unknown baseline, too few usable scales, a bad chunk size, NaN/inf
+      in the vocabulary (and those of ``hidden_sweep.run_hidden_sweep`` for hidden).
   """
   start = time.perf_counter()
-  if opts.space == "hidden":
-    raise InputError("--space=hidden has no vocabulary matrix to sweep; use input_embedding or unembedding.")
   unknown = sorted(set(opts.baselines) - set(BASELINES))
   if unknown:
     raise InputError(f"--baselines: unknown baseline {unknown[0]!r}; use any of {', '.join(BASELINES)}.")
+  if opts.space == "hidden":
+    return hidden_sweep.run_hidden_sweep(model, opts, out_dir, baselines=tuple(opts.baselines))
+  if opts.store_dtype not in ("auto", "float32"):
+    raise InputError(f"--store_dtype={opts.store_dtype}: the {opts.space} sweep stores float32 only; use "
+                     "--store_dtype=auto or float32 (other dtypes are for --space=hidden).")
   for norm in opts.norms:
     assets.read_norms(norm)  # an unknown table fails before any output is written
   key = jax.random.key(opts.seed)

@@ -76,8 +76,8 @@ def test_toy_sweep_sharded_equals_unsharded(toy_runs):
 
 def test_bad_options_fail_before_writing(tmp_path):
   model = _toy_model()
-  with pytest.raises(InputError, match="hidden has no vocabulary matrix"):
-    sweep.run_sweep(model, sweep.SweepOptions(space="hidden", norms=()), tmp_path)
+  with pytest.raises(InputError, match="--layers: 9 is out of range"):
+    sweep.run_sweep(model, sweep.SweepOptions(space="hidden", norms=(), layers="9"), tmp_path)
   with pytest.raises(InputError, match="unknown baseline 'shuffled'"):
     sweep.run_sweep(model, sweep.SweepOptions(baselines=("shuffled",), norms=()), tmp_path)
   with pytest.raises(InputError, match="nosuchnorm"):
