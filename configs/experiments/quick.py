@@ -37,20 +37,20 @@ def get_config() -> config_dict.ConfigDict:
   # The layer curve at newcomer size: fewer rated words, a smaller centring sample and fewer
   # resamples than launch.layers' defaults; no WordNet pair null or E/P/A tag null per site.
   config.layers = base.layers()
-  config.layers.n_words = 200
-  config.layers.stats_sample = 64
+  config.layers.n_words = 150
+  config.layers.stats_sample = 48
   config.layers.n_boot = 100
   config.layers.n_null = 100
   config.layers.n_tag_perms = 0
   config.layers.geometry = False  # warriner alone tags too few scales; the geometry stage covers it
 
   config.steer = base.steer()
-  config.steer.n_words = 96
+  config.steer.n_words = 64
   config.steer.grid_words = 32
   config.steer.alphas = (-1.0, 1.0)
   config.steer.n_random = 16
   config.steer.fit_steps = 300
-  config.steer.refine = 1
+  config.steer.refine = 0  # the first fit only, not refitted against the real model (paper.py: 2)
   config.steer.n_boot = 200
   config.steer.n_perm = 200
 

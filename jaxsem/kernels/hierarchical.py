@@ -40,6 +40,7 @@ centred on the estimate covers.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -144,9 +145,20 @@ def pole_mean_weights(n_positive: int, n_negative: int) -> Array:
                           jnp.full((n_negative,), -1.0 / n_negative, jnp.float32)])
 
 
-def _pole_counts(key: Array, size: int, n_boot: int) -> Array:
-  draws = jax.random.randint(key, (n_boot, size), 0, size)
-  return jnp.sum(jax.nn.one_hot(draws, size, dtype=jnp.float32), axis=1)  # [B, size]
+_POLE_WIDTH = 8  # pole sizes are drawn in programs of this many columns (a multiple), one per width
+
+
+@functools.partial(jax.jit, static_argnames=("n_boot", "width"))
+def _weights(key: Array, n_positive: Array, n_negative: Array, n_boot: int, width: int) -> Array:
+  """``[B, 2 * width]`` resampled weights of poles padded to ``width`` words (zeros beyond each pole)."""
+  def counts(k, size):  # size words drawn with replacement from the first ``size`` of ``width``
+    draws = jax.random.randint(k, (n_boot, width), 0, size)
+    drawn = jnp.arange(width) < size  # only the first ``size`` draws of a row count
+    hits = jax.nn.one_hot(draws, width, dtype=jnp.float32) * drawn[None, :, None]
+    return jnp.sum(hits, axis=1) / size.astype(jnp.float32)
+
+  k_pos, k_neg = jax.random.split(key)
+  return jnp.concatenate([counts(k_pos, n_positive), -counts(k_neg, n_negative)], axis=1)
 
 
 def resample_pole_weights(key: Array, n_positive: int, n_negative: int, n_boot: int) -> Array:
@@ -164,10 +176,11 @@ def resample_pole_weights(key: Array, n_positive: int, n_negative: int, n_boot: 
   Returns:
     ``[B, P + M]`` float32 weights (positive pole's sum to 1, negative pole's to -1).
   """
-  k_pos, k_neg = jax.random.split(key)
-  pos = _pole_counts(k_pos, n_positive, n_boot) / n_positive
-  neg = _pole_counts(k_neg, n_negative, n_boot) / n_negative
-  return jnp.concatenate([pos, -neg], axis=1)
+  # One compiled program per (pole width bucket, n_boot), not per pole size: a scale set with many
+  # pole sizes compiled one small program per size, which took seconds before the first draw.
+  width = _POLE_WIDTH * -(-max(n_positive, n_negative) // _POLE_WIDTH)
+  w = _weights(key, jnp.int32(n_positive), jnp.int32(n_negative), n_boot, width)
+  return jnp.concatenate([w[:, :n_positive], w[:, width:width + n_negative]], axis=1)
 
 
 def leave_one_out_weights(n_positive: int, n_negative: int) -> tuple[Array, list[int]]:
