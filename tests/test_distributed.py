@@ -262,8 +262,14 @@ def _volatile(path) -> bool:
              or k in ("path", "out_dir", "devices", "mesh", "params_cache", "resumed", "code") for k in keys)
 
 
-def _assert_same_numbers(a: dict, b: dict, *, rtol: float = 0.0, atol: float = 0.0) -> int:
-  """Every leaf but the volatile ones: numbers to the tolerance, ints/bools/strings exactly."""
+def _assert_same_numbers(a: dict, b: dict, *, rtol: float = 0.0, atol: float = 0.0,
+                         ci_rtol: float | None = None) -> int:
+  """Every leaf but the volatile ones: numbers to the tolerance, ints/bools/strings exactly.
+
+  ``ci_rtol`` (default ``rtol``) is the relative tolerance of the ends of bootstrap intervals (leaves
+  under a ``ci``/``ci_words`` key): an end is an order statistic of the draws, so float rounding that
+  reorders two neighbouring draws moves it to the next draw, a jump as large as the gap between them.
+  """
   la = {k: v for k, v in _leaves(a) if not _volatile(k)}
   lb = {k: v for k, v in _leaves(b) if not _volatile(k)}
   assert la.keys() == lb.keys(), sorted(set(la) ^ set(lb), key=str)[:10]
@@ -271,8 +277,9 @@ def _assert_same_numbers(a: dict, b: dict, *, rtol: float = 0.0, atol: float = 0
   for k, x in la.items():
     y = lb[k]
     if isinstance(x, float) or isinstance(y, float):
+      tol = ci_rtol if ci_rtol is not None and any(p in ("ci", "ci_words") for p in k) else rtol
       ok = (isinstance(x, (int, float)) and isinstance(y, (int, float)) and not isinstance(x, bool)
-            and (math.isclose(x, y, rel_tol=rtol, abs_tol=atol) or (math.isnan(x) and math.isnan(y))))
+            and (math.isclose(x, y, rel_tol=tol, abs_tol=atol) or (math.isnan(x) and math.isnan(y))))
     else:
       ok = x == y and type(x) is type(y)
     if not ok:
@@ -394,7 +401,9 @@ def test_steer_is_the_same_on_two_processes(word_model, tmp_path):
   assert a["provenance"]["devices"]["processes"] == 2 and a["provenance"]["devices"]["count"] == 8
   assert len(a["offtarget"]["per_pair"]) == 2 * 27
   # Float32 sums in another order; the random word model amplifies them more than a trained one (|D| ~ 50).
-  _assert_same_numbers(a, b, rtol=1e-3, atol=1e-4)
+  # Its disjoint readout barely moves on target, so some slopes' bootstrap draws reach |slope| ~ 5,000
+  # with gaps of ~1% between neighbouring draws: interval ends get that much room, point values 1e-3.
+  _assert_same_numbers(a, b, rtol=1e-3, atol=1e-4, ci_rtol=2e-2)
   assert "off-target D vs cosine" in two[0].stdout and "off-target" not in two[1].stdout
   assert "steer grid:" in two[0].stderr and "steer grid:" not in two[1].stderr
 

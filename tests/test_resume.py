@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from jaxsem.io import out_dir as out_dir_lib
+from jaxsem.io import scales as scales_io
 from jaxsem.kernels import zarr_out
 
 from tests.test_launch import REPO, _assert_one_line_error, _run
@@ -129,7 +130,7 @@ def test_sweep_of_other_inputs_is_refused_then_overwritten(sweep, tmp_path):
   proc = _run(*other, f"--out_dir={out}")
   _assert_one_line_error(proc, "other inputs", "--overwrite")
   _, doc = _finish(other + ["--overwrite"], out)
-  assert doc["n_directions"] == 6
+  assert doc["n_directions"] == len(scales_io.load_scales("norms"))
 
 
 HIDDEN = ("launch.sweep", "--space=hidden", "--layers=0,final", "--scales=osgood28", "--baselines=gaussian",
