@@ -81,7 +81,8 @@ def build_inputs(model, scale_set, rated: list[RatedTable], opts: LayerOptions,
 
 def geometry_at(model, space, dirs: scale_directions.Directions, inputs: GeometryInputs,
                  opts: LayerOptions) -> dict[str, Any]:
-  """The geometry relation of one site: ``{n_pairs, relation, cosines, projection_r}`` or a ``note``."""
+  """The geometry relation of one site: ``{n_pairs, relation, relation_no_shared_poles, cosines,
+  projection_r}`` or a ``note``."""
   names = inputs.human.names
   missing = [n for n in names if n not in dirs.names]
   if missing:
@@ -94,9 +95,14 @@ def geometry_at(model, space, dirs: scale_directions.Directions, inputs: Geometr
   res = geometry_lib.model_side(inputs.human, sub, inputs.covered, vectors, n_perm=opts.geometry_n_perm,
                                 metric=opts.metric)
   keys = ("r", "ci", "slope", "slope_ci", "mantel_p", "n_perm", "n_pairs")
+  apart = res["relation_no_shared_poles"]
   return {"n_pairs": len(res["pairs"]),
           "relation": {side: {k: res["relation"][side][k] for k in keys}
                        for side in ("cosine", "projection")},
+          # Without the pairs whose scales share a pole word (they carry the relation in the static space).
+          "relation_no_shared_poles": {"n_pairs_dropped": apart["n_pairs_dropped"],
+                                       **{side: {k: apart[side][k] for k in keys}
+                                          for side in ("cosine", "projection")}},
           "cosines": res["cosines"]["matrix"], "projection_r": res["projection_r"]["matrix"]}
 
 

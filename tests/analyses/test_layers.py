@@ -307,6 +307,9 @@ def test_every_site_carries_the_geometry_relation(geometry_run):
       assert -1.0 <= rel["ci"][0] <= rel["ci"][1] <= 1.0 and 1 / 51 <= rel["mantel_p"] <= 1
     projection = g["relation"]["projection"]
     assert projection["ci"][0] - 1e-6 <= projection["r"] <= projection["ci"][1] + 1e-6, p["site"]
+    apart = g["relation_no_shared_poles"]  # valence and pleasantness share pole words (norms.json)
+    assert apart["n_pairs_dropped"] >= 1
+    assert apart["cosine"]["n_pairs"] == apart["projection"]["n_pairs"] == 15 - apart["n_pairs_dropped"]
   # Resampled pole means are noisier, which pulls the draws' cosines towards 0 (as in the
   # geometry run): the cosine relation's interval holds its r at most sites, not necessarily all.
   inside = [g["ci"][0] - 1e-6 <= g["r"] <= g["ci"][1] + 1e-6
