@@ -22,7 +22,7 @@ from jaxsem.io.cache import atomic_path  # noqa: E402
 FACTOR_COLOURS = {"E": "#1b9e77", "P": "#d95f02", "A": "#7570b3", None: "#999999"}
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
+def save(fig, path: str | os.PathLike) -> Path:
   """Writes ``fig`` to ``path`` atomically and closes it.
 
   Raises:
@@ -75,7 +75,7 @@ def correlation_bars(path, labels: Sequence[str], r: np.ndarray, ci: np.ndarray,
   ax.set_xlim(-1, 1)
   ax.set_xlabel(xlabel + ("  (grey: null 95th percentile)" if null_p95 is not None else ""))
   ax.set_title(title, fontsize=9)
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def heatmap(path, matrix: np.ndarray, labels: Sequence[str], title: str = "",
@@ -96,7 +96,7 @@ def heatmap(path, matrix: np.ndarray, labels: Sequence[str], title: str = "",
     ax.set_yticklabels(rows, fontsize=7)
   fig.colorbar(im, ax=ax, shrink=0.8, label=cbar_label)
   ax.set_title(title, fontsize=9)
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def scree(path, curves: dict[str, np.ndarray], title: str = "", max_components: int = 15,
@@ -134,7 +134,7 @@ def scree(path, curves: dict[str, np.ndarray], title: str = "", max_components: 
   ax.legend(handles + handles2, labels + labels2, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14),
             ncol=2)
   ax.set_title(title, fontsize=9)
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def loadings(path, matrix: np.ndarray, labels: Sequence[str], factors: Sequence[str | None],
@@ -160,7 +160,7 @@ def loadings(path, matrix: np.ndarray, labels: Sequence[str], factors: Sequence[
   if handles:
     fig.legend(handles, names, loc="lower center", ncol=len(handles), fontsize=8)
   fig.suptitle(title, fontsize=9)
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def cumulative_curves(path, curves: dict[str, np.ndarray], title: str = "",
@@ -184,7 +184,7 @@ def cumulative_curves(path, curves: dict[str, np.ndarray], title: str = "",
   ax.set_ylim(0, 1.02)
   ax.legend(fontsize=8, loc="lower right")
   ax.set_title(title, fontsize=9)
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def offtarget_scatter(path, cos: np.ndarray, d: np.ndarray, slope: float, intercept: float, r: float,
@@ -214,7 +214,7 @@ def offtarget_scatter(path, cos: np.ndarray, d: np.ndarray, slope: float, interc
   ax.set_ylabel("off-target change per unit on-target change (D)")
   ax.legend(fontsize=8, loc="upper left")
   ax.set_title(title, fontsize=9)
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def dose_response(path, alphas: np.ndarray, on_target: np.ndarray, off_target_abs: np.ndarray,
@@ -247,7 +247,7 @@ def dose_response(path, alphas: np.ndarray, on_target: np.ndarray, off_target_ab
   ax.set_ylabel("rating change (steered - unsteered)")
   ax.legend(fontsize=7, loc="best")
   ax.set_title(title, fontsize=9)
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def method_bars(path, names: Sequence[str], values: np.ndarray, ci: np.ndarray, title: str = "",
@@ -264,7 +264,7 @@ def method_bars(path, names: Sequence[str], values: np.ndarray, ci: np.ndarray, 
   ax.set_ylabel(ylabel)
   ax.set_ylim(0, None)
   ax.set_title(title, fontsize=9)
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def layer_curves(path, sites: Sequence[str], curves: dict[str, np.ndarray], *, bands: dict | None = None,
@@ -306,4 +306,4 @@ def layer_curves(path, sites: Sequence[str], curves: dict[str, np.ndarray], *, b
     ax.set_ylim(*ylim)
   ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: hides no point
   ax.set_title(title, fontsize=9)
-  return _save(fig, path)
+  return save(fig, path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,26 +13,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxsem.io import assets  # noqa: E402
-from jaxsem.io.cache import atomic_path  # noqa: E402
+from jaxsem.report import figures  # noqa: E402
 from jaxsem.report import summary  # noqa: E402
+from jaxsem.report import writers  # noqa: E402
 
 FIGURES = ("geometry_scatter.png", "geometry_matrices.png")
 _MODEL_SIDES = (("cosine", "axis cosine"), ("projection", "projection r (words on the two axes)"))
-
-
-def _save(fig, path: str | os.PathLike) -> Path:
-  """Writes ``fig`` atomically and closes it."""
-  path = Path(path)
-  try:
-    with atomic_path(path) as tmp:
-      fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png")
-  finally:
-    plt.close(fig)
-  return path
-
-
-def _sha256(path: str) -> str | None:
-  return assets.sha256_file(Path(path)) if path and Path(path).is_file() else None
 
 
 def _title(model, result: dict[str, Any]) -> str:
@@ -78,7 +63,7 @@ def scatter(path, block: dict[str, Any], title: str) -> Path:
     ax.set_ylabel("human inter-scale r")
     ax.set_title(_rel_text(rel), fontsize=8)
   fig.suptitle(title, fontsize=9)
-  return _save(fig, path)
+  return figures.save(fig, path)
 
 
 def matrices(path, block: dict[str, Any], title: str) -> Path:
@@ -100,7 +85,7 @@ def matrices(path, block: dict[str, Any], title: str) -> Path:
     ax.set_title(label, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
   fig.suptitle(title, fontsize=9)
-  return _save(fig, path)
+  return figures.save(fig, path)
 
 
 def write(out_dir, result: dict[str, Any], model, opts, config: dict | None = None) -> Path:
@@ -115,7 +100,7 @@ def write(out_dir, result: dict[str, Any], model, opts, config: dict | None = No
           "centred": space.get("centred"),
           "whitened": space.get("whitened"), "policy": opts.policy, "method": opts.method,
           "coverage": result["coverage"], "directions": result["directions"],
-          "scales_file": result["scales_file"], "scales_sha256": _sha256(result["scales_file"]),
+          "scales_file": result["scales_file"], "scales_sha256": writers.file_sha256(result["scales_file"]),
           "norms_files": [assets.norms_provenance(t) for t in result["tables"] if t in assets.NORMS],
           "seed": opts.seed, "options": opts.provenance()}
   if config is not None:

@@ -25,10 +25,6 @@ def site_label(site: str) -> str:
   return {"input_embedding": "input embedding", "unembedding": "output embedding"}.get(site, site)
 
 
-def _sha256(path: str) -> str | None:
-  return assets.sha256_file(Path(path)) if path and Path(path).is_file() else None
-
-
 def _tagged_curves(points: list[dict[str, Any]]):
   """(r curves, CI bands, probe ceilings) of every tagged scale x column, in depth order."""
   keys = list(dict.fromkeys((r["scale"], r["norm"], r["column"]) for r in points[0]["alignment"]
@@ -95,8 +91,8 @@ def write(out_dir, result: dict[str, Any], model, opts, config: dict | None = No
   prov = {"templates": result["templates"], "statistics": result["statistics"], "centred": opts.centre,
           "whitened": opts.whiten, "policy": opts.policy, "seed": opts.seed, "coverage": result["coverage"],
           "directions": result["directions"],
-          "scales_files": {k: {"file": v, "sha256": _sha256(v)} for k, v in files.items()},
-          "scales_file": files["align"], "scales_sha256": _sha256(files["align"]),
+          "scales_files": {k: {"file": v, "sha256": writers.file_sha256(v)} for k, v in files.items()},
+          "scales_file": files["align"], "scales_sha256": writers.file_sha256(files["align"]),
           "norms_files": [assets.norms_provenance(t) for t in opts.norms if t in assets.NORMS],
           "options": opts.provenance()}
   if config is not None:

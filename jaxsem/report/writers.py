@@ -14,7 +14,7 @@ from jaxsem.report import pvalues
 from jaxsem.report import summary
 
 
-def _sha256(path: str | Path | None) -> str | None:
+def file_sha256(path: str | Path | None) -> str | None:
   """sha256 of a file's bytes, or None when ``path`` is not a file."""
   return assets.sha256_file(Path(path)) if path and Path(path).is_file() else None
 
@@ -40,14 +40,14 @@ def _provenance(result: dict[str, Any], opts) -> dict[str, Any]:
       "coverage": result["coverage"],
       "directions": result["directions"],
       "scales_file": result["scales_file"],
-      "scales_sha256": _sha256(result["scales_file"]),
+      "scales_sha256": file_sha256(result["scales_file"]),
       "norms_files": _norms_files(result["coverage"]),
       "seed": opts.seed,
       "options": opts.provenance(),
   }
   if getattr(opts, "n_null_pairs", 0) > 0 or "pair_null" in result:
     pool = _scales_path("wordnet")  # the pool of random antonym pairs in the pair nulls
-    prov["pair_pool_file"] = {"file": pool, "sha256": _sha256(pool)}
+    prov["pair_pool_file"] = {"file": pool, "sha256": file_sha256(pool)}
   return prov
 
 
@@ -274,7 +274,7 @@ def write_steer(out_dir, result: dict[str, Any], model, opts, config: dict | Non
           "read_site": result["read_site"], "template": result["template"], "policy": "single",
           "coverage": {"words": len(result["words"]), "scales": len(result["scales"])},
           "centred": False, "whitened": False, "seed": opts.seed, "options": opts.provenance(),
-          "scales_file": scales_file, "scales_sha256": _sha256(scales_file),
+          "scales_file": scales_file, "scales_sha256": file_sha256(scales_file),
           "norms_files": _norms_files(tables)}
   return summary.write(out, steer_tests({"job": "steer", **result}), model=model, **prov, **_config(config))
 
