@@ -26,7 +26,9 @@ SMALL_OPTS = planning.PlanOptions(directions=100, chunk_rows=512, batch=8)
 
 
 def _run(*args, env_extra=None):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the launcher asks for its devices
+  env = dict(os.environ)  # the suite's fast-compile flags, but the launcher asks for its own devices
+  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                              if not f.startswith("--xla_force_host_platform_device_count"))
   env.update(JAX_PLATFORMS="cpu", **(env_extra or {}))
   return subprocess.run([sys.executable, "-m", "launch.plan", *args], cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=600)
