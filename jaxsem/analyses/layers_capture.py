@@ -91,8 +91,10 @@ def capture_sites(model, token_ids: Sequence[Sequence[int]], templates: Sequence
     order = sorted(range(n), key=lambda i: len(seqs[i]))
     for start in range(0, n, batch_size):
       rows = order[start:start + batch_size]
+      # Every batch is padded to batch_size, so the statistics sample and the words (the same
+      # templates, one compile per sequence length) run the same programs.
       ids, mask = pad_batch([seqs[i] for i in rows], model.pad_id, length_bucket=model.length_bucket,
-                            batch_multiple=min(batch_size, n))
+                            batch_multiple=batch_size)
       positions = np.zeros(ids.shape[0], np.int32)
       positions[:len(rows)] = last[rows]
       out = model.forward(ids, mask, capture=_CAPTURE, logits_at="none")

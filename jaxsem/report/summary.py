@@ -97,7 +97,8 @@ def provenance(model=None, **extra: Any) -> dict[str, Any]:
 
   prov: dict[str, Any] = {"code": code_provenance(), "versions": package_versions(),
                           "devices": {"platform": jax.default_backend(), "count": jax.device_count(),
-                                      "processes": jax.process_count()}}
+                                      "processes": jax.process_count()},
+                          "xla_flags": os.environ.get("XLA_FLAGS", "")}
   if model is not None:
     prov["model"] = model.provenance
   prov.update(extra)
