@@ -42,6 +42,9 @@ flags.DEFINE_integer("hidden_chunk_rows", _D.hidden_chunk_rows,
                      "Hidden only: tokens per block and zarr chunk.", lower_bound=1)
 flags.DEFINE_float("checkpoint_seconds", _D.checkpoint_seconds,
                    "Hidden only: least seconds between two saves of the resumable moments.", lower_bound=0.0)
+flags.DEFINE_integer("hidden_stats_sample", _D.hidden_stats_sample,
+                     "Hidden only: tokens (seeded sample) whose states centre each site; 0 = all (exact).",
+                     lower_bound=0)
 flags.DEFINE_bool("centre", _D.centre, "Subtract the vocabulary mean.")
 flags.DEFINE_bool("whiten", _D.whiten, "Whiten with the vocabulary covariance (causal inner product).")
 flags.DEFINE_enum("policy", _D.policy, ["single", "mean", "first"],
@@ -58,7 +61,7 @@ flags.DEFINE_integer("seed", _D.seed, "Seed of the random baselines.")
 flags.DEFINE_bool("write_zarr", _D.write_zarr, "Stream the projection matrix to out_dir/projections.zarr.")
 for _name in ("scales", "space", "centre", "whiten", "policy", "method", "metric", "standardize", "chunk_rows",
               "baselines", "norms", "min_coverage", "seed", "write_zarr", "layers", "context", "store_dtype",
-              "hidden_chunk_rows", "checkpoint_seconds"):
+              "hidden_chunk_rows", "checkpoint_seconds", "hidden_stats_sample"):
   cli.shortcut(_name, f"sweep.{_name}")
 cli.define_out_dir_flag(_DEFAULT.out_dir, "Where the outputs are written. A sweep killed part way resumes from "
                         "its committed chunks when the same command runs again.")

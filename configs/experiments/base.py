@@ -185,6 +185,9 @@ def sweep() -> config_dict.ConfigDict:
       "store_dtype": "auto",
       "hidden_chunk_rows": 1024,
       "checkpoint_seconds": 60.0,
+      # --space=hidden only: tokens (a seeded uniform sample of the ids swept) whose states' mean and
+      # covariance centre (and whiten) each site; 0 = every token swept (exact, one more full pass).
+      "hidden_stats_sample": 16384,
   })
 
 

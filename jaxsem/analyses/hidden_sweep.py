@@ -10,9 +10,10 @@ a prefix cache (``models.kv_cache``), so a block runs only the token and what fo
 
 Two passes over the vocabulary, both on device, both resumable:
 
-1. statistics: per site the exact vocabulary mean and covariance of the states (blocks merged
-   in float64 on the host, Chan's pairwise update), for centring and whitening. Skipped when
-   neither is asked for.
+1. statistics: per site the mean and covariance of the states (blocks merged in float64 on the
+   host, Chan's pairwise update), for centring and whitening: over a seeded uniform sample of
+   the swept tokens (``hidden_stats_sample``, recorded), or exactly over all of them when it is 0.
+   Skipped when neither is asked for.
 2. projection: each block's states are centred (whitened) with the site's statistics and
    projected on the scale set's directions built at that site (from the pole words' states in
    the same context, ``scale_directions``); the ``[site, token, direction]`` scores go to zarr
@@ -460,10 +461,13 @@ def token_states(model, tokens, sites, context: str = DEFAULT_CONTEXT, chunk: in
 
 
 def _run_pass(runner: _Runner, n_tokens: int, checkpoint: _Checkpoint, merged: _Merged, compute, what: str,
-              on_block=None, on_save=None) -> dict[str, Any]:
+              on_block=None, on_save=None, tokens: np.ndarray | None = None) -> dict[str, Any]:
   """One pass over the vocabulary in blocks, skipping the checkpoint's; ``compute(ids, mask, valid)``
-  returns ``(scores or None, (n, mean, m2))``; ``on_block(start, scores)`` gets each block's scores."""
+  returns ``(scores or None, (n, mean, m2))``; ``on_block(start, scores)`` gets each block's scores.
+  ``tokens``: the ids to run, in blocks of ``chunk`` (default ``0..n_tokens-1``)."""
   chunk = runner.chunk
+  tokens = np.arange(n_tokens, dtype=np.int64) if tokens is None else np.asarray(tokens, np.int64)
+  n_tokens = len(tokens)
   n_blocks = -(-n_tokens // chunk)
   done = checkpoint.load(merged, n_blocks)
   skipped = len(done)
@@ -474,16 +478,16 @@ def _run_pass(runner: _Runner, n_tokens: int, checkpoint: _Checkpoint, merged: _
   todo = [b for b in range(n_blocks) if b not in done]
 
   def dispatch(b):
-    tokens = np.arange(b * chunk, min(n_tokens, (b + 1) * chunk), dtype=np.int64)
-    return b, len(tokens), compute(*runner.block(tokens))
+    block = tokens[b * chunk:(b + 1) * chunk]
+    return b, len(block), compute(*runner.block(block))
 
   def finish(b, k, out):
     scores, moments = out
     if scores is not None and on_block is not None:
       host = distributed.to_host(scores)[:, :k]
       if not np.isfinite(host).all():
-        raise InputError(f"the hidden states of tokens {b * chunk}..{b * chunk + k - 1} give NaN or inf "
-                         "scores; load the model with --dtype=float32.")
+        raise InputError(f"the hidden states of tokens {tokens[b * chunk]}..{tokens[b * chunk + k - 1]} give "
+                         "NaN or inf scores; load the model with --dtype=float32.")
       on_block(b * chunk, host)
     merged.add(*(distributed.to_host(m) for m in moments))
     done.add(b)
@@ -523,7 +527,7 @@ def _psd_root(cov: np.ndarray) -> np.ndarray:
   return vec * np.sqrt(np.clip(lam, 0.0, None))
 
 
-def _site_directions(model, opts, runner: _Runner, scale_set, context, transforms, n_tokens):
+def _site_directions(model, opts, runner: _Runner, scale_set, context, transforms, n_stats: int):
   """Per site ``(Space, Directions)`` of the scale set from the pole words' states in ``context``, and the
   scales dropped because their poles are identical at some site (``{scale: site}``).
 
@@ -557,12 +561,21 @@ def _site_directions(model, opts, runner: _Runner, scale_set, context, transform
     table = spaces_lib.StateTable(rows, states[s])
     space = spaces_lib.Space(name="hidden", layer=layers_capture.site_layer(site), site=site,
                              centred=opts.centre, whitened=opts.whiten, template=context,
-                             stats_tokens=n_tokens if (opts.centre or opts.whiten) else 0,
+                             stats_tokens=n_stats if (opts.centre or opts.whiten) else 0,
                              tied=bool(model.config.tie_embeddings), transform=transforms[s], states=table)
     out.append((space, scale_directions.build(model, space, kept, policy=opts.policy, method=opts.method,
                                               missing="drop", min_coverage=opts.min_coverage,
                                               what=scale_set.name)))
   return out, identical
+
+
+def stats_sample(n_tokens: int, sample: int, seed: int) -> np.ndarray:
+  """The sorted token ids whose states give the statistics: all ``0..n_tokens-1`` when ``sample`` is 0
+  or at least ``n_tokens``, else ``sample`` of them drawn uniformly without replacement (seeded)."""
+  if sample <= 0 or sample >= n_tokens:
+    return np.arange(n_tokens, dtype=np.int64)
+  drawn = np.random.default_rng(seed).choice(n_tokens, size=int(sample), replace=False)
+  return np.sort(drawn).astype(np.int64)
 
 
 def check_options(opts) -> None:
@@ -573,6 +586,8 @@ def check_options(opts) -> None:
   store_dtype(opts.store_dtype)
   if opts.hidden_chunk_rows < 1:
     raise InputError(f"--hidden_chunk_rows={opts.hidden_chunk_rows} must be at least 1.")
+  if opts.hidden_stats_sample < 0:
+    raise InputError(f"--hidden_stats_sample={opts.hidden_stats_sample} must be 0 (every token) or more.")
 
 
 def run_hidden_sweep(model, opts, out_dir=None, baselines=("gaussian", "token_pairs"),
@@ -618,17 +633,18 @@ def run_hidden_sweep(model, opts, out_dir=None, baselines=("gaussian", "token_pa
     _on_main(lambda: distributed.is_main() and not (out / ZARR_NAME / "zarr.json").is_file()
              and check_disk(out, most))
 
-  # Pass 1: exact vocabulary statistics per site.
+  # Pass 1: the statistics per site, over every token swept or a seeded sample of them.
   stats = _Merged(n_sites, d)
   stats_run = None
+  stats_tokens = stats_sample(n_tokens, opts.hidden_stats_sample, opts.seed)
   if opts.centre or opts.whiten:
-    ck = _Checkpoint(None if ckpt_dir is None else ckpt_dir / "statistics.npz", _fingerprint("stats", base),
-                     opts.checkpoint_seconds)
+    ck = _Checkpoint(None if ckpt_dir is None else ckpt_dir / "statistics.npz",
+                     _fingerprint("stats", base, len(stats_tokens), opts.seed), opts.checkpoint_seconds)
     stats_run = _run_pass(runner, n_tokens, ck, stats,
                           lambda ids, mask, valid: (None, statistics_block(
                               model.params, cfg, ids, mask, runner.prefix, valid, sites=sites,
                               out_sharding=moments_sharding(model.mesh))),
-                          f"hidden sweep {scale_set.name}: statistics")
+                          f"hidden sweep {scale_set.name}: statistics", tokens=stats_tokens)
     bad = ~np.isfinite(stats.mean).all(axis=1)
     if bad.any():
       raise InputError(f"site {sites[int(np.flatnonzero(bad)[0])]}: the vocabulary's states have NaN or inf "
@@ -641,7 +657,8 @@ def run_hidden_sweep(model, opts, out_dir=None, baselines=("gaussian", "token_pa
                       if (opts.centre or opts.whiten) else None)
 
   # Directions per site from the pole words' states in the same context.
-  built, identical = _site_directions(model, opts, runner, scale_set, context, transforms, n_tokens)
+  built, identical = _site_directions(model, opts, runner, scale_set, context, transforms,
+                                     len(stats_tokens))
   names = [n for n in built[0][1].names if all(n in dirs.names for _, dirs in built)]
   if not names:
     raise InputError(f"no scale of {scale_set.name} could be built at every site; check --scales.")
@@ -689,8 +706,13 @@ def run_hidden_sweep(model, opts, out_dir=None, baselines=("gaussian", "token_pa
   deepest = result["sites"][-1]
   result.update(spectra=deepest["spectra"], verdict=deepest["verdict"], rated_words={},
                 spectra_seconds=round(time.perf_counter() - t0, 2))
-  result["statistics"] = {"tokens": n_tokens if stats_run else 0, "exact": True,
-                          "what": "mean and covariance of every vocabulary token's state in the context",
+  exact = len(stats_tokens) == n_tokens
+  result["statistics"] = {"tokens": len(stats_tokens) if stats_run else 0, "exact": exact,
+                          "sample_seed": None if exact else opts.seed,
+                          "what": ("mean and covariance of every swept token's state in the context" if exact
+                                   else f"mean and covariance of the states of a uniform sample of "
+                                        f"{len(stats_tokens)} of the {n_tokens} swept tokens (seed "
+                                        f"{opts.seed}) in the context"),
                           **({"pass": stats_run} if stats_run else {})}
   result["projection_pass"] = run
   result["coverage"] = {"scales": k / max(len(scale_set), 1), "tokens": f"all {n_tokens} vocabulary tokens",

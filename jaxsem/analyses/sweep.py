@@ -86,6 +86,8 @@ class SweepOptions:
       hidden), ``float16``, ``bfloat16`` or ``float32`` (embedding spaces: float32 only).
     hidden_chunk_rows: hidden only: tokens per forward block and per zarr chunk.
     checkpoint_seconds: hidden only: least seconds between two saves of the resumable moments.
+    hidden_stats_sample: hidden only: tokens (a uniform sample of the swept ids, seeded by ``seed``)
+      whose states centre and whiten each site; 0 (or at least the tokens swept) uses every token.
   """
 
   scales: str
@@ -109,6 +111,7 @@ class SweepOptions:
   store_dtype: str
   hidden_chunk_rows: int
   checkpoint_seconds: float
+  hidden_stats_sample: int
 
   def provenance(self) -> dict[str, Any]:
     return dataclasses.asdict(self)

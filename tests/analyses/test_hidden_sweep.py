@@ -91,6 +91,44 @@ def test_projections_equal_numpy_projection_of_the_centred_states(runs, referenc
   assert result["spectra"] == result["sites"][-1]["spectra"]
 
 
+def test_stats_sample_is_every_token_or_a_seeded_uniform_sample():
+  np.testing.assert_array_equal(hidden_sweep.stats_sample(250, 0, 0), np.arange(250))
+  np.testing.assert_array_equal(hidden_sweep.stats_sample(250, 250, 0), np.arange(250))
+  got = hidden_sweep.stats_sample(250, 100, 3)
+  assert len(np.unique(got)) == 100 and np.all(np.diff(got) > 0) and got.min() >= 0 and got.max() < 250
+  np.testing.assert_array_equal(got, hidden_sweep.stats_sample(250, 100, 3))
+  assert not np.array_equal(got, hidden_sweep.stats_sample(250, 100, 4))
+  # Uniform: over many seeds every id is drawn about equally often (100/250 of the time).
+  draws = [hidden_sweep.stats_sample(250, 100, s) for s in range(400)]
+  counts = np.bincount(np.concatenate(draws), minlength=250)
+  assert abs(counts.mean() - 160) < 1e-9 and counts.min() > 110 and counts.max() < 210
+
+
+def test_a_sampled_centre_is_the_mean_of_the_sampled_tokens_states(scales, reference, tmp_path):
+  """With --hidden_stats_sample below the tokens swept, each site is centred by the mean of the
+  sampled tokens' states (numpy on the same sample), and summary says so."""
+  model = _model()
+  result = sweep.run_sweep(model, _opts(scales, hidden_stats_sample=100, seed=5), tmp_path)
+  got = zarr_out.open_for_read(tmp_path / sweep.ZARR_NAME).read().result()
+  sample = hidden_sweep.stats_sample(250, 100, 5)
+  states = reference.astype(np.float64)
+  states -= states[:, sample].mean(axis=1, keepdims=True)
+  from jaxsem.analyses import lexicon
+
+  wt = lexicon.resolve_words(model.tokenizer, list(POLES), "single")
+  row = {w: ids[0] for w, ids in zip(wt.used_words, wt.used_token_ids)}
+  for s, site in enumerate(SITES):
+    e = states[s]
+    dirs = np.stack([e[[row[w] for w in sc["positive"]]].mean(0) - e[[row[w] for w in sc["negative"]]].mean(0)
+                     for sc in TOY_SCALES["scales"]])
+    want = (e @ dirs.T) / np.linalg.norm(e, axis=1, keepdims=True) / np.linalg.norm(dirs, axis=1)
+    np.testing.assert_allclose(got[s], want, atol=1e-5, err_msg=site)
+  stats = result["statistics"]
+  assert stats["tokens"] == 100 and stats["exact"] is False and stats["sample_seed"] == 5
+  assert "100 of the 250" in stats["what"]
+  assert result["space"]["stats_tokens"] == 100
+
+
 def test_sharded_over_eight_devices_equals_one(runs):
   (a, da), (b, db) = runs["plain"], runs["sharded"]
   np.testing.assert_allclose(zarr_out.open_for_read(db / sweep.ZARR_NAME).read().result(),
