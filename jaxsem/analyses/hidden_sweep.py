@@ -432,12 +432,14 @@ class _Runner:
     """``[n_sites, len(tokens), D]`` float32 raw states (host)."""
     return self.word_states([(int(t),) for t in tokens])
 
-  def word_states(self, seqs) -> np.ndarray:
+  def word_states(self, seqs, progress=None) -> np.ndarray:
     """``[n_sites, len(seqs), D]`` float32 raw states at the last token of each token-id sequence in the
-    context (sequences of one length run together, in blocks of ``chunk``)."""
+    context (sequences of one length run together, in blocks of ``chunk``); ``progress(done)`` after
+    each block."""
     d = self.model.config.d_model
     out = np.zeros((len(self.sites), len(seqs), d), np.float32)
     by_length: dict[int, list[int]] = {}
+    done = 0
     for i, ids in enumerate(seqs):
       by_length.setdefault(len(ids), []).append(i)
     for length, rows in sorted(by_length.items()):
@@ -448,6 +450,9 @@ class _Runner:
         got = _states_jit(self.model.params, self.model.config, self.put(ids), self.put(np.ones_like(ids)),
                           self.prefix, sites=self.sites, position=length - 1)
         out[:, part] = distributed.to_host(got)[:, :len(part)]
+        done += len(part)
+        if progress is not None:
+          progress(done)
     return out
 
 
@@ -539,7 +544,10 @@ def _site_directions(model, opts, runner: _Runner, scale_set, context, transform
   wt = lexicon.resolve_words(model.tokenizer, words, opts.policy)
   ids = [tuple(t) for t in (wt.used_all_ids or wt.used_token_ids)]
   seqs = list(dict.fromkeys(ids))
-  states = runner.word_states(seqs)  # [n_sites, words, D], the words' last tokens
+  bar = Progress(f"hidden sweep {scale_set.name}: pole words' states", len(seqs), unit="words")
+  bar.update(0)
+  states = runner.word_states(seqs, progress=bar.update)  # [n_sites, words, D], the words' last tokens
+  bar.close()
   rows = {t: i for i, t in enumerate(seqs)}
   word_row = {w: rows[t] for w, t in zip(wt.used_words, ids)}
   identical: dict[str, str] = {}
@@ -557,6 +565,8 @@ def _site_directions(model, opts, runner: _Runner, scale_set, context, transform
     raise InputError(f"{scale_set.name}: every scale has identical poles at some site of --layers; "
                      "leave out the embed site or give other scales.")
   out = []
+  bar = Progress(f"hidden sweep {scale_set.name}: directions", len(runner.sites), unit="sites")
+  bar.update(0)
   for s, site in enumerate(runner.sites):
     table = spaces_lib.StateTable(rows, states[s])
     space = spaces_lib.Space(name="hidden", layer=layers_capture.site_layer(site), site=site,
@@ -566,6 +576,8 @@ def _site_directions(model, opts, runner: _Runner, scale_set, context, transform
     out.append((space, scale_directions.build(model, space, kept, policy=opts.policy, method=opts.method,
                                               missing="drop", min_coverage=opts.min_coverage,
                                               what=scale_set.name)))
+    bar.update(s + 1)
+  bar.close()
   return out, identical
 
 

@@ -1,6 +1,7 @@
 """Hidden-state vocabulary sweep: states per site, projections, spectra, sharding, resume, refusals."""
 
 import json
+from pathlib import Path
 import shutil
 
 import numpy as np
@@ -127,6 +128,18 @@ def test_a_sampled_centre_is_the_mean_of_the_sampled_tokens_states(scales, refer
   assert stats["tokens"] == 100 and stats["exact"] is False and stats["sample_seed"] == 5
   assert "100 of the 250" in stats["what"]
   assert result["space"]["stats_tokens"] == 100
+
+
+def test_every_stage_prints_progress(scales, capsys):
+  """Statistics, the pole words' states, the directions per site and the projection each print a
+  first and a last progress line (a long stage is never silent)."""
+  sweep.run_sweep(_model(), _opts(scales, write_zarr=False, whitening_control=False), None)
+  err = capsys.readouterr().err.splitlines()
+  for stage, unit in (("statistics", "tokens"), ("pole words' states", "words"), ("directions", "sites"),
+                      ("", "tokens")):
+    lines = [ln for ln in err if f"hidden sweep {Path(str(scales)).stem}: {stage}" in ln or
+             (not stage and ln.startswith("sweep "))]
+    assert lines and " 0/" in lines[0] and "(100.0%)" in lines[-1] and unit in lines[-1], (stage, err[:20])
 
 
 def test_sharded_over_eight_devices_equals_one(runs):
