@@ -1,7 +1,7 @@
 """ModelConfig: one frozen description of every architecture jaxsem runs.
 
-Llama-like models (Llama 2/3, SmolLM, Mistral, Qwen 2.5, Qwen 3) and Gemma 3 share one
-forward pass; the fields below switch the family-specific pieces on and off. How each
+Llama-like models (Llama 2/3, SmolLM, Mistral, Qwen 2.5, Qwen 3), Gemma 2 and Gemma 3
+share one forward pass; the fields below switch the family-specific pieces on and off. How each
 family's checkpoints map to these fields, and the leaf table behind the layout below,
 live in ``jaxsem.models.families``. The config is
 hashable so it can be a static argument of ``jax.jit``.
@@ -19,11 +19,11 @@ heads, ``Dh`` head_dim, ``F`` d_ff, ``V`` vocab)::
       o              [L, H, Dh, D]
       q_bias         [L, H, Dh]    only when ``qkv_bias``; likewise k_bias, v_bias [L, K, Dh]
       q_norm, k_norm [L, Dh]       only when ``qk_norm`` (Gemma 3, Qwen 3)
-      post_attn_norm [L, D]        only when ``post_norms`` (Gemma 3)
+      post_attn_norm [L, D]        only when ``post_norms`` (Gemma 2, 3)
       mlp_norm       [L, D]        pre-MLP RMSNorm multiplier
       gate, up       [L, D, F]
       down           [L, F, D]
-      post_mlp_norm  [L, D]        only when ``post_norms`` (Gemma 3)
+      post_mlp_norm  [L, D]        only when ``post_norms`` (Gemma 2, 3)
 
 RMSNorm leaves hold the *actual multiplier*: Gemma checkpoints store ``w`` and compute
 ``x * (1 + w)``; loaders fold the ``+1`` in, so one RMSNorm serves every family.
@@ -67,7 +67,7 @@ class ModelConfig:
 
   Attributes:
     family: a name in ``jaxsem.models.families.FAMILIES``: ``"llama"`` (Llama, SmolLM,
-      Mistral), ``"gemma3"``, ``"qwen2"`` (Qwen 2 / 2.5) or ``"qwen3"``.
+      Mistral), ``"gemma2"``, ``"gemma3"``, ``"qwen2"`` (Qwen 2 / 2.5), ``"qwen3"`` ...
     vocab_size: rows of the embedding matrix.
     d_model: residual stream width.
     n_layers: number of transformer blocks.
@@ -78,20 +78,24 @@ class ModelConfig:
     norm_eps: RMSNorm epsilon.
     rope_theta: RoPE base for global-attention layers (all layers for llama).
     rope_scaling: optional frequency scaling of the global RoPE.
-    rope_local_theta: RoPE base for sliding-window layers (Gemma 3: 10,000).
+    rope_local_theta: RoPE base for sliding-window layers (Gemma 3: 10,000); None for
+      the global base everywhere (Gemma 2).
     sliding_window: window of local layers, in tokens (query may see keys with
       ``q_pos - k_pos < sliding_window``); None for no local layers.
-    local_layers: per-layer flags, True where the layer uses the sliding window.
+    local_layers: per-layer flags, True where the layer uses the sliding window (Gemma 2:
+      the even layers; Gemma 3: five of every six).
     activation: ``"silu"`` (SwiGLU) or ``"gelu_tanh"`` (GeGLU, Gemma).
     qkv_bias: Q/K/V projections have biases (Qwen 2.5; some llama GGUFs).
     qk_norm: RMSNorm on each query/key head before RoPE (Gemma 3, Qwen 3).
-    post_norms: RMSNorm after attention and after the MLP, before the residual add (Gemma).
+    post_norms: RMSNorm after attention and after the MLP, before the residual add (Gemma 2, 3).
     embed_scale: multiplier applied to embedding rows (Gemma: sqrt(d_model), rounded
       to the compute dtype as the reference does; llama: 1).
     query_scale: multiplier of q.k logits (1/sqrt(head_dim); Gemma:
       query_pre_attn_scalar ** -0.5).
-    attn_softcap: optional tanh soft-capping of attention logits.
-    final_softcap: optional tanh soft-capping of output logits.
+    attn_softcap: tanh soft-cap of the attention scores, ``cap * tanh(s / cap)`` of the
+      scaled scores ``s = query_scale * q.k`` before the mask (Gemma 2: 50); None for off.
+    final_softcap: tanh soft-cap of the output logits, ``cap * tanh(z / cap)`` (Gemma 2:
+      30); None for off.
     tie_embeddings: the output head is the input embedding.
     max_position: context length the model was trained for (informational).
     bos_token_id: beginning-of-sequence token id, or None.
@@ -137,6 +141,10 @@ class ModelConfig:
       value = getattr(self, name)
       if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
         raise ValueError(f"{name}={value!r} is not a positive whole number")
+    for name in ("attn_softcap", "final_softcap"):
+      cap = getattr(self, name)
+      if cap is not None and (isinstance(cap, bool) or not isinstance(cap, numbers.Real) or not cap > 0):
+        raise ValueError(f"{name}={cap!r} is not a positive number (None turns the cap off)")
     if self.n_heads % self.n_kv_heads:
       raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
     if not self.local_layers:

@@ -1,4 +1,4 @@
-"""The pure forward pass shared by llama-like models and Gemma 3.
+"""The pure forward pass shared by llama-like models, Gemma 2 and Gemma 3.
 
 ``forward(params, config, token_ids, attention_mask) -> ForwardOutput`` is a pure
 function of arrays; ``config`` and the capture/logits choices are static, so
@@ -108,6 +108,7 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 def _softcap(x: jax.Array, cap: float | None) -> jax.Array:
+  """``cap * tanh(x / cap)`` (Gemma 2's attention and output soft-caps); ``x`` when ``cap`` is None."""
   return x if cap is None else jnp.tanh(x / cap) * cap
 
 

@@ -7,8 +7,10 @@ What llama.cpp's converters do to a Hugging Face checkpoint, and how it is undon
 * ``llama``: Q and K rows (and biases) of every head are permuted from rotate-half to
   interleaved RoPE order: file row ``2j + p`` of a head is Hugging Face row
   ``p * Dh/2 + j``. The permutation is inverted here (``Family.gguf_permuted``); the
-  ``gemma3``, ``qwen2`` and ``qwen3`` converters keep rotate-half order.
-* ``gemma3``: every ``*norm.weight`` is stored as ``1 + w`` (llama.cpp multiplies by the
+  ``gemma2``, ``gemma3``, ``qwen2`` and ``qwen3`` converters keep rotate-half order.
+* ``phi3``: ``attn_qkv`` holds the ``[q; k; v]`` rows and ``ffn_up`` the ``[gate; up]`` rows;
+  each leaf takes its rows (``Leaf.fused``).
+* ``gemma2``, ``gemma3``: every ``*norm.weight`` is stored as ``1 + w`` (llama.cpp multiplies by the
   stored value directly), which is already the multiplier the params hold.
 """
 
@@ -54,7 +56,7 @@ def _expected(config: ModelConfig) -> dict[str, tuple]:
   for leaf in families.leaves(config):
     layers = range(config.n_layers) if leaf.stacked else [None]
     for i in layers:
-      want[gguf_name(leaf, i)] = leaf.file_shape(config)
+      want[gguf_name(leaf, i)] = leaf.tensor_shape(config)  # a fused leaf's: the whole tensor
   return want
 
 
@@ -145,7 +147,8 @@ def load_gguf_params(f: GGUFFile, config: ModelConfig, *, dtype: Any = np.float3
       advance(array.size)
     else:
       for i in range(config.n_layers):
-        array[i] = leaves_lib.convert(leaf, read(gguf_name(leaf, i)), slot, permuted=leaf.gguf_permuted)
+        w = leaves_lib.split(leaf, read(gguf_name(leaf, i)), config)  # a fused leaf's rows
+        array[i] = leaves_lib.convert(leaf, w, slot, permuted=leaf.gguf_permuted)
         advance(math.prod(slot))
       params["blocks"][leaf.path.split("/", 1)[1]] = place(leaf.path, array)
     del array

@@ -37,13 +37,16 @@ def config_from_hf(config_json: dict[str, Any], path: str) -> ModelConfig:
 
 
 def block_leaves(config: ModelConfig) -> dict[str, tuple[str, tuple[int, ...], Callable]]:
-  """Leaf path -> (HF name under ``layers.{i}.``, HF shape, converter to one layer's slot)."""
+  """Leaf path -> (HF name under ``layers.{i}.``, HF shape, converter to one layer's slot).
+
+  A fused leaf's name and shape are those of the whole fused tensor; its converter takes its rows.
+  """
   out = {}
   for leaf in families.leaves(config):
     if leaf.stacked:
       slot = leaf.slot_shape(config)
-      out[leaf.path] = (leaf.hf, leaf.file_shape(config), lambda w, leaf=leaf, slot=slot: leaves_lib.convert(
-          leaf, w, slot, offset=leaf.hf_offset))
+      out[leaf.path] = (leaf.hf, leaf.tensor_shape(config), lambda w, leaf=leaf, slot=slot: (
+          leaves_lib.convert(leaf, leaves_lib.split(leaf, w, config), slot, offset=leaf.hf_offset)))
   return out
 
 
@@ -104,7 +107,7 @@ def load_hf_params(directory: str | os.PathLike, config: ModelConfig, *, dtype: 
       return need(f"{prefix}{leaf.hf}" if i is None else f"{prefix}layers.{i}.{leaf.hf}")
 
     for leaf in families.leaves(config):
-      file_shape, slot = leaf.file_shape(config), leaf.slot_shape(config)
+      file_shape, slot = leaf.tensor_shape(config), leaf.slot_shape(config)  # fused: the whole tensor
       if not leaf.stacked:
         array = np.asarray(leaves_lib.convert(leaf, tensors.get(name_of(leaf, None), file_shape), slot,
                                               offset=leaf.hf_offset), dtype=dtype)
@@ -114,7 +117,7 @@ def load_hf_params(directory: str | os.PathLike, config: ModelConfig, *, dtype: 
         continue
       buf = host_memory.aligned_empty(leaf.shape(config), dtype)
       for i in range(config.n_layers):
-        w = tensors.get(name_of(leaf, i), file_shape)
+        w = leaves_lib.split(leaf, tensors.get(name_of(leaf, i), file_shape), config)
         buf[i] = leaves_lib.convert(leaf, w, slot, offset=leaf.hf_offset)
         advance(buf[i].size)
       params["blocks"][leaf.path.split("/", 1)[1]] = place(leaf.path, buf)

@@ -90,7 +90,7 @@ def test_qwen3_config_from_hf():
 @pytest.mark.parametrize("config_json, words", [
     (dict(_QWEN3, attention_bias=True), ("attention_bias", "qwen3")),
     (dict(_QWEN3, model_type="llama", attention_bias=True), ("attention_bias", "llama")),
-    (dict(_QWEN3, model_type="phi3"), ("model_type 'phi3' is not supported", "qwen3")),
+    (dict(_QWEN3, model_type="falcon"), ("model_type 'falcon' is not supported", "qwen3")),
 ])
 def test_unsupported_family_or_feature_is_one_line(config_json, words):
   with pytest.raises(InputError) as info:
@@ -101,8 +101,8 @@ def test_unsupported_family_or_feature_is_one_line(config_json, words):
 
 
 def test_unsupported_gguf_architecture_is_one_line():
-  with pytest.raises(InputError, match=r"architecture 'phi3' is not supported.*qwen2, qwen3"):
-    families.config_from_gguf({"general.architecture": "phi3"}, "m.gguf")
+  with pytest.raises(InputError, match=r"architecture 'falcon' is not supported.*qwen2, qwen3"):
+    families.config_from_gguf({"general.architecture": "falcon"}, "m.gguf")
 
 
 _IO = pathlib.Path(__file__).parents[2] / "jaxsem" / "io"

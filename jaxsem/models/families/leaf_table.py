@@ -38,6 +38,8 @@ DIMS: dict[str, tuple[str, str]] = {
 #   heads_in   [n*Dh, D] -> [D, n, Dh]   (q, k, v projections)
 #   heads_out  [D, n*Dh] -> [n, Dh, D]   (output projection)
 #   heads_bias [n*Dh]    -> [n, Dh]
+# Before any of them, a fused leaf (``Leaf.fused``) takes its row range of the stored tensor
+# (``split``): Phi-3's ``qkv_proj`` holds [q; k; v] rows, its ``gate_up_proj`` [gate; up].
 CONVERTERS = ("plain", "transpose", "heads_in", "heads_out", "heads_bias")
 
 
@@ -55,6 +57,9 @@ class Leaf:
     norm: an RMSNorm multiplier.
     hf_offset: added to the Hugging Face tensor (Gemma norms: 1.0).
     gguf_permuted: the GGUF rows are in interleaved-RoPE order and are put back.
+    fused: paths of the leaves whose file tensors are stacked row-wise, in this order, into
+      one fused tensor (``hf``/``gguf`` name it) of which this leaf reads its own rows
+      (Phi-3's ``qkv_proj``: q, k, v); empty for a tensor of its own.
   """
 
   path: str
@@ -66,6 +71,7 @@ class Leaf:
   norm: bool = False
   hf_offset: float = 0.0
   gguf_permuted: bool = False
+  fused: tuple[str, ...] = ()
 
   @property
   def stacked(self) -> bool:
@@ -97,6 +103,30 @@ class Leaf:
     if self.convert == "heads_bias":
       return (s[0] * s[1],)
     return s
+
+  def rows(self, config) -> tuple[int, int]:
+    """``(start, stop)``: this leaf's rows of the (maybe fused) tensor in the checkpoint."""
+    if not self.fused:
+      return 0, self.file_shape(config)[0]
+    sizes = [BY_PATH[p].file_shape(config)[0] for p in self.fused]
+    i = self.fused.index(self.path)
+    return sum(sizes[:i]), sum(sizes[:i + 1])
+
+  def tensor_shape(self, config) -> tuple[int, ...]:
+    """Shape of the stored tensor: ``file_shape``, or that of the whole fused tensor."""
+    shape = self.file_shape(config)
+    if not self.fused:
+      return shape
+    return (sum(BY_PATH[p].file_shape(config)[0] for p in self.fused),) + shape[1:]
+
+
+def split(leaf: Leaf, w: np.ndarray, config) -> np.ndarray:
+  """The fused-split converter: ``leaf``'s rows of a stored tensor ``w`` (``tensor_shape``),
+  a view; ``w`` itself when the leaf is not fused."""
+  if not leaf.fused:
+    return w
+  start, stop = leaf.rows(config)
+  return w[start:stop]
 
 
 def convert(leaf: Leaf, w: np.ndarray, slot: tuple[int, ...], *, permuted: bool = False,
@@ -164,6 +194,8 @@ POST_MLP_NORM = Leaf("blocks/post_mlp_norm", ("L", "D"), "post_feedforward_layer
 ALL = (EMBED, FINAL_NORM, ATTN_NORM, Q, K, V, O, MLP_NORM, GATE, UP, DOWN, UNEMBED, Q_BIAS, K_BIAS,
        V_BIAS, Q_NORM, K_NORM, POST_ATTN_NORM, POST_MLP_NORM)
 
+BY_PATH: dict[str, Leaf] = {leaf.path: leaf for leaf in ALL}
+
 # params path -> logical axes of its dimensions (what ``sharding`` places by).
 PARAM_AXES: dict[str, tuple[str, ...]] = {leaf.path: leaf.axes for leaf in ALL}
 
@@ -191,3 +223,18 @@ def select(config, *, hf_norm_offset: float = 0.0, gguf_permuted: bool = False,
         leaf, hf=hf_names.get(leaf.path, leaf.hf), hf_offset=hf_norm_offset if leaf.norm else 0.0,
         gguf_permuted=gguf_permuted and leaf.rope_rows))
   return tuple(out)
+
+
+def fuse(table: tuple[Leaf, ...], paths: tuple[str, ...], *, hf: str, gguf: str) -> tuple[Leaf, ...]:
+  """``table`` with the leaves ``paths`` read from one fused tensor, stacked row-wise in that order.
+
+  Args:
+    table: rows from ``select``.
+    paths: the fused leaves, e.g. ``("blocks/q", "blocks/k", "blocks/v")``; all in ``table``,
+      with the same converter (their file tensors share every dimension but the first).
+    hf: Hugging Face name of the fused tensor (``"self_attn.qkv_proj.weight"``).
+    gguf: GGUF name of the fused tensor (``"attn_qkv.weight"``).
+  """
+  assert set(paths) <= {leaf.path for leaf in table}, paths
+  return tuple(dataclasses.replace(leaf, hf=hf, gguf=gguf, fused=tuple(paths)) if leaf.path in paths else leaf
+               for leaf in table)
