@@ -14,7 +14,9 @@ Hugging Face snapshot loader, then times, in float32 and bfloat16:
   every full prompt (as ``benchmarks/bench_steer.py``), and against one that runs the shared
   prefix once and only the suffixes against a copy of its KV cache;
 * vocabulary sweep: every embedding row projected on random directions plus the rows'
-  moments (``kernels.projection``, ``kernels.spectrum``) against the same math in torch;
+  mean and covariance (``kernels.projection``, ``kernels.spectrum``) against the same math in
+  torch; and apart, the covariance's square root every spectrum of a sweep shares, taken once
+  per sweep (jaxsem: float64 on the host; torch: float64 ``eigh`` on the device);
 
 and the matmul peak of the device (``jnp.dot`` of two square matrices, precision highest,
 against ``torch.matmul``), to which each row's achieved FLOP/s is compared
@@ -47,7 +49,8 @@ if REPO not in sys.path:
 
 SHAPES = ("smollm2-135m", "gemma-3-270m", "llama-3.2-1b")
 DTYPES = ("float32", "bfloat16")  # float32 first: the torch model is converted in place after it
-ROUTES = ("forward", "steering grid, naive peer", "steering grid, prefix-reusing peer", "vocabulary sweep")
+ROUTES = ("forward", "steering grid, naive peer", "steering grid, prefix-reusing peer", "vocabulary sweep",
+          "sweep covariance root (once per sweep)")
 HEADER = ("route", "model shape", "device", "dtype", "jaxsem", "peer", "ratio", "share of peak", "max abs diff")
 # Full sizes (accelerator) and toy sizes (CPU).
 SIZES = {
@@ -204,8 +207,11 @@ def main(argv=None) -> int:
           ROUTES[1]: lambda: R.steer(setup, dtype, grid, size["batch"], size["peer_batch"], repeats, False),
           ROUTES[2]: lambda: R.steer(setup, dtype, grid, size["batch"], size["peer_batch"], repeats, True),
           ROUTES[3]: lambda: R.sweep(setup, dtype, size["sweep_dirs"], repeats),
+          ROUTES[4]: lambda: R.sweep_root(setup, repeats),
       }
       for route, run in runs.items():
+        if route == ROUTES[4] and dtype != DTYPES[0]:
+          continue  # float64 on both sides whatever the rows' dtype: once per shape
         if route == ROUTES[2] and args.no_prefix_peer:
           table.note(route, label, device, dtype, "skipped: --no_prefix_peer")
           continue
@@ -215,8 +221,8 @@ def main(argv=None) -> int:
         try:
           r = run()
           # The sweep's matmuls run in float32 whatever the rows' dtype.
-          peak = peaks.get("float32" if route == ROUTES[3] else dtype)
-          table.result(route, label, device, dtype, r, peak)
+          peak = None if route == ROUTES[4] else peaks.get("float32" if route == ROUTES[3] else dtype)
+          table.result(route, label, device, "float64" if route == ROUTES[4] else dtype, r, peak)
         except Exception as e:  # noqa: BLE001
           traceback.print_exc()
           table.note(route, label, device, dtype, _reason(e))

@@ -268,9 +268,10 @@ def steer(setup: Setup, dtype: str, g: GridInputs, batch: int, peer_batch: int, 
 
 def sweep(setup: Setup, dtype: str, directions: int, repeats: int) -> dict:
   """Every embedding row projected (cosine) on ``directions`` random directions, plus the rows'
-  moments (mean, covariance and its square root) that the sweep's spectrum uses; jaxsem's
-  ``projection.project`` + ``spectrum.row_moments`` against the same math in torch. Both compute
-  in float32 at full precision from rows stored in ``dtype``; no zarr write."""
+  mean and covariance that the sweep's spectrum uses: the work that grows with the vocabulary.
+  jaxsem's ``projection.project`` + ``spectrum.row_moments`` against the same math in torch. Both
+  compute in float32 at full precision from rows stored in ``dtype``; no zarr write. The
+  covariance's square root, taken once per sweep whatever the vocabulary, is ``sweep_root``."""
   import jax.numpy as jnp
   import torch
 
@@ -284,7 +285,7 @@ def sweep(setup: Setup, dtype: str, directions: int, repeats: int) -> dict:
 
   def ours_fn():
     m = spectrum.row_moments(v, "cosine")
-    return projection.project(v, u, "cosine"), m.mean, m.cov, m.root
+    return projection.project(v, u, "cosine"), m.mean, m.cov
 
   ours_s, ours_t, first = timed(ours_fn, jax_sync, repeats)
   ours_p = np.asarray(projection.project(v, u, "cosine"))
@@ -300,10 +301,7 @@ def sweep(setup: Setup, dtype: str, directions: int, repeats: int) -> dict:
     p = (w @ units.T).clamp(-1, 1)
     mean = w.mean(0)
     centred = w - mean
-    cov = centred.T @ centred / (n - 1)
-    lam, vec = torch.linalg.eigh(cov.double())
-    root = vec * lam.clamp(min=0).sqrt()
-    return p, mean, cov, root.cpu()
+    return p, mean, centred.T @ centred / (n - 1)
 
   with torch.inference_mode():
     peer_s, peer_t, _ = timed(peer_fn, torch_sync(dev), repeats)
@@ -312,6 +310,38 @@ def sweep(setup: Setup, dtype: str, directions: int, repeats: int) -> dict:
   return dict(unit="rows/s", ours=n / ours_s, peer=n / peer_s, flops=flops / ours_s, ours_times=ours_t,
               peer_times=peer_t, first_s=first, diff=float(np.abs(ours_p - peer_p).max()), scale=1.0,
               sizes=[n, d, directions])
+
+
+def sweep_root(setup: Setup, repeats: int) -> dict:
+  """The ``[D, D]`` square root of the rows' covariance that every spectrum of a sweep shares, once
+  per sweep: jaxsem's float64 eigendecomposition on the host (``spectrum.Moments.root``) against
+  torch's float64 ``eigh`` on the device; roots/s (the inverse of one root's time)."""
+  import jax.numpy as jnp
+  import torch
+
+  from jaxsem.kernels import spectrum
+
+  m = spectrum.row_moments(setup.model.params["embed"], "cosine")
+  d = int(m.cov.shape[0])
+
+  def ours_fn():
+    return spectrum.Moments(n=m.n, mean=m.mean, cov=m.cov, metric=m.metric).root
+
+  ours_s, ours_t, first = timed(ours_fn, lambda x: x, repeats)
+  tcov = torch.from_numpy(np.asarray(m.cov.astype(jnp.float32))).to(setup.device)
+
+  def peer_fn():
+    lam, vec = torch.linalg.eigh(tcov.double())
+    return vec * lam.clamp(min=0).sqrt()
+
+  with torch.inference_mode():
+    peer_s, peer_t, _ = timed(peer_fn, torch_sync(setup.device), repeats)
+    peer = peer_fn().cpu().numpy()
+  ours = ours_fn()
+  diff = float(np.abs(ours @ ours.T - peer @ peer.T).max())  # roots differ by a rotation; L L^T do not
+  return dict(unit="roots/s", ours=1.0 / ours_s, peer=1.0 / peer_s, flops=None, ours_times=ours_t,
+              peer_times=peer_t, first_s=first, diff=diff, scale=float(np.abs(peer @ peer.T).max()),
+              sizes=[d, d])
 
 
 def matmul_peak(size: int, dtype: str, device: str, repeats: int = 5) -> dict:

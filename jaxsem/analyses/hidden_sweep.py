@@ -526,12 +526,6 @@ def _fingerprint(*parts) -> str:
   return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _psd_root(cov: np.ndarray) -> np.ndarray:
-  c = np.asarray(cov, np.float64)
-  lam, vec = np.linalg.eigh((c + c.T) / 2)
-  return vec * np.sqrt(np.clip(lam, 0.0, None))
-
-
 def _site_directions(model, opts, runner: _Runner, scale_set, context, transforms, n_stats: int):
   """Per site ``(Space, Directions)`` of the scale set from the pole words' states in ``context``, and the
   scales dropped because their poles are identical at some site (``{scale: site}``).
@@ -782,7 +776,7 @@ def _spectra(model, opts, runner, sites, built, names, units, transforms, moment
   for s, site in enumerate(sites):
     cov = moments.m2[s] / max(n - 1, 1.0)
     mom = spectrum_k.Moments(n=int(n), mean=jnp.asarray(moments.mean[s], jnp.float32),
-                             cov=jnp.asarray(cov, jnp.float32), metric=opts.metric, root=_psd_root(cov))
+                             cov=jnp.asarray(cov, jnp.float32), metric=opts.metric, cov64=cov)
     sets = {"antonym": units[s]}
     if "gaussian" in baselines:
       sets["gaussian"] = np.asarray(dir_k.random_directions(jax.random.fold_in(key, 1), k, d))

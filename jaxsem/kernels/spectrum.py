@@ -23,6 +23,7 @@ taken in float64 on the host; ``L`` is computed once per ``Moments``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -39,7 +40,8 @@ _HI = jax.lax.Precision.HIGHEST
 METRICS = ("cosine", "dot")
 
 
-class Moments(NamedTuple):
+@dataclasses.dataclass(frozen=True, eq=False)
+class Moments:
   """First and second moments of the rows of ``W``.
 
   Attributes:
@@ -47,14 +49,20 @@ class Moments(NamedTuple):
     mean: ``[D]`` float32 row mean.
     cov: ``[D, D]`` float32 covariance about the mean, divided by ``n - 1`` (as PCA's).
     metric: the metric the rows were prepared for.
-    root: ``[D, D]`` float64 ``L`` with ``L L^T = cov``, shared by every direction set.
+    cov64: the same covariance in float64 when the caller has it (``root`` is taken from it).
   """
 
   n: int
   mean: jax.Array
   cov: jax.Array
   metric: str
-  root: np.ndarray
+  cov64: np.ndarray | None = None
+
+  @functools.cached_property
+  def root(self) -> np.ndarray:
+    """``[D, D]`` float64 ``L`` with ``L L^T = cov``: a host eigendecomposition, taken once, on the
+    first spectrum, and shared by every direction set projected after it."""
+    return _sqrt_psd(np.asarray(self.cov if self.cov64 is None else self.cov64))
 
 
 @functools.partial(jax.jit, static_argnames=("metric", "n_rows"))
@@ -97,7 +105,7 @@ def row_moments(vectors, metric: str = "cosine", n_rows: int | None = None) -> M
   mean, cov, finite = _moments(jnp.asarray(vectors), metric, n)
   if not bool(finite):
     check_finite(np.asarray(vectors)[:n], "vectors")
-  return Moments(n=n, mean=mean, cov=cov, metric=metric, root=_sqrt_psd(np.asarray(cov)))
+  return Moments(n=n, mean=mean, cov=cov, metric=metric)
 
 
 class Spectrum(NamedTuple):
