@@ -1,8 +1,8 @@
 """ModelConfig: one frozen description of every architecture jaxsem runs.
 
-Llama-like models (Llama 2/3, SmolLM, Mistral, Qwen 2.5, Qwen 3), Gemma 2 and Gemma 3
-share one forward pass; the fields below switch the family-specific pieces on and off. How each
-family's checkpoints map to these fields, and the leaf table behind the layout below,
+Llama-like models (Llama 2/3, SmolLM, Mistral, Qwen 2.5, Qwen 3, Phi-3, OLMo 2), Gemma 2 and
+Gemma 3 share one forward pass; the fields below switch the family-specific pieces on and off.
+How each family's checkpoints map to these fields, and the leaf table behind the layout below,
 live in ``jaxsem.models.families``. The config is
 hashable so it can be a static argument of ``jax.jit``.
 
@@ -13,17 +13,19 @@ heads, ``Dh`` head_dim, ``F`` d_ff, ``V`` vocab)::
     final_norm       [D]           RMSNorm multiplier after the last block
     unembed          [V, D]        output head, only when ``tie_embeddings`` is False
     blocks/          every leaf stacked over layers (leading axis L):
-      attn_norm      [L, D]        pre-attention RMSNorm multiplier
+      attn_norm      [L, D]        pre-attention RMSNorm multiplier, only when ``pre_norms``
       q              [L, D, H, Dh]
       k, v           [L, D, K, Dh]
       o              [L, H, Dh, D]
       q_bias         [L, H, Dh]    only when ``qkv_bias``; likewise k_bias, v_bias [L, K, Dh]
-      q_norm, k_norm [L, Dh]       only when ``qk_norm`` (Gemma 3, Qwen 3)
-      post_attn_norm [L, D]        only when ``post_norms`` (Gemma 2, 3)
-      mlp_norm       [L, D]        pre-MLP RMSNorm multiplier
+      q_norm, k_norm [L, Dh]       only when ``qk_norm`` per head (Gemma 3, Qwen 3)
+      q_proj_norm    [L, H, Dh]    only when ``qk_norm`` over the projection (OLMo 2); likewise
+      k_proj_norm    [L, K, Dh]    (one RMSNorm over all heads together)
+      post_attn_norm [L, D]        only when ``post_norms`` (Gemma 2, 3, OLMo 2)
+      mlp_norm       [L, D]        pre-MLP RMSNorm multiplier, only when ``pre_norms``
       gate, up       [L, D, F]
       down           [L, F, D]
-      post_mlp_norm  [L, D]        only when ``post_norms`` (Gemma 2, 3)
+      post_mlp_norm  [L, D]        only when ``post_norms`` (Gemma 2, 3, OLMo 2)
 
 RMSNorm leaves hold the *actual multiplier*: Gemma checkpoints store ``w`` and compute
 ``x * (1 + w)``; loaders fold the ``+1`` in, so one RMSNorm serves every family.
@@ -36,6 +38,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+
+QK_NORM_SCOPES = ("head", "projection")
 
 # Sizes that must be positive whole numbers (a model with 0 heads or 2.5 layers does not exist).
 _SIZES = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff")
@@ -67,7 +71,8 @@ class ModelConfig:
 
   Attributes:
     family: a name in ``jaxsem.models.families.FAMILIES``: ``"llama"`` (Llama, SmolLM,
-      Mistral), ``"gemma2"``, ``"gemma3"``, ``"qwen2"`` (Qwen 2 / 2.5), ``"qwen3"`` ...
+      Mistral), ``"gemma2"``, ``"gemma3"``, ``"qwen2"`` (Qwen 2 / 2.5), ``"qwen3"``, ``"phi3"``,
+      ``"olmo2"`` ...
     vocab_size: rows of the embedding matrix.
     d_model: residual stream width.
     n_layers: number of transformer blocks.
@@ -86,8 +91,14 @@ class ModelConfig:
       the even layers; Gemma 3: five of every six).
     activation: ``"silu"`` (SwiGLU) or ``"gelu_tanh"`` (GeGLU, Gemma).
     qkv_bias: Q/K/V projections have biases (Qwen 2.5; some llama GGUFs).
-    qk_norm: RMSNorm on each query/key head before RoPE (Gemma 3, Qwen 3).
-    post_norms: RMSNorm after attention and after the MLP, before the residual add (Gemma 2, 3).
+    qk_norm: RMSNorm on the queries and keys before RoPE (Gemma 3, Qwen 3, OLMo 2).
+    qk_norm_scope: what one q/k RMSNorm spans: ``"head"`` (each head on its own, a ``[Dh]``
+      multiplier: Gemma 3, Qwen 3) or ``"projection"`` (all heads of the projection together,
+      a ``[H, Dh]`` / ``[K, Dh]`` multiplier: OLMo 2).
+    pre_norms: RMSNorm on the residual entering attention and the MLP (every family but OLMo 2,
+      whose blocks feed the raw residual to both and only norm their outputs).
+    post_norms: RMSNorm after attention and after the MLP, before the residual add (Gemma 2, 3,
+      OLMo 2).
     embed_scale: multiplier applied to embedding rows (Gemma: sqrt(d_model), rounded
       to the compute dtype as the reference does; llama: 1).
     query_scale: multiplier of q.k logits (1/sqrt(head_dim); Gemma:
@@ -120,6 +131,8 @@ class ModelConfig:
   activation: str = "silu"
   qkv_bias: bool = False
   qk_norm: bool = False
+  qk_norm_scope: str = "head"
+  pre_norms: bool = True
   post_norms: bool = False
   embed_scale: float = 1.0
   query_scale: float | None = None
@@ -137,6 +150,8 @@ class ModelConfig:
     families.get(self.family)  # ValueError naming the known families
     if self.activation not in ("silu", "gelu_tanh"):
       raise ValueError(f"unknown activation {self.activation!r}")
+    if self.qk_norm_scope not in QK_NORM_SCOPES:
+      raise ValueError(f"qk_norm_scope={self.qk_norm_scope!r} is not one of {', '.join(QK_NORM_SCOPES)}")
     for name in _SIZES + (("sliding_window",) if self.sliding_window is not None else ()):
       value = getattr(self, name)
       if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
@@ -159,11 +174,13 @@ class ModelConfig:
     """Number of parameters (embedding counted once when tied)."""
     d, h, k, dh, f, v = (self.d_model, self.n_heads, self.n_kv_heads, self.head_dim,
                          self.d_ff, self.vocab_size)
-    per_layer = d * dh * (2 * h + 2 * k) + 3 * d * f + 2 * d
+    per_layer = d * dh * (2 * h + 2 * k) + 3 * d * f
+    if self.pre_norms:
+      per_layer += 2 * d
     if self.qkv_bias:
       per_layer += dh * (h + 2 * k)
     if self.qk_norm:
-      per_layer += 2 * dh
+      per_layer += 2 * dh if self.qk_norm_scope == "head" else (h + k) * dh
     if self.post_norms:
       per_layer += 2 * d
     total = self.n_layers * per_layer + v * d + d

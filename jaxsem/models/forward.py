@@ -1,4 +1,4 @@
-"""The pure forward pass shared by llama-like models, Gemma 2 and Gemma 3.
+"""The pure forward pass shared by llama-like models (OLMo 2 included), Gemma 2 and Gemma 3.
 
 ``forward(params, config, token_ids, attention_mask) -> ForwardOutput`` is a pure
 function of arrays; ``config`` and the capture/logits choices are static, so
@@ -63,11 +63,24 @@ class ForwardOutput:
 # ----------------------------------------------------------------------------- pieces
 
 
-def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
-  """RMSNorm over the last axis, computed in float32; ``scale`` is the multiplier."""
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float, axis: int | tuple[int, ...] = -1) -> jax.Array:
+  """RMSNorm over ``axis`` (the last by default), computed in float32.
+
+  ``scale`` is the multiplier, shaped like the trailing axes normalised over (``[Dh]`` for
+  ``axis=-1``; ``[heads, Dh]`` for ``axis=(-2, -1)``, one norm over all heads together).
+  """
   x32 = x.astype(jnp.float32)
-  y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=axis, keepdims=True) + eps)
   return (y * scale.astype(jnp.float32)).astype(x.dtype)
+
+
+def _qk_norm(q: jax.Array, k: jax.Array, p: dict, cfg: ModelConfig) -> tuple[jax.Array, jax.Array]:
+  """The q/k RMSNorms of ``q`` ``[B, T, H, Dh]`` and ``k`` ``[B, T, K, Dh]``: per head, or over
+  the whole projection (all heads together, as OLMo 2 norms ``q_proj(x)`` before the head split)."""
+  if cfg.qk_norm_scope == "head":
+    return rms_norm(q, p["q_norm"], cfg.norm_eps), rms_norm(k, p["k_norm"], cfg.norm_eps)
+  return (rms_norm(q, p["q_proj_norm"], cfg.norm_eps, axis=(-2, -1)),
+          rms_norm(k, p["k_proj_norm"], cfg.norm_eps, axis=(-2, -1)))
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None) -> np.ndarray:
@@ -141,8 +154,7 @@ def attention(p: dict, x: jax.Array, cfg: ModelConfig, cos, sin, mask: jax.Array
   if cfg.qkv_bias:
     q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
   if cfg.qk_norm:
-    q = rms_norm(q, p["q_norm"], cfg.norm_eps)
-    k = rms_norm(k, p["k_norm"], cfg.norm_eps)
+    q, k = _qk_norm(q, k, p, cfg)
   q, k = apply_rope(q, cos_q, sin_q), apply_rope(k, cos, sin)
   groups = cfg.n_heads // cfg.n_kv_heads
   q = q.reshape(b, t, cfg.n_kv_heads, groups, cfg.head_dim)
@@ -177,7 +189,7 @@ def mlp(p: dict, x: jax.Array, cfg: ModelConfig) -> jax.Array:
 
 def block(p: dict, h: jax.Array, cfg: ModelConfig, cos, sin, mask,
           q_index: jax.Array | None = None, prefix_kv: tuple[jax.Array, jax.Array] | None = None):
-  """One pre-norm transformer block (with Gemma's post-norms when configured).
+  """One transformer block: pre-norms (all but OLMo 2) and post-norms (Gemma, OLMo 2) as configured.
 
   With ``q_index`` ``[B, Q]`` the block's output is computed only at those positions
   (``[B, Q, D]``): enough for a last layer whose other positions nobody reads.
@@ -187,12 +199,14 @@ def block(p: dict, h: jax.Array, cfg: ModelConfig, cos, sin, mask,
     ``(h, (k, v))``: the new residual and the attention keys and values (unused ones
     cost nothing under jit).
   """
-  a, kv = attention(p, rms_norm(h, p["attn_norm"], cfg.norm_eps), cfg, cos, sin, mask, q_index,
-                    prefix_kv)
+  def pre_norm(x, name):
+    return rms_norm(x, p[name], cfg.norm_eps) if cfg.pre_norms else x
+
+  a, kv = attention(p, pre_norm(h, "attn_norm"), cfg, cos, sin, mask, q_index, prefix_kv)
   if cfg.post_norms:
     a = rms_norm(a, p["post_attn_norm"], cfg.norm_eps)
   h = (h if q_index is None else _rows(h, q_index)) + a
-  m = mlp(p, rms_norm(h, p["mlp_norm"], cfg.norm_eps), cfg)
+  m = mlp(p, pre_norm(h, "mlp_norm"), cfg)
   if cfg.post_norms:
     m = rms_norm(m, p["post_mlp_norm"], cfg.norm_eps)
   return h + m, kv

@@ -7,7 +7,7 @@ What llama.cpp's converters do to a Hugging Face checkpoint, and how it is undon
 * ``llama``: Q and K rows (and biases) of every head are permuted from rotate-half to
   interleaved RoPE order: file row ``2j + p`` of a head is Hugging Face row
   ``p * Dh/2 + j``. The permutation is inverted here (``Family.gguf_permuted``); the
-  ``gemma2``, ``gemma3``, ``qwen2`` and ``qwen3`` converters keep rotate-half order.
+  ``gemma2``, ``gemma3``, ``olmo2``, ``qwen2`` and ``qwen3`` converters keep rotate-half order.
 * ``phi3``: ``attn_qkv`` holds the ``[q; k; v]`` rows and ``ffn_up`` the ``[gate; up]`` rows;
   each leaf takes its rows (``Leaf.fused``).
 * ``gemma2``, ``gemma3``: every ``*norm.weight`` is stored as ``1 + w`` (llama.cpp multiplies by the

@@ -186,13 +186,18 @@ K_BIAS = Leaf("blocks/k_bias", ("L", "K", "Dh"), "self_attn.k_proj.bias", "attn_
 V_BIAS = Leaf("blocks/v_bias", ("L", "K", "Dh"), "self_attn.v_proj.bias", "attn_v.bias", "heads_bias")
 Q_NORM = Leaf("blocks/q_norm", ("L", "Dh"), "self_attn.q_norm.weight", "attn_q_norm.weight", norm=True)
 K_NORM = Leaf("blocks/k_norm", ("L", "Dh"), "self_attn.k_norm.weight", "attn_k_norm.weight", norm=True)
+# OLMo 2's q/k norms span the whole projection (``[H*Dh]`` / ``[K*Dh]`` in the file).
+Q_PROJ_NORM = Leaf("blocks/q_proj_norm", ("L", "H", "Dh"), "self_attn.q_norm.weight", "attn_q_norm.weight",
+                   "heads_bias", rope_rows=True, norm=True)
+K_PROJ_NORM = Leaf("blocks/k_proj_norm", ("L", "K", "Dh"), "self_attn.k_norm.weight", "attn_k_norm.weight",
+                   "heads_bias", rope_rows=True, norm=True)
 POST_ATTN_NORM = Leaf("blocks/post_attn_norm", ("L", "D"), "post_attention_layernorm.weight",
                       "post_attention_norm.weight", norm=True)
 POST_MLP_NORM = Leaf("blocks/post_mlp_norm", ("L", "D"), "post_feedforward_layernorm.weight",
                      "post_ffw_norm.weight", norm=True)
 
 ALL = (EMBED, FINAL_NORM, ATTN_NORM, Q, K, V, O, MLP_NORM, GATE, UP, DOWN, UNEMBED, Q_BIAS, K_BIAS,
-       V_BIAS, Q_NORM, K_NORM, POST_ATTN_NORM, POST_MLP_NORM)
+       V_BIAS, Q_NORM, K_NORM, Q_PROJ_NORM, K_PROJ_NORM, POST_ATTN_NORM, POST_MLP_NORM)
 
 BY_PATH: dict[str, Leaf] = {leaf.path: leaf for leaf in ALL}
 
@@ -205,15 +210,19 @@ def select(config, *, hf_norm_offset: float = 0.0, gguf_permuted: bool = False,
   """The rows a config needs, adjusted for one family.
 
   Args:
-    config: the ModelConfig; ``tie_embeddings``, ``qkv_bias``, ``qk_norm`` and
-      ``post_norms`` decide the optional leaves.
+    config: the ModelConfig; ``tie_embeddings``, ``qkv_bias``, ``qk_norm`` (and its scope),
+      ``pre_norms`` and ``post_norms`` decide the optional leaves.
     hf_norm_offset: added to every Hugging Face norm (Gemma: 1.0).
     gguf_permuted: the family's GGUF files store Q/K rows in interleaved-RoPE order.
     hf_names: params path -> Hugging Face name, where the family differs from the table.
   """
   optional = {UNEMBED: not config.tie_embeddings, Q_BIAS: config.qkv_bias, K_BIAS: config.qkv_bias,
-              V_BIAS: config.qkv_bias, Q_NORM: config.qk_norm, K_NORM: config.qk_norm,
-              POST_ATTN_NORM: config.post_norms, POST_MLP_NORM: config.post_norms}
+              V_BIAS: config.qkv_bias, POST_ATTN_NORM: config.post_norms, POST_MLP_NORM: config.post_norms,
+              ATTN_NORM: config.pre_norms, MLP_NORM: config.pre_norms}
+  per_head = config.qk_norm_scope == "head"
+  for leaf, wanted in ((Q_NORM, per_head), (K_NORM, per_head), (Q_PROJ_NORM, not per_head),
+                       (K_PROJ_NORM, not per_head)):
+    optional[leaf] = config.qk_norm and wanted
   hf_names = hf_names or {}
   out = []
   for leaf in ALL:
