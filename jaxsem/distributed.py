@@ -11,7 +11,10 @@ where ``jax.distributed.initialize()`` needs no arguments. All processes run the
 program on one global mesh; each holds the param shards of its own devices, and only
 process 0 writes files and prints progress. A process that cannot join within
 ``--distributed_timeout`` seconds stops with one ``error:`` line, as does every process of
-a run whose processes were given different ``--num_processes``.
+a run whose processes were given different ``--num_processes``. Once joined, a watchdog
+thread in each process beats every second through the coordinator's key-value store and
+watches the others' beats: when a process stops answering for ``--distributed_timeout``
+seconds (killed, crashed, hung), the others stop with one ``error:`` line naming it.
 
 On CPU, processes talk through gloo collectives, so ``2 processes x 4 devices`` on one
 machine runs exactly the program of ``1 process x 8 devices``.
@@ -19,12 +22,14 @@ machine runs exactly the program of ``1 process x 8 devices``.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import errno
 import os
 import socket
 import sys
 import threading
+import time
 from typing import Any
 
 from jaxsem.errors import InputError
@@ -33,9 +38,14 @@ ENV_ADDRESS = "JAX_COORDINATOR_ADDRESS"
 ENV_PROCESSES = "JAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "JAX_PROCESS_ID"
 _MESSAGE_BYTES = 1024
-# JAX's own join timeout runs this much longer than --distributed_timeout: when it expires, the C++ runtime
-# aborts the process with a stack dump, so our watchdog must give up (with one line) first.
+# JAX's own join and heartbeat timeouts run this much longer than --distributed_timeout: when one expires,
+# the C++ runtime aborts the process with a stack dump, so our watchdogs must give up (with one line) first.
 _JAX_GRACE_S = 30
+# Where each process's watchdog posts its beats in the coordinator's key-value store.
+_BEAT_DIR = "jaxsem/beat/"
+_EXITED = "exited"
+# Words in a runtime error that mean a collective lost its connection to another process.
+_LOST_PEER_HINTS = ("gloo", "connection", "peer", "socket")
 # Set by the schedulers whose clusters jax.distributed.initialize() detects by itself.
 _CLUSTER_ENV = {
     "slurm": ("SLURM_JOB_ID", "SLURM_NTASKS"),
@@ -143,7 +153,9 @@ def initialize(settings: Settings) -> dict[str, Any]:
   JAX aborts the process (a C++ fatal error and a stack dump) when the processes do not
   all meet within its timeout, so a watchdog stops this process first, after
   ``settings.timeout_s``, with one ``error:`` line on stderr and exit status 2. Once
-  joined, every process checks that the run has the ``num_processes`` it was given.
+  joined, every process checks that the run has the ``num_processes`` it was given, and
+  a ``PeerWatch`` stops it the same way when another process stops answering for
+  ``settings.timeout_s`` (JAX's own heartbeat abort comes ``_JAX_GRACE_S`` later).
 
   Returns:
     ``{"process_index", "process_count", "coordinator_address"}`` for provenance.
@@ -159,7 +171,8 @@ def initialize(settings: Settings) -> dict[str, Any]:
   platforms = (os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms or "").lower()
   if not platforms or "cpu" in platforms.split(",")[0]:
     jax.config.update("jax_cpu_collectives_implementation", settings.cpu_collectives)
-  kwargs: dict[str, Any] = {"initialization_timeout": int(settings.timeout_s) + _JAX_GRACE_S}
+  kwargs: dict[str, Any] = {"initialization_timeout": int(settings.timeout_s) + _JAX_GRACE_S,
+                            "heartbeat_timeout_seconds": int(settings.timeout_s) + _JAX_GRACE_S}
   if settings.coordinator_address is not None:
     kwargs.update(coordinator_address=settings.coordinator_address, num_processes=settings.num_processes,
                   process_id=settings.process_id)
@@ -178,6 +191,7 @@ def initialize(settings: Settings) -> dict[str, Any]:
     with lock:  # blocks while the watchdog is exiting; once set, the watchdog does nothing
       joined.set()
   _check_process_count(settings)
+  _watch_peers(settings)
   return info(settings)
 
 
@@ -251,6 +265,144 @@ def _check_process_count(settings: Settings) -> None:
              f"{jax.process_count()} processes joined the run at {settings.coordinator_address}; give every "
              f"process the same --num_processes.")
   agree_any(error)
+
+
+class PeerWatch:
+  """Beats for this process and watches the other processes' beats, in a daemon thread.
+
+  Every ``period_s`` it posts a counter under ``_BEAT_DIR`` in the coordinator's key-value
+  store and reads everyone's. A process whose counter has not moved for ``timeout_s`` (or,
+  seen from the others, process 0's coordinator not answering for that long) is lost: the thread
+  prints one ``error:`` line naming it and ends this process with status 2. A process
+  that ends normally posts ``"exited"`` first, so the others finishing their own work
+  (process 0 writing its outputs) do not count it as lost.
+
+  Args:
+    client: the runtime's key-value client (``key_value_set``, ``key_value_dir_get``).
+    process_id, num_processes: this process and the run's size.
+    timeout_s: seconds of silence after which a process is lost.
+    period_s: seconds between beats.
+  """
+
+  def __init__(self, client: Any, process_id: int, num_processes: int, timeout_s: float,
+               period_s: float = 1.0):
+    self.client, self.process_id, self.num_processes = client, process_id, num_processes
+    self.timeout_s, self.period_s = timeout_s, period_s
+    self.exited: set[int] = set()
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._run, name="jaxsem-peer-watch", daemon=True)
+
+  def start(self) -> "PeerWatch":
+    self._thread.start()
+    return self
+
+  def stop(self) -> None:
+    """Posts ``"exited"`` and stops watching (at the end of a run, before JAX shuts down)."""
+    if self._stop.is_set():
+      return
+    self._stop.set()
+    self._thread.join(timeout=2 * self.period_s + 5)
+    try:
+      self.client.key_value_set(f"{_BEAT_DIR}{self.process_id}", _EXITED, allow_overwrite=True)
+    except Exception:  # noqa: BLE001 - the coordinator may already be gone; nothing is left to tell
+      pass
+
+  def lost(self, beats: dict[int, str], seen: dict[int, tuple[str | None, float]], now: float) -> int | None:
+    """The first other process whose beat has not changed for ``timeout_s``.
+
+    Args:
+      beats: process index -> its latest beat (a counter, or ``"exited"``); absent: none yet.
+      seen: process index -> (beat, when it was first seen), updated in place.
+      now: the time of ``beats`` (``time.monotonic()``).
+    """
+    for pid in range(self.num_processes):
+      if pid == self.process_id:
+        continue
+      beat = beats.get(pid)
+      if beat == _EXITED:
+        self.exited.add(pid)
+        continue
+      last = seen.get(pid)
+      if last is None or last[0] != beat:
+        seen[pid] = (beat, now)
+      elif now - last[1] > self.timeout_s:
+        return pid
+    return None
+
+  def message(self, pid: int) -> str:
+    what = " (the coordinator)" if pid == 0 else ""
+    return (f"process {pid} of {self.num_processes}{what} stopped answering for {self.timeout_s:g} s "
+            f"(it died, was killed or hangs) and the run cannot go on without it; see that process's "
+            f"output, then rerun all {self.num_processes} processes (--distributed_timeout sets how long "
+            f"to wait).")
+
+  def _run(self) -> None:
+    beat, seen, answered = 0, {}, time.monotonic()
+    key = f"{_BEAT_DIR}{self.process_id}"
+    while not self._stop.wait(self.period_s):
+      now = time.monotonic()
+      beat += 1
+      try:
+        self.client.key_value_set(key, str(beat), allow_overwrite=True)
+        rows = self.client.key_value_dir_get(_BEAT_DIR)
+      except Exception:  # noqa: BLE001 - the coordinator did not answer this time
+        if now - answered > self.timeout_s and self.process_id != 0 and not self._stop.is_set():
+          _exit_with(self.message(0))
+        continue
+      answered = now
+      beats = {}
+      for name, value in rows:
+        tail = name.rsplit("/", 1)[-1]
+        if tail.isdigit():
+          beats[int(tail)] = value
+      pid = self.lost(beats, seen, now)
+      if pid is not None and not self._stop.is_set():
+        _exit_with(self.message(pid))
+
+
+_watch: PeerWatch | None = None
+
+
+def _exit_with(message: str) -> None:
+  """One ``error:`` line (as ``cli.fail`` prints it) and exit status 2, from any thread."""
+  try:
+    sys.stdout.flush()
+  except Exception:  # noqa: BLE001 - a broken stdout must not hide the error line
+    pass
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  os._exit(2)  # other threads may be blocked inside the runtime; only a hard exit ends the process
+
+
+def _watch_peers(settings: Settings) -> None:
+  """Starts this process's ``PeerWatch``, stopped at exit; a failed collective waits for its verdict."""
+  global _watch
+  import jax
+  from jax._src import distributed as jax_distributed  # the runtime's client: no public accessor
+
+  client = getattr(jax_distributed.global_state, "client", None)
+  if client is None or _watch is not None or jax.process_count() < 2:
+    return
+  _watch = PeerWatch(client, jax.process_index(), jax.process_count(), settings.timeout_s).start()
+  atexit.register(_watch.stop)  # runs before JAX's own shutdown (registered when jax was imported)
+  previous = sys.excepthook
+
+  def excepthook(kind, value, tb):
+    # A collective with a process that died fails at once (gloo: "Connection closed by peer"); the
+    # watchdog names that process within timeout_s, so wait for it rather than print a stack dump.
+    runtime_error = getattr(jax.errors, "JaxRuntimeError", None)
+    watch = _watch
+    if (watch is not None and runtime_error is not None and isinstance(value, runtime_error)
+        and any(hint in str(value).lower() for hint in _LOST_PEER_HINTS)):
+      deadline = time.monotonic() + watch.timeout_s + 3 * watch.period_s
+      while time.monotonic() < deadline:
+        if watch.exited:
+          pids = ", ".join(map(str, sorted(watch.exited)))
+          _exit_with(f"process {pids} of {watch.num_processes} ended while this process still needed it "
+                     f"({str(value).strip().splitlines()[0][:200]}); see that process's output.")
+        time.sleep(watch.period_s / 4)
+    previous(kind, value, tb)
+
+  sys.excepthook = excepthook
 
 
 def info(settings: Settings | None = None) -> dict[str, Any]:

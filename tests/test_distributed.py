@@ -256,10 +256,12 @@ def _leaves(doc, path=()):
 
 
 def _volatile(path) -> bool:
-  """Timing, throughput, file paths, the code checkout and the run's layout, not its numbers."""
+  """Timing, throughput, file paths, the code checkout and the run's layout (devices, mesh, the fake
+  device count in ``XLA_FLAGS``), not its numbers."""
   keys = [k for k in path if isinstance(k, str)]
   return any("seconds" in k or k.endswith("per_second")
-             or k in ("path", "out_dir", "devices", "mesh", "params_cache", "resumed", "code") for k in keys)
+             or k in ("path", "out_dir", "devices", "mesh", "params_cache", "resumed", "code", "xla_flags")
+             for k in keys)
 
 
 def _assert_same_numbers(a: dict, b: dict, *, rtol: float = 0.0, atol: float = 0.0,
@@ -511,3 +513,77 @@ def test_params_cache_saved_by_two_processes_restores_anywhere(sweep_cmd, sweeps
     _assert_same_numbers(doc, docs["1x8" if name != "one" else "1x1"], rtol=1e-5, atol=1e-7)
   assert hits == {"save": False, "restore": True, "one": True}
   assert len(list((tmp_path / "cache" / "params").glob("*/meta.json"))) == 1
+
+
+def test_process_id_out_of_range_is_refused_before_joining(sweep_cmd, tmp_path):
+  """Refused from the flags alone: nobody listens at the address, and the timeout is beyond the harness's."""
+  address = f"127.0.0.1:{_free_port()}"
+  r = _run_one(sweep_cmd[0], *sweep_cmd[1:], f"--out_dir={tmp_path / 'out'}",
+               f"--coordinator_address={address}", "--num_processes=2", "--process_id=2", _AT_ONCE[0],
+               devices=4, timeout=_AT_ONCE[1])
+  _assert_clean_failure(r, "--process_id=2 is outside 0..1")
+  assert r.returncode == 2 and not (tmp_path / "out").exists()
+
+
+_DEAD_PEER_TIMEOUT = 15  # --distributed_timeout of the run below; JAX's own heartbeat abort comes 30 s later
+
+
+@pytest.mark.slow  # waits out the timeout by design
+def test_peer_killed_mid_run_stops_the_survivor_with_one_line(word_model, tmp_path):
+  """kill -9 of process 1 once process 0 reports progress: process 0 names process 1 in one line and
+  exits non-zero within --distributed_timeout (plus slack), not at JAX's heartbeat abort with a stack dump."""
+  # STEER with far more resamples: the work outlasts the test, so only the lost process can end it.
+  module, *args = STEER[:1] + ["--n_words=8", "--grid_words=8", "--steer=good-bad,strong-weak",
+                               "--alphas=-1,-0.5,0.5,1", "--n_boot=200000", "--n_perm=200000",
+                               "--method=plain", "--n_random=0", f"--model={word_model}"]
+  port = _free_port()
+  procs, logs = [], []
+  try:
+    for pid in range(2):
+      out, err = open(tmp_path / f"{pid}.out", "w+"), open(tmp_path / f"{pid}.err", "w+")
+      logs.append((out, err))
+      cmd = [sys.executable, "-m", module, *args, "--mesh=data:2,model:4", f"--out_dir={tmp_path / 'out'}",
+             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={pid}",
+             f"--distributed_timeout={_DEAD_PEER_TIMEOUT}"]
+      procs.append(subprocess.Popen(cmd, cwd=REPO, env=_env(4), stdout=out, stderr=err, text=True))
+    start = time.monotonic()
+    # Process 0's first progress line of the analysis ("steer baseline: 0/8 prompts ..."): work began.
+    while not any(ln.startswith("steer ") for ln in (tmp_path / "0.err").read_text().splitlines()):
+      assert procs[0].poll() is None and procs[1].poll() is None, (tmp_path / "0.err").read_text()[-3000:]
+      assert time.monotonic() - start < 300, "no progress line from process 0"
+      time.sleep(0.1)
+    procs[1].kill()  # SIGKILL: no exit handler runs, its sockets just close
+    procs[1].wait(timeout=30)
+    try:
+      code = procs[0].wait(timeout=_DEAD_PEER_TIMEOUT + 15)  # JAX's abort would come at +30 s
+    except subprocess.TimeoutExpired:
+      pytest.fail(f"process 0 still ran {_DEAD_PEER_TIMEOUT + 15} s after process 1 was killed")
+    out, err = (tmp_path / "0.out").read_text(), (tmp_path / "0.err").read_text()
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait(timeout=30)
+    for files in logs:
+      for f in files:
+        f.close()
+  r = Ran(code, out, err, 0.0)
+  _assert_clean_failure(r, "process 1 of 2", "stopped answering", f"{_DEAD_PEER_TIMEOUT} s", "rerun")
+  assert code == 2, code
+
+
+def test_peer_watch_finds_the_silent_process():
+  """``PeerWatch.lost``: a beat that moves is alive, one that stays still for the timeout is lost, and a
+  process that posted ``exited`` ended normally (process 0 may still be writing its outputs)."""
+  watch = distributed.PeerWatch(client=None, process_id=0, num_processes=4, timeout_s=10)
+  seen = {}
+  assert watch.lost({0: "1", 1: "1", 2: "1"}, seen, now=0.0) is None  # process 3 has not beaten yet
+  assert watch.lost({0: "5", 1: "2", 2: "1", 3: "1"}, seen, now=9.0) is None
+  assert watch.lost({0: "9", 1: "3", 2: "1", 3: "2"}, seen, now=10.5) == 2  # still "1" after 10.5 s
+  assert watch.lost({0: "9", 1: "4", 2: "exited", 3: "3"}, seen, now=30.0) is None and watch.exited == {2}
+  assert watch.lost({0: "9", 1: "4", 2: "exited", 3: "4"}, seen, now=40.5) == 1
+  assert watch.lost({}, {}, now=0.0) is None  # this process itself never counts
+  msg = watch.message(1)
+  assert msg.startswith("process 1 of 4 stopped answering for 10 s") and "rerun all 4" in msg
+  assert "\n" not in msg
+  assert "(the coordinator)" in watch.message(0)
