@@ -46,7 +46,7 @@ _PEAK_SIZE = flags.DEFINE_integer("peak_size", 2048, "Side of the square matmul 
 _JAXSEM = """
 import jax, jax.numpy as jnp, numpy as np
 import jaxsem
-from jaxsem.analyses import hidden_sweep, sweep
+from jaxsem.analyses import hidden_sweep, hidden_sweep_kernels, hidden_sweep_sites, sweep
 from jaxsem.io.scales import load_scales
 n = {peak_size}
 a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
@@ -70,9 +70,9 @@ stats_s = res["statistics"]["pass"]["seconds"]
 proj_s = res["projection_pass"]["seconds"]
 # The directions the sweep built (centring cancels in pole_mean differences): saved for the peer.
 sites = hidden_sweep.parse_layers(layers, model.config.n_layers)
-runner = hidden_sweep._Runner(model, opts.context, sites, opts.hidden_chunk_rows)
-built, _ = hidden_sweep._site_directions(model, opts, runner, load_scales({scales!r}), opts.context,
-                                      [None] * len(sites), {tokens})
+runner = hidden_sweep_kernels._Runner(model, opts.context, sites, opts.hidden_chunk_rows)
+built, _ = hidden_sweep_sites._site_directions(model, opts, runner, load_scales({scales!r}), opts.context,
+                                            [None] * len(sites), {tokens})
 names = json.load(open(os.path.join({out!r}, "projections.zarr", "zarr.json")))["attributes"]["columns"]
 u = np.stack([np.asarray(d.vectors)[[d.names.index(x) for x in names]] for _, d in built]).astype(np.float32)
 np.save({u_path!r}, u)

@@ -12,7 +12,7 @@ compiles, for that mesh, the three programs a large run spends its device memory
 * ``steering``: one batch of ``kernels.steering.steered_readout`` after a cached prompt
   prefix (the prefix's keys and values are abstract too).
 * ``hidden sweep``: one block of the hidden-state vocabulary sweep
-  (``analyses.hidden_sweep.projection_block``, ``launch.sweep --space=hidden --layers=all``):
+  (``analyses.hidden_sweep_kernels.projection_block``, ``launch.sweep --space=hidden --layers=all``):
   ``HIDDEN_BLOCK`` tokens after a cached ``<bos>``, every site (the embedding and each
   block's output) centred and projected on the directions built there (directions over the
   model axis, tokens over the data axis), with the block's ``[sites, D, D]`` moments
@@ -52,6 +52,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxsem import experiment_config
 from jaxsem import sharding
 from jaxsem.analyses import hidden_sweep
+from jaxsem.analyses import hidden_sweep_kernels
 from jaxsem.errors import InputError
 from jaxsem.kernels import projection
 from jaxsem.kernels import spectrum
@@ -246,10 +247,10 @@ def _lower_hidden_sweep(config: ModelConfig, mesh: Mesh, opts: PlanOptions, para
                        length=1)
   units = _struct(mesh, (n_sites, k, d), jnp.float32, P(None, axis, None))
   mean = _struct(mesh, (n_sites, d), jnp.float32, P())
-  return hidden_sweep.projection_block.lower(
+  return hidden_sweep_kernels.projection_block.lower(
       params, config, rows((b, 1), jnp.int32), rows((b, 1), jnp.int32), prefix, rows((b,), jnp.bool_), mean,
       None, units, sites=sites, metric=opts.metric, scores=True,
-      out_sharding=hidden_sweep.moments_sharding(mesh))
+      out_sharding=hidden_sweep_kernels.moments_sharding(mesh))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxsem import sharding
-from jaxsem.analyses import hidden_sweep, spaces, sweep
+from jaxsem.analyses import hidden_sweep, hidden_sweep_state, spaces, sweep
 from jaxsem.errors import InputError
 from jaxsem.kernels import zarr_out
 from tests.analyses import toy_model
@@ -156,19 +156,19 @@ def test_a_run_stopped_after_two_blocks_resumes_to_the_same_bytes(runs, scales, 
   """The sink fails at the third block (as a full disk would); the same call then computes only the
   two blocks after the checkpoint and the array and spectra equal an uninterrupted run's."""
   ref, ref_dir = runs["plain"]
-  write = hidden_sweep._Store.write
+  write = hidden_sweep_state._Store.write
 
   def failing(self, start, block):
     if start >= 128:
       raise InputError("disk full")
     write(self, start, block)
 
-  monkeypatch.setattr(hidden_sweep._Store, "write", failing)
+  monkeypatch.setattr(hidden_sweep_state._Store, "write", failing)
   with pytest.raises(InputError, match="disk full"):
     sweep.run_sweep(_model(), _opts(scales), tmp_path)
   state = json.loads((tmp_path / sweep.ZARR_NAME / zarr_out.STATE_NAME).read_text())
   assert state["done"] == [0, 64] and not zarr_out.is_complete(tmp_path / sweep.ZARR_NAME)
-  monkeypatch.setattr(hidden_sweep._Store, "write", write)
+  monkeypatch.setattr(hidden_sweep_state._Store, "write", write)
   result = sweep.run_sweep(_model(), _opts(scales), tmp_path)
   assert result["zarr"]["resumed"] == {"chunks_skipped": 2, "chunks_computed": 2}
   assert result["statistics"]["pass"]["resumed"] == {"chunks_skipped": 4, "chunks_computed": 0}
