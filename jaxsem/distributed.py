@@ -17,7 +17,8 @@ watches the others' beats: when a process stops answering for ``--distributed_ti
 seconds (killed, crashed, hung), the others stop with one ``error:`` line naming it.
 
 On CPU, processes talk through gloo collectives, so ``2 processes x 4 devices`` on one
-machine runs exactly the program of ``1 process x 8 devices``.
+machine runs exactly the program of ``1 process x 8 devices``. The lines gloo prints as it
+connects (``[Gloo] Rank 0 is connected to 1 peer ranks. ...``) are dropped from the output.
 """
 
 from __future__ import annotations
@@ -52,6 +53,13 @@ _CLUSTER_ENV = {
     "ompi": ("OMPI_COMM_WORLD_SIZE",),
     "tpu": ("TPU_WORKER_HOSTNAMES",),
 }
+# gloo (the CPU collectives) writes lines such as "[Gloo] Rank 0 is connected to 1 peer ranks. Expected
+# number of connected peer ranks is : 1" straight to this file descriptor (C++ std::cout) when collectives
+# are set up.
+_GLOO_FD = 1
+_GLOO_PREFIX = b"[Gloo]"
+# Seconds to wait, at exit, for the output filter to copy what is left.
+_DRAIN_S = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +157,8 @@ def resolve(coordinator_address: str | None = None, num_processes: int | None = 
 def initialize(settings: Settings) -> dict[str, Any]:
   """Joins the run described by ``settings`` (a no-op for a single process).
 
-  Must run before anything touches a JAX backend. On CPU it selects gloo collectives.
+  Must run before anything touches a JAX backend. On CPU it selects gloo collectives, and drops the
+  ``[Gloo] Rank ...`` lines gloo prints from this process's output (``OutputFilter``).
   JAX aborts the process (a C++ fatal error and a stack dump) when the processes do not
   all meet within its timeout, so a watchdog stops this process first, after
   ``settings.timeout_s``, with one ``error:`` line on stderr and exit status 2. Once
@@ -171,6 +180,8 @@ def initialize(settings: Settings) -> dict[str, Any]:
   platforms = (os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms or "").lower()
   if not platforms or "cpu" in platforms.split(",")[0]:
     jax.config.update("jax_cpu_collectives_implementation", settings.cpu_collectives)
+    if settings.cpu_collectives == "gloo":
+      _filter_gloo_lines()
   kwargs: dict[str, Any] = {"initialization_timeout": int(settings.timeout_s) + _JAX_GRACE_S,
                             "heartbeat_timeout_seconds": int(settings.timeout_s) + _JAX_GRACE_S}
   if settings.coordinator_address is not None:
@@ -250,9 +261,7 @@ def _give_up(settings: Settings, lock: threading.Lock, joined: threading.Event) 
     reason = "nothing answers at that address"
   else:
     reason = "the coordinator is up but not every process reached it"
-  sys.stdout.flush()
-  print(f"error: {_join_error(settings, reason)}", file=sys.stderr, flush=True)
-  os._exit(2)  # the main thread is blocked inside the runtime; only a hard exit ends the process
+  _exit_with(_join_error(settings, reason))
 
 
 def _check_process_count(settings: Settings) -> None:
@@ -364,11 +373,17 @@ _watch: PeerWatch | None = None
 
 
 def _exit_with(message: str) -> None:
-  """One ``error:`` line (as ``cli.fail`` prints it) and exit status 2, from any thread."""
+  """One ``error:`` line (as ``cli.fail`` prints it) and exit status 2, from any thread.
+
+  ``os._exit`` runs no exit handlers: the output filter is drained here first, so that everything printed
+  before comes out, then the error line.
+  """
   try:
     sys.stdout.flush()
   except Exception:  # noqa: BLE001 - a broken stdout must not hide the error line
     pass
+  if _filter is not None:
+    _filter.close()
   print(f"error: {message}", file=sys.stderr, flush=True)
   os._exit(2)  # other threads may be blocked inside the runtime; only a hard exit ends the process
 
@@ -403,6 +418,144 @@ def _watch_peers(settings: Settings) -> None:
     previous(kind, value, tb)
 
   sys.excepthook = excepthook
+
+
+class LineDropper:
+  """Drops, from a stream of bytes, the lines that start with ``prefix``; passes every other byte unchanged.
+
+  Bytes are passed on as soon as they cannot begin a dropped line (a line redrawn in place with
+  ``"\\r"`` and no newline comes out at once); only a line's first ``len(prefix)`` bytes wait for
+  the decision.
+
+  Args:
+    prefix: the start of the lines to drop.
+  """
+
+  def __init__(self, prefix: bytes):
+    self.prefix = bytes(prefix)
+    self._head = b""  # the current line's first bytes, while they still match the prefix
+    self._state = "start"  # "start" (deciding), "keep" or "drop" the current line
+
+  def feed(self, data: bytes) -> bytes:
+    """The bytes of ``data`` (and of earlier calls, held back undecided) to pass on now."""
+    out, i = bytearray(), 0
+    while i < len(data):
+      if self._state != "start":
+        end = data.find(b"\n", i)
+        stop = len(data) if end < 0 else end + 1
+        if self._state == "keep":
+          out += data[i:stop]
+        i = stop
+        if end >= 0:
+          self._state = "start"
+        continue
+      head = self._head + data[i:i + len(self.prefix) - len(self._head)]
+      if self.prefix.startswith(head):
+        i += len(head) - len(self._head)
+        self._head = head
+        if head == self.prefix:
+          self._head, self._state = b"", "drop"
+      else:
+        out += self._head  # not a dropped line: what was held goes out, the rest as kept
+        self._head, self._state = b"", "keep"
+    return bytes(out)
+
+  def flush(self) -> bytes:
+    """What is still held back (the start of an unfinished line), at the end of the stream."""
+    held, self._head = self._head, b""
+    return held
+
+
+class OutputFilter:
+  """Drops the lines that start with ``prefix`` from everything this process writes to file descriptor ``fd``.
+
+  ``fd`` is pointed at a pipe (a pseudo-terminal when it was a terminal, so that ``isatty`` keeps its
+  answer), and a daemon thread copies every other byte, as it arrives, to where ``fd`` pointed before.
+  Python's ``sys.stdout``/``sys.stderr`` and C++ code write to ``fd`` as before and go through it.
+  ``close`` points ``fd`` back and waits until what was written before is copied.
+
+  Args:
+    fd: the file descriptor to filter (1 or 2).
+    prefix: the start of the lines to drop.
+  """
+
+  def __init__(self, fd: int, prefix: bytes):
+    self.fd, self.dropper = fd, LineDropper(prefix)
+    self.target = os.dup(fd)  # the original destination (not inherited by child processes)
+    if os.isatty(fd):
+      import fcntl
+      import termios
+      import tty
+
+      source, sink = os.openpty()
+      tty.setraw(sink)  # no newline translation: bytes pass unchanged
+      try:
+        fcntl.ioctl(sink, termios.TIOCSWINSZ, fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))
+      except OSError:
+        pass
+    else:
+      source, sink = os.pipe()
+    os.dup2(sink, fd)
+    os.close(sink)
+    self._source = source
+    self._lock = threading.Lock()
+    self._closed = False
+    self._thread = threading.Thread(target=self._pump, name="jaxsem-output-filter", daemon=True)
+    self._thread.start()
+
+  def _write(self, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+      try:
+        view = view[os.write(self.target, view):]
+      except InterruptedError:
+        continue
+      except OSError:
+        return  # the destination is gone (a closed terminal): nothing can be shown any more
+
+  def _pump(self) -> None:
+    while True:
+      try:
+        data = os.read(self._source, 1 << 16)
+      except InterruptedError:
+        continue
+      except OSError:  # EIO: every writer of the pseudo-terminal closed it
+        data = b""
+      if not data:
+        break
+      self._write(self.dropper.feed(data))
+    self._write(self.dropper.flush())
+    os.close(self._source)
+
+  def close(self, timeout_s: float = _DRAIN_S) -> None:
+    """Points ``fd`` back at its destination and copies what is left (child processes that still hold the
+    pipe are waited for ``timeout_s`` at most)."""
+    with self._lock:
+      if self._closed:
+        return
+      self._closed = True
+    for stream in (sys.stdout, sys.stderr):
+      try:
+        stream.flush()
+      except Exception:  # noqa: BLE001 - a broken stream must not stop the others
+        pass
+    os.dup2(self.target, self.fd)  # this process's last write end of the pipe closes
+    self._thread.join(timeout_s)
+
+
+_filter: OutputFilter | None = None
+
+
+def _filter_gloo_lines() -> None:
+  """Drops gloo's ``[Gloo] Rank ...`` lines from this process's output, until exit."""
+  global _filter
+  if _filter is not None:
+    return
+  try:
+    _filter = OutputFilter(_GLOO_FD, _GLOO_PREFIX)
+  except OSError:
+    return  # no such descriptor (a closed stdout): nothing to filter
+  atexit.register(_filter.close)
 
 
 def info(settings: Settings | None = None) -> dict[str, Any]:

@@ -359,6 +359,7 @@ def test_sweep_only_process_0_prints_and_writes(sweeps):
   assert "sweep osgood28:" not in second.stderr
   for r in (first, second):
     assert "Traceback" not in r.stderr and "error:" not in r.stderr
+    assert "[Gloo]" not in r.stdout + r.stderr  # test_gloo_lines_are_dropped shows gloo prints them
   assert sorted(p.name for p in (tmp / "2x4").iterdir() if not p.name.startswith(".")) == [
       "cumulative.png", "cumulative_whitened.png", "projections.zarr", "report.html", "summary.json"]
 
@@ -570,6 +571,7 @@ def test_peer_killed_mid_run_stops_the_survivor_with_one_line(word_model, tmp_pa
   r = Ran(code, out, err, 0.0)
   _assert_clean_failure(r, "process 1 of 2", "stopped answering", f"{_DEAD_PEER_TIMEOUT} s", "rerun")
   assert code == 2, code
+  assert "[Gloo]" not in out + err
 
 
 def test_peer_watch_finds_the_silent_process():
@@ -587,3 +589,138 @@ def test_peer_watch_finds_the_silent_process():
   assert msg.startswith("process 1 of 4 stopped answering for 10 s") and "rerun all 4" in msg
   assert "\n" not in msg
   assert "(the coordinator)" in watch.message(0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# gloo's "[Gloo] Rank 0 is connected to 1 peer ranks. ..." lines do not reach the user.
+
+
+def test_line_dropper_drops_only_prefixed_lines():
+  """Whole lines that start with the prefix go; every other byte comes out unchanged, in any chunking."""
+  stream = (b"[Gloo] Rank 0 is connected to 1 peer ranks.\nkept [Gloo] mid-line\n[Glo\n[G"
+            b"\r progress 1/2\r progress 2/2\n\xff\xfe\x00 binary\n[Gloo] Rank 1\n\n[Gloo]x\n[Gl")
+  expected = b"kept [Gloo] mid-line\n[Glo\n[G\r progress 1/2\r progress 2/2\n\xff\xfe\x00 binary\n\n[Gl"
+  for size in (1, 2, 3, 5, 7, len(stream)):
+    dropper = distributed.LineDropper(b"[Gloo]")
+    out = b"".join(dropper.feed(stream[i:i + size]) for i in range(0, len(stream), size)) + dropper.flush()
+    assert out == expected, size
+  dropper = distributed.LineDropper(b"[Gloo]")
+  # A line that cannot be a dropped one is passed on at once, without waiting for its newline.
+  assert dropper.feed(b"\rsteer grid: 1/8") == b"\rsteer grid: 1/8"
+  assert dropper.feed(b"\n[Gl") == b"\n" and dropper.feed(b"ad") == b"[Glad"
+
+
+_FILTERED = """
+import os, sys
+from jaxsem import distributed
+fd = int(sys.argv[1])
+distributed._GLOO_FD = fd
+distributed._filter_gloo_lines()
+stream = sys.stdout if fd == 1 else sys.stderr
+print("tty", stream.isatty(), file=stream, flush=True)
+stream.write("python line\\n")
+os.write(fd, b"[Gloo] Rank 0 is connected to 1 peer ranks. Expected number of connected peer ranks is : 1\\n")
+os.write(fd, b"\\xff\\xfe binary\\n")
+stream.write("unfinished")  # left in Python's buffer: flushed before the fd is restored
+if sys.argv[2] == "exit_with":
+  distributed._exit_with("the peer is gone")
+"""
+
+
+@pytest.mark.parametrize("fd", [1, 2])
+@pytest.mark.parametrize("how", ["normal", "exit_with"])
+def test_output_filter_drops_gloo_lines_and_keeps_the_rest(fd, how):
+  """In a child process: print, raw writes to the fd and an unfinished line all come out in order, the
+  ``[Gloo]`` line does not, at a normal exit and at the watchdog's hard exit (its error line last)."""
+  proc = subprocess.run([sys.executable, "-c", _FILTERED, str(fd), how], cwd=REPO, env=_env(None),
+                        capture_output=True, timeout=120)
+  out = proc.stdout if fd == 1 else proc.stderr
+  assert out.startswith(b"tty False\npython line\n\xff\xfe binary\nunfinished"), out
+  assert b"[Gloo]" not in proc.stdout + proc.stderr
+  if how == "exit_with":
+    assert proc.returncode == 2 and proc.stderr.endswith(b"error: the peer is gone\n"), proc.stderr
+  else:
+    assert proc.returncode == 0 and out == b"tty False\npython line\n\xff\xfe binary\nunfinished"
+
+
+def test_output_filter_keeps_a_terminal_a_terminal():
+  """On a terminal the filter reads through a pseudo-terminal: ``isatty`` (which decides whether progress
+  lines are redrawn in place) keeps its answer, and bytes pass without newline translation."""
+  import pty
+
+  parent, child = pty.openpty()
+  try:
+    proc = subprocess.Popen([sys.executable, "-c", _FILTERED, "1", "normal"], cwd=REPO, env=_env(None),
+                            stdout=child, stderr=subprocess.PIPE)
+    os.close(child)
+    chunks = []
+    while True:
+      try:
+        data = os.read(parent, 4096)
+      except OSError:  # EIO: the child closed its end
+        break
+      if not data:
+        break
+      chunks.append(data)
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    proc.stderr.close()
+  finally:
+    os.close(parent)
+  out = b"".join(chunks)
+  # The terminal translates "\n" to "\r\n" once, as for any program; the filter adds no second "\r".
+  assert out == b"tty True\r\npython line\r\n\xff\xfe binary\r\nunfinished", out
+
+
+_GLOO_SCRIPT = """
+import os, sys
+import numpy as np
+filtered, pid, port = sys.argv[1] == "filtered", int(sys.argv[2]), sys.argv[3]
+import jax
+from jaxsem import distributed
+if filtered:
+  distributed.initialize(distributed.Settings(f"127.0.0.1:{port}", 2, pid, timeout_s=120))
+else:
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(f"127.0.0.1:{port}", 2, pid)
+print(f"before {pid}", flush=True)
+print(f"stderr {pid}", file=sys.stderr, flush=True)
+from jax.experimental import multihost_utils
+got = multihost_utils.process_allgather(np.asarray([pid]))
+print(f"gathered {pid}:", *np.ravel(got).tolist(), flush=True)
+"""
+
+
+def test_gloo_lines_are_dropped(tmp_path):
+  """Two processes join and run one collective: by JAX alone each prints gloo's ``[Gloo] Rank ...`` line;
+  through ``distributed.initialize`` neither does, and their own lines all come out."""
+  outputs = {}
+  for mode in ("raw", "filtered"):
+    port = _free_port()
+    procs, files = [], []
+    try:
+      for pid in range(2):
+        out, err = open(tmp_path / f"{mode}{pid}.out", "w+"), open(tmp_path / f"{mode}{pid}.err", "w+")
+        files += [out, err]
+        cmd = [sys.executable, "-c", _GLOO_SCRIPT, mode, str(pid), str(port)]
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=_env(2), stdout=out, stderr=err))
+      for p in procs:
+        p.wait(timeout=240)
+      outputs[mode] = [(p.returncode, (tmp_path / f"{mode}{i}.out").read_text(),
+                        (tmp_path / f"{mode}{i}.err").read_text()) for i, p in enumerate(procs)]
+    finally:
+      for p in procs:
+        if p.poll() is None:
+          p.kill()
+          p.wait(timeout=30)
+      for f in files:
+        f.close()
+  for mode, runs in outputs.items():
+    for pid, (code, out, err) in enumerate(runs):
+      assert code == 0, err[-3000:]
+      assert f"before {pid}\n" in out and f"gathered {pid}: 0 1\n" in out, out
+      assert f"stderr {pid}\n" in err, err
+      if mode == "raw":  # gloo writes to file descriptor 1 (C++ std::cout)
+        gloo = [ln for ln in out.splitlines() if ln.startswith("[Gloo]")]
+        assert any(f"Rank {pid} is connected to 1 peer ranks" in ln for ln in gloo), out
+      else:
+        assert "[Gloo]" not in out + err, out + err
