@@ -22,7 +22,7 @@ from ml_collections import config_flags
 from jaxsem import distributed
 from jaxsem import experiment_config
 from jaxsem.errors import InputError
-from jaxsem.io import assets
+from jaxsem.io import assets, norms
 from jaxsem.io import out_dir as out_dir_lib
 from jaxsem.models.load import load
 from jaxsem.report import html
@@ -231,11 +231,11 @@ def check_model(name: str, flag: str = "--model") -> None:
 def check_norms(names, flag: str = "--norms", allow_empty: bool = False) -> None:
   """Checks norm table names (with a did-you-mean for typos)."""
   if not names and not allow_empty:
-    raise InputError(f"{flag} is empty; give one or more of {', '.join(assets.NORM_NAMES)}.")
+    raise InputError(f"{flag} is empty; give one or more of {', '.join(norms.NORM_NAMES)}.")
   for name in names:
-    if name not in assets.NORM_NAMES:
-      raise InputError(f"{flag}: unknown norm table {name!r}{assets.did_you_mean(name, assets.NORM_NAMES)}; "
-                       f"use any of {', '.join(assets.NORM_NAMES)}.")
+    if name not in norms.NORM_NAMES:
+      raise InputError(f"{flag}: unknown norm table {name!r}{assets.did_you_mean(name, norms.NORM_NAMES)}; "
+                       f"use any of {', '.join(norms.NORM_NAMES)}.")
 
 
 def check_scales(name: str):

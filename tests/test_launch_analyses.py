@@ -9,7 +9,7 @@ from PIL import Image
 
 import jaxsem
 from jaxsem.analyses import experiments, lexicon
-from jaxsem.io import assets
+from jaxsem.io import norms
 from jaxsem.io import scales as scales_io
 from jaxsem.report import writers
 
@@ -93,7 +93,7 @@ def test_align_end_to_end_on_gemma(gemma, tmp_path):
   _, pos = rows_of(valence.positive)
   _, neg = rows_of(valence.negative)
   d = pos.mean(0) - neg.mean(0)
-  words, columns = assets.read_norms("warriner")
+  words, columns = norms.read_norms("warriner")
   wt, x = rows_of(words)
   y = columns["valence"][wt.used]
   ok = np.isfinite(y)

@@ -13,7 +13,7 @@ import pytest
 from jaxsem import cli
 from jaxsem.analyses import steer
 from jaxsem.errors import InputError
-from jaxsem.io import assets
+from jaxsem.io import assets, norms
 from jaxsem.io import cache
 from jaxsem.io import out_dir as out_dir_lib
 from jaxsem.report import figures
@@ -122,7 +122,7 @@ def test_resume_is_offered_only_where_work_was_committed(tmp_path):
 def test_other_errors_inside_a_claim_pass_through(tmp_path):
   with pytest.raises(InputError, match="^Unknown word norms"):
     with out_dir_lib.claim(tmp_path / "a", job="align", inputs={}):
-      assets.read_norms("nosuch")
+      norms.read_norms("nosuch")
   with pytest.raises(FileNotFoundError):  # reading a missing input is not a write error
     with out_dir_lib.claim(tmp_path / "a", job="align", inputs={}):
       open(tmp_path / "missing.txt")
@@ -171,9 +171,9 @@ def test_a_summary_without_a_record_counts_by_its_job(tmp_path):
 
 
 def test_did_you_mean_only_for_near_names():
-  assert assets.did_you_mean("warrinr", assets.NORM_NAMES) == " (did you mean warriner?)"
+  assert assets.did_you_mean("warrinr", norms.NORM_NAMES) == " (did you mean warriner?)"
   assert assets.did_you_mean("gemma3-207m", assets.MODEL_NAMES) == " (did you mean gemma3-270m?)"
-  assert assets.did_you_mean("good", assets.NORM_NAMES) == ""
+  assert assets.did_you_mean("good", norms.NORM_NAMES) == ""
   with pytest.raises(InputError, match=r"--models: Unknown model 'smolm2-135m-instruct' \(did you mean "
                      r"smollm2-135m-instruct\?\)"):
     cli.check_model("smolm2-135m-instruct", flag="--models")

@@ -29,7 +29,7 @@ import numpy as np
 from jaxsem.analyses import lexicon
 from jaxsem.analyses import scale_directions
 from jaxsem.analyses import spaces as spaces_lib
-from jaxsem.io import assets
+from jaxsem.io import norms
 from jaxsem.kernels import directions as dir_k
 from jaxsem.kernels import hierarchical
 from jaxsem.kernels import hierarchical_stack
@@ -67,7 +67,7 @@ def norm_words(model, space, name: str, *, policy: str = "single", min_coverage:
   Raises:
     InputError: unknown table, or coverage below ``min_coverage`` (naming the table).
   """
-  words, columns = assets.read_norms(name)
+  words, columns = norms.read_norms(name)
   if max_words is not None:
     words, columns = words[:max_words], {c: v[:max_words] for c, v in columns.items()}
   wt = lexicon.resolve_words(model.tokenizer, words, policy, case_variants=case_variants)

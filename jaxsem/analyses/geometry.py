@@ -34,7 +34,7 @@ from jaxsem.analyses import scale_directions
 from jaxsem.analyses import spaces as spaces_lib
 from jaxsem.analyses.geometry_inputs import RatedWords
 from jaxsem.errors import InputError
-from jaxsem.io import assets
+from jaxsem.io import assets, norms
 from jaxsem.io import scales as scales_io
 from jaxsem.kernels import geometry as geo
 from jaxsem.kernels import projection
@@ -96,9 +96,9 @@ def check_options(opts: GeometryOptions) -> None:
     InputError: one sentence naming the flag and the fix.
   """
   for name in opts.norms:
-    if name not in assets.NORM_NAMES:
-      raise InputError(f"--norms: unknown norm table {name!r}{assets.did_you_mean(name, assets.NORM_NAMES)}; "
-                       f"use any of {', '.join(assets.NORM_NAMES)} (or none: every table a tag names).")
+    if name not in norms.NORM_NAMES:
+      raise InputError(f"--norms: unknown norm table {name!r}{assets.did_you_mean(name, norms.NORM_NAMES)}; "
+                       f"use any of {', '.join(norms.NORM_NAMES)} (or none: every table a tag names).")
   if opts.method not in scale_directions.METHODS:
     raise InputError(f"--method={opts.method!r} is not known; use one of "
                      f"{', '.join(scale_directions.METHODS)}.")

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxsem.io import assets
+from jaxsem.io import norms
 
 
 def tagged_scales(scale_set, tables) -> tuple[list[Any], dict[str, str]]:
@@ -61,7 +61,7 @@ def rated_words(tags, words=None) -> RatedWords:
   index: dict[str, int] = {} if words is None else {w: i for i, w in enumerate(dict.fromkeys(words))}
   read = {}
   for table in by_table:
-    table_words, cols = assets.read_norms(table)
+    table_words, cols = norms.read_norms(table)
     read[table] = (table_words, cols)
     if words is None:
       for w in table_words:

@@ -50,7 +50,7 @@ from jaxsem.analyses import scale_directions
 from jaxsem.analyses import spaces as spaces_lib
 from jaxsem.analyses import structure as structure_lib
 from jaxsem.errors import InputError
-from jaxsem.io import assets
+from jaxsem.io import norms
 from jaxsem.io import scales as scales_io
 from jaxsem.progress import Progress
 
@@ -137,7 +137,7 @@ def check_options(opts: LayerOptions) -> None:
   if opts.metric not in ("cosine", "dot"):
     raise InputError(f"--metric={opts.metric!r} is not known; use cosine or dot.")
   if not opts.norms:
-    raise InputError(f"--norms is empty; give one or more of {', '.join(assets.NORM_NAMES)}.")
+    raise InputError(f"--norms is empty; give one or more of {', '.join(norms.NORM_NAMES)}.")
   for name, value, least in (("n_words", opts.n_words, 0), ("stats_sample", opts.stats_sample, 2),
                              ("n_boot", opts.n_boot, 1), ("n_null", opts.n_null, 1),
                              ("n_pair_sets", opts.n_pair_sets, 0), ("n_tag_perms", opts.n_tag_perms, 0),
@@ -161,7 +161,7 @@ class RatedTable:
 
 def _rated(model, name: str, opts: LayerOptions) -> RatedTable:
   """The covered rated words of norm table ``name``, ``opts.n_words`` of them drawn at random (seeded)."""
-  words, columns = assets.read_norms(name)
+  words, columns = norms.read_norms(name)
   wt = lexicon.resolve_words(model.tokenizer, words, opts.policy)
   lexicon.require_coverage(wt, opts.min_coverage, f"{name} norms")
   used = np.flatnonzero(wt.used)

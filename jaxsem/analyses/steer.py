@@ -50,7 +50,7 @@ from jaxsem.analyses import steer_layers
 from jaxsem.analyses import steering_methods
 from jaxsem.analyses.steering_methods import unit_rows as _unit
 from jaxsem.errors import InputError
-from jaxsem.io import assets
+from jaxsem.io import assets, norms
 from jaxsem.io import scales as scales_io
 from jaxsem.models import interventions as iv_lib
 from jaxsem.models import site_norms
@@ -159,10 +159,10 @@ def site_name(site: str, layer: int | None, n_layers: int) -> str:
 
 def _words(model, opts: SteerOptions) -> tuple[list[str], list[tuple[int, ...]], dict[str, np.ndarray]]:
   """(words, their token ids, Warriner columns of the words (NaN where unrated))."""
-  norm_words, norm_cols = assets.read_norms("warriner")
+  norm_words, norm_cols = norms.read_norms("warriner")
   lookup = {w: i for i, w in enumerate(norm_words)}
-  if len(opts.words) == 1 and opts.words[0] in assets.NORMS:
-    table_words, _ = assets.read_norms(opts.words[0])
+  if len(opts.words) == 1 and opts.words[0] in norms.NORMS:
+    table_words, _ = norms.read_norms(opts.words[0])
     wt = lexicon.resolve_words(model.tokenizer, table_words, "single")
     rng = np.random.default_rng(opts.seed)
     pick = rng.choice(wt.n_used, size=min(opts.n_words, wt.n_used), replace=False)  # random order
@@ -244,14 +244,14 @@ def _check_words(words, least: int = 4) -> None:
   """--words: one norm table name, or at least ``least`` words; a lone word near a norm
   table's name is taken for its typo."""
   words = list(words)
-  if len(words) == 1 and words[0] in assets.NORM_NAMES:
+  if len(words) == 1 and words[0] in norms.NORM_NAMES:
     return
-  hint = assets.did_you_mean(words[0], assets.NORM_NAMES) if len(words) == 1 else ""
+  hint = assets.did_you_mean(words[0], norms.NORM_NAMES) if len(words) == 1 else ""
   if hint:
     raise InputError(f"--words={words[0]} is not a norm table{hint}; give one of "
-                     f"{', '.join(assets.NORM_NAMES)}, or at least {least} words.")
+                     f"{', '.join(norms.NORM_NAMES)}, or at least {least} words.")
   if len(words) < least:
-    raise InputError(f"--words={','.join(words)}: give a norm table ({', '.join(assets.NORM_NAMES)}) or at "
+    raise InputError(f"--words={','.join(words)}: give a norm table ({', '.join(norms.NORM_NAMES)}) or at "
                      f"least {least} comma-separated words.")
 
 

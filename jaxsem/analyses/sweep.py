@@ -39,7 +39,7 @@ from jaxsem.analyses import row_checkpoint
 from jaxsem.analyses import scale_directions
 from jaxsem.analyses import spaces as spaces_lib
 from jaxsem.errors import InputError
-from jaxsem.io import assets
+from jaxsem.io import norms
 from jaxsem.io import scales as scales_io
 from jaxsem.kernels import directions as dir_k
 from jaxsem.kernels import projection
@@ -174,7 +174,7 @@ def run_sweep(model, opts: SweepOptions, out_dir: str | os.PathLike | None = Non
     raise InputError(f"--store_dtype={opts.store_dtype}: the {opts.space} sweep stores float32 only; use "
                      "--store_dtype=auto or float32 (other dtypes are for --space=hidden).")
   for norm in opts.norms:
-    assets.read_norms(norm)  # an unknown table fails before any output is written
+    norms.read_norms(norm)  # an unknown table fails before any output is written
   key = jax.random.key(opts.seed)
   space = spaces_lib.make_space(model, opts.space, centre=opts.centre, whiten=opts.whiten)
   scale_set = scales_io.load_scales(opts.scales)

@@ -40,7 +40,7 @@ from typing import Any
 
 from jaxsem.errors import InputError
 from jaxsem.io import safe_json
-from jaxsem.io.assets import NORMS
+from jaxsem.io.norms import NORMS
 
 # configs/ sits beside the jaxsem package both in the repository and in an installed wheel.
 SCALES_DIR = Path(__file__).parents[2] / "configs" / "scales"

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from jaxsem.io.assets import sha256_file
+from jaxsem.io.packages import sha256_file
 from jaxsem.io.cache import atomic_write_text, cache_dir
 
 

@@ -60,6 +60,7 @@ from jaxsem import sharding as sharding_lib
 from jaxsem.io import host_memory
 from jaxsem.io import params_cache as store
 from jaxsem.io import params_checksums
+from jaxsem.io import params_restore
 from jaxsem.io.source_hash import source_sha256
 from jaxsem.models import params as params_lib
 from jaxsem.models.config import ModelConfig
@@ -188,8 +189,8 @@ def restore(entry: str | os.PathLike, config: ModelConfig, dtype: str, mesh: Mes
       return shape, jax.sharding.SingleDeviceSharding(device)
     return shape, sharding_lib.param_sharding(path, shape, mesh)
 
-  arrays = store.restore_arrays(entry, params_lib.param_shapes(config), dtype, target,
-                                functools.partial(_check_shapes, config))
+  arrays = params_restore.restore_arrays(entry, params_lib.param_shapes(config), dtype, target,
+                                         functools.partial(_check_shapes, config))
   return params_lib.unflatten(arrays)
 
 

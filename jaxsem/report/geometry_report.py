@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # files only; never open a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxsem.io import assets  # noqa: E402
+from jaxsem.io import norms  # noqa: E402
 from jaxsem.report import figures  # noqa: E402
 from jaxsem.report import summary  # noqa: E402
 from jaxsem.report import writers  # noqa: E402
@@ -101,7 +101,7 @@ def write(out_dir, result: dict[str, Any], model, opts, config: dict | None = No
           "whitened": space.get("whitened"), "policy": opts.policy, "method": opts.method,
           "coverage": result["coverage"], "directions": result["directions"],
           "scales_file": result["scales_file"], "scales_sha256": writers.file_sha256(result["scales_file"]),
-          "norms_files": [assets.norms_provenance(t) for t in result["tables"] if t in assets.NORMS],
+          "norms_files": [norms.norms_provenance(t) for t in result["tables"] if t in norms.NORMS],
           "seed": opts.seed, "options": opts.provenance()}
   if config is not None:
     prov["config"] = config

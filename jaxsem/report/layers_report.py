@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from jaxsem.analyses import layers_geometry
-from jaxsem.io import assets
+from jaxsem.io import norms
 from jaxsem.report import figures
 from jaxsem.report import summary
 from jaxsem.report import writers
@@ -93,7 +93,7 @@ def write(out_dir, result: dict[str, Any], model, opts, config: dict | None = No
           "directions": result["directions"],
           "scales_files": {k: {"file": v, "sha256": writers.file_sha256(v)} for k, v in files.items()},
           "scales_file": files["align"], "scales_sha256": writers.file_sha256(files["align"]),
-          "norms_files": [assets.norms_provenance(t) for t in opts.norms if t in assets.NORMS],
+          "norms_files": [norms.norms_provenance(t) for t in opts.norms if t in norms.NORMS],
           "options": opts.provenance()}
   if config is not None:
     prov["config"] = config

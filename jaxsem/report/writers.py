@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxsem.io import assets
+from jaxsem.io import norms, packages
 from jaxsem.io import scales as scales_io
 from jaxsem.report import figures
 from jaxsem.report import pvalues
@@ -16,12 +16,12 @@ from jaxsem.report import summary
 
 def file_sha256(path: str | Path | None) -> str | None:
   """sha256 of a file's bytes, or None when ``path`` is not a file."""
-  return assets.sha256_file(Path(path)) if path and Path(path).is_file() else None
+  return packages.sha256_file(Path(path)) if path and Path(path).is_file() else None
 
 
 def _norms_files(tables) -> list[dict[str, Any]]:
-  """``assets.norms_provenance`` of every embedded norm table among ``tables``."""
-  return [assets.norms_provenance(t) for t in tables if t in assets.NORMS]
+  """``norms.norms_provenance`` of every embedded norm table among ``tables``."""
+  return [norms.norms_provenance(t) for t in tables if t in norms.NORMS]
 
 
 def _scales_path(name_or_path: str) -> str:

@@ -12,7 +12,7 @@ import jaxsem
 from jaxsem import sharding
 from jaxsem.analyses import layers, layers_capture, lexicon, spaces
 from jaxsem.errors import InputError
-from jaxsem.io import assets
+from jaxsem.io import norms
 from jaxsem.models.model import Model
 from jaxsem.report import layers_report
 from tests import toy
@@ -170,7 +170,7 @@ def planted_model(path: str, layer: int = PLANTED_LAYER, n_layers: int = 4, d: i
   rng = np.random.default_rng(seed)
   embed = rng.standard_normal((vocab, d)).astype(np.float32)
   embed[:, 1:3] = 0.0
-  words, columns = assets.read_norms("warriner")
+  words, columns = norms.read_norms("warriner")
   wt = lexicon.resolve_words(tok, words, "single")
   for ids, v in zip(wt.used_token_ids, columns["valence"][wt.used]):
     signs = rng.choice([-1.0, 1.0], size=2)

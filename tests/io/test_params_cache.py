@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import jaxsem
-from jaxsem.io import assets, cache
+from jaxsem.io import cache, packages
 from jaxsem.io import params_cache as store
 from jaxsem.models import params as params_lib
 from jaxsem.models import params_cache
@@ -162,13 +162,13 @@ def test_changed_family_code_invalidates_the_entry(cache_root, toy, module, monk
 def test_file_sha256_is_remembered_until_the_file_changes(tmp_path):
   path, records = tmp_path / "f.bin", tmp_path / "records"
   path.write_bytes(b"one")
-  assert store.file_sha256(path, records) == assets.sha256_file(path)
+  assert store.file_sha256(path, records) == packages.sha256_file(path)
   (record,) = records.iterdir()
   data = json.loads(record.read_text())
   record.write_text(json.dumps({**data, "sha256": "remembered"}))
   assert store.file_sha256(path, records) == "remembered"  # only stat'ed
   path.write_bytes(b"two")
-  assert store.file_sha256(path, records) == assets.sha256_file(path)
+  assert store.file_sha256(path, records) == packages.sha256_file(path)
 
 
 def _garbage_meta(entry: Path) -> None:

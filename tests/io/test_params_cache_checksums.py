@@ -12,6 +12,7 @@ import pytest
 import jaxsem
 from jaxsem.io import params_cache
 from jaxsem.io import params_checksums
+from jaxsem.io import params_restore
 from jaxsem.models import params as params_lib
 from jaxsem.models import params_cache as model_cache
 from tests import gguf_fixtures as fx
@@ -164,7 +165,7 @@ def test_every_saved_block_has_a_checksum(cache_root, toy):
   meta = json.loads((entry / params_cache.META).read_text())
   assert meta["checksums"] == [params_cache.CHECKSUMS.format(process=0)]
   assert not [p.name for p in entry.iterdir() if p.name.endswith(".tmp")]
-  checksums = params_cache.read_checksums(entry, meta)
+  checksums = params_restore.read_checksums(entry, meta)
   for path, leaf in params_lib.flatten(model.params).items():
     block = checksums[path]["block"]
     grid = [-(-n // b) for n, b in zip(leaf.shape, block)]
@@ -190,14 +191,14 @@ def test_read_spec_and_context_are_orbax_own(tmp_path):
   import orbax.checkpoint as ocp
   from etils import epath
 
-  limit = params_cache.READ_CONCURRENCY
+  limit = params_restore.READ_CONCURRENCY
   context = ocp.type_handlers.get_ts_context(use_ocdbt=True, file_io_concurrency_limit=limit,
                                              data_copy_concurrency_limit=limit)
-  assert {**context.spec.to_json(), "file_io_mode": {"mode": "memmap"}} == params_cache._READ_CONTEXT
+  assert {**context.spec.to_json(), "file_io_mode": {"mode": "memmap"}} == params_restore._READ_CONTEXT
   directory = tmp_path / params_cache.ORBAX_DIR
   info = ocp.type_handlers.ParamInfo(name="blocks.q", parent_dir=epath.Path(directory), ts_context=context)
   orbax_spec = ocp.type_handlers.get_json_tspec_read(info, use_ocdbt=True)
-  assert params_cache.read_spec(directory, "blocks/q") == orbax_spec
+  assert params_restore.read_spec(directory, "blocks/q") == orbax_spec
 
 
 def _write_manifests(entry: Path, *manifests: dict) -> dict:
@@ -214,7 +215,7 @@ def test_manifests_of_several_processes_are_merged(tmp_path):
   first = {"embed": {"block": [4, 8], "sums": {"0,0": "a"}}}
   second = {"embed": {"block": [4, 8], "sums": {"1,0": "b"}}, "final_norm": {"block": [8], "sums": {}}}
   meta = _write_manifests(tmp_path / "entry", first, second)
-  merged = params_cache.read_checksums(tmp_path / "entry", meta)
+  merged = params_restore.read_checksums(tmp_path / "entry", meta)
   assert merged == {"embed": {"block": (4, 8), "sums": {"0,0": "a", "1,0": "b"}},
                     "final_norm": {"block": (8,), "sums": {}}}
 
@@ -231,7 +232,7 @@ def test_unusable_manifests_are_refused(tmp_path, meta, second, match):
   first = {"embed": {"block": [4, 8], "sums": {"0,0": "a"}}}
   written = _write_manifests(tmp_path / "entry", first, *([second] if second else []))
   with pytest.raises(ValueError, match=match):
-    params_cache.read_checksums(tmp_path / "entry", written if meta is None else meta)
+    params_restore.read_checksums(tmp_path / "entry", written if meta is None else meta)
 
 
 @pytest.mark.parametrize("name", [params_cache.META, params_cache.CHECKSUMS.format(process=0)])

