@@ -65,6 +65,23 @@ def test_states_at_every_site_equal_per_layer_forward_runs(reference):
   np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-5)
 
 
+def _numpy_projections(model, reference, centre_tokens):
+  """Per site, plain numpy: states centred by the mean over ``centre_tokens``, pole-mean directions
+  of the toy scales from those centred states, cosine scores -> ``[site, token, scale]``."""
+  from jaxsem.analyses import lexicon
+
+  states = reference.astype(np.float64)
+  states -= states[:, centre_tokens].mean(axis=1, keepdims=True)
+  wt = lexicon.resolve_words(model.tokenizer, list(POLES), "single")
+  row = {w: ids[0] for w, ids in zip(wt.used_words, wt.used_token_ids)}
+  out = []
+  for e in states:
+    dirs = np.stack([e[[row[w] for w in sc["positive"]]].mean(0) - e[[row[w] for w in sc["negative"]]].mean(0)
+                     for sc in TOY_SCALES["scales"]])
+    out.append((e @ dirs.T) / np.linalg.norm(e, axis=1, keepdims=True) / np.linalg.norm(dirs, axis=1))
+  return np.stack(out)
+
+
 def test_projections_equal_numpy_projection_of_the_centred_states(runs, reference):
   result, out = runs["plain"]
   model = _model()
@@ -73,17 +90,9 @@ def test_projections_equal_numpy_projection_of_the_centred_states(runs, referenc
   assert result["layers"] == list(SITES) and result["zarr"]["axes"] == ["site", "token", "direction"]
   attrs = zarr_out.attributes(out / sweep.ZARR_NAME)
   assert attrs["sites"] == list(SITES) and attrs["columns"] == [s["name"] for s in TOY_SCALES["scales"]]
-  states = reference.astype(np.float64)
-  states -= states.mean(axis=1, keepdims=True)  # every vocabulary token: the exact mean
-  from jaxsem.analyses import lexicon
-
-  wt = lexicon.resolve_words(model.tokenizer, list(POLES), "single")
-  row = {w: ids[0] for w, ids in zip(wt.used_words, wt.used_token_ids)}
+  wants = _numpy_projections(model, reference, np.arange(250))  # every vocabulary token: the exact mean
   for s, site in enumerate(SITES):
-    e = states[s]
-    dirs = np.stack([e[[row[w] for w in sc["positive"]]].mean(0) - e[[row[w] for w in sc["negative"]]].mean(0)
-                     for sc in TOY_SCALES["scales"]])
-    want = (e @ dirs.T) / np.linalg.norm(e, axis=1, keepdims=True) / np.linalg.norm(dirs, axis=1)
+    want = wants[s]
     np.testing.assert_allclose(got[s], want, atol=1e-5, err_msg=site)
     lam = np.sort(np.clip(np.linalg.eigvalsh(np.corrcoef(want, rowvar=False)), 0, None))[::-1]
     ratios = result["sites"][s]["spectra"]["antonym"]["explained_variance_ratio"]
@@ -111,19 +120,9 @@ def test_a_sampled_centre_is_the_mean_of_the_sampled_tokens_states(scales, refer
   model = _model()
   result = sweep.run_sweep(model, _opts(scales, hidden_stats_sample=100, seed=5), tmp_path)
   got = zarr_out.open_for_read(tmp_path / sweep.ZARR_NAME).read().result()
-  sample = hidden_sweep.stats_sample(250, 100, 5)
-  states = reference.astype(np.float64)
-  states -= states[:, sample].mean(axis=1, keepdims=True)
-  from jaxsem.analyses import lexicon
-
-  wt = lexicon.resolve_words(model.tokenizer, list(POLES), "single")
-  row = {w: ids[0] for w, ids in zip(wt.used_words, wt.used_token_ids)}
+  wants = _numpy_projections(model, reference, hidden_sweep.stats_sample(250, 100, 5))
   for s, site in enumerate(SITES):
-    e = states[s]
-    dirs = np.stack([e[[row[w] for w in sc["positive"]]].mean(0) - e[[row[w] for w in sc["negative"]]].mean(0)
-                     for sc in TOY_SCALES["scales"]])
-    want = (e @ dirs.T) / np.linalg.norm(e, axis=1, keepdims=True) / np.linalg.norm(dirs, axis=1)
-    np.testing.assert_allclose(got[s], want, atol=1e-5, err_msg=site)
+    np.testing.assert_allclose(got[s], wants[s], atol=1e-5, err_msg=site)
   stats = result["statistics"]
   assert stats["tokens"] == 100 and stats["exact"] is False and stats["sample_seed"] == 5
   assert "100 of the 250" in stats["what"]

@@ -23,6 +23,7 @@ from jaxsem.models.forward import forward
 from jaxsem.models.forward import rms_norm
 from jaxsem.models.kv_cache import prefix_cache
 from tests import gguf_fixtures as gfx
+from tests import word_model
 
 SEQ_LEN = 12
 LENGTHS = [12, 7, 3, 10]  # right padding, different lengths
@@ -201,17 +202,6 @@ def test_sharded_equals_unsharded(model):
 # ----------------------------------------------------------------------------- GGUF
 
 
-def _file_tensor(convert: str, w: np.ndarray) -> np.ndarray:
-  """A leaf slot -> the tensor llama.cpp's converter writes (numpy order, ``[out, in]``)."""
-  if convert == "transpose":
-    return w.T
-  if convert == "heads_in":  # [D, n, Dh] -> [n*Dh, D]
-    return w.reshape(w.shape[0], -1).T
-  if convert == "heads_out":  # [n, Dh, D] -> [D, n*Dh]
-    return w.reshape(-1, w.shape[-1]).T
-  return w.reshape(-1) if convert == "heads_bias" else w
-
-
 def _write_gguf(path, config: ModelConfig, params: dict) -> str:
   """An F32 ``olmo2`` GGUF of ``params`` with llama.cpp's tensor names and metadata."""
   flat = {k: np.asarray(v, np.float32) for k, v in params_lib.flatten(params).items()}
@@ -223,11 +213,8 @@ def _write_gguf(path, config: ModelConfig, params: dict) -> str:
       writer.add_array(key, value)
     else:
       writer.add_key_value(key, value, vtype)
-  for leaf in families.leaves(config):
-    slots = enumerate(flat[leaf.path]) if leaf.stacked else [(None, flat[leaf.path])]
-    for i, w in slots:
-      name = leaf.gguf if i is None else f"blk.{i}.{leaf.gguf}"
-      writer.add_tensor(name, np.ascontiguousarray(_file_tensor(leaf.convert, w)))
+  for name, tensor in word_model.checkpoint_tensors(config, flat, hf=False).items():
+    writer.add_tensor(name, tensor)
   writer.write_header_to_file()
   writer.write_kv_data_to_file()
   writer.write_tensors_to_file()
