@@ -421,53 +421,59 @@ def _watch_peers(settings: Settings) -> None:
 
 
 class LineDropper:
-  """Drops, from a stream of bytes, the lines that start with ``prefix``; passes every other byte unchanged.
+  """Drops, from a stream of bytes, every run from ``prefix`` through the next newline; passes every other
+  byte unchanged.
 
-  Bytes are passed on as soon as they cannot begin a dropped line (a line redrawn in place with
-  ``"\\r"`` and no newline comes out at once); only a line's first ``len(prefix)`` bytes wait for
-  the decision.
+  A run is dropped wherever it starts, not only at the start of a line: another thread (gloo's) may write
+  its whole line between a Python ``print``'s text and its newline when output is unbuffered, and
+  ``"before 0" + "[Gloo] Rank 0 ...\\n" + "\\n"`` must come out as ``"before 0\\n"``. Bytes are passed on
+  as soon as they cannot begin a dropped run (a line redrawn in place with ``"\\r"`` and no newline comes
+  out at once); only a tail that matches the start of ``prefix`` waits for the decision.
 
   Args:
-    prefix: the start of the lines to drop.
+    prefix: the start of the runs to drop.
   """
 
   def __init__(self, prefix: bytes):
     self.prefix = bytes(prefix)
-    self._head = b""  # the current line's first bytes, while they still match the prefix
-    self._state = "start"  # "start" (deciding), "keep" or "drop" the current line
+    self._held = b""  # the stream's last bytes, while they still match the start of the prefix
+    self._dropping = False  # inside a dropped run, until its newline
 
   def feed(self, data: bytes) -> bytes:
     """The bytes of ``data`` (and of earlier calls, held back undecided) to pass on now."""
-    out, i = bytearray(), 0
+    data, out = self._held + bytes(data), bytearray()
+    self._held, i = b"", 0
     while i < len(data):
-      if self._state != "start":
+      if self._dropping:
         end = data.find(b"\n", i)
-        stop = len(data) if end < 0 else end + 1
-        if self._state == "keep":
-          out += data[i:stop]
-        i = stop
-        if end >= 0:
-          self._state = "start"
+        if end < 0:
+          return bytes(out)
+        i, self._dropping = end + 1, False
         continue
-      head = self._head + data[i:i + len(self.prefix) - len(self._head)]
-      if self.prefix.startswith(head):
-        i += len(head) - len(self._head)
-        self._head = head
-        if head == self.prefix:
-          self._head, self._state = b"", "drop"
-      else:
-        out += self._head  # not a dropped line: what was held goes out, the rest as kept
-        self._head, self._state = b"", "keep"
+      start = data.find(self.prefix, i)
+      if start >= 0:
+        out += data[i:start]
+        i, self._dropping = start + len(self.prefix), True
+        continue
+      keep = len(data)
+      for n in range(min(len(self.prefix) - 1, len(data) - i), 0, -1):
+        if data.endswith(self.prefix[:n]):
+          keep = len(data) - n
+          break
+      out += data[i:keep]
+      self._held = data[keep:]
+      break
     return bytes(out)
 
   def flush(self) -> bytes:
-    """What is still held back (the start of an unfinished line), at the end of the stream."""
-    held, self._head = self._head, b""
+    """What is still held back (the start of an unfinished run), at the end of the stream."""
+    held, self._held = self._held, b""
     return held
 
 
 class OutputFilter:
-  """Drops the lines that start with ``prefix`` from everything this process writes to file descriptor ``fd``.
+  """Drops the runs from ``prefix`` through the next newline (``LineDropper``) from everything this process
+  writes to file descriptor ``fd``.
 
   ``fd`` is pointed at a pipe (a pseudo-terminal when it was a terminal, so that ``isatty`` keeps its
   answer), and a daemon thread copies every other byte, as it arrives, to where ``fd`` pointed before.
