@@ -84,7 +84,8 @@ def _default_workers(config) -> None:
 
 def pytest_configure(config):
   config.addinivalue_line("markers", "slow: loads a real embedded model, runs the reference implementation "
-                                     "(torch, transformers) or runs whole analyses in launcher processes; "
+                                     "(torch, transformers), runs whole analyses in launcher processes, or takes over "
+                                     "8 s on a 2-core CPU (a layer analysis of every site); "
                                      "deselect with -m 'not slow'")
   _default_workers(config)
   for key, value in _OFFLINE.items():

@@ -268,7 +268,7 @@ def align(dirs: scale_directions.Directions, norms: Sequence[NormWords], *,
       if stack is not None:
         k_column = jax.random.fold_in(k_poles, ci_idx)
         keys = [jax.random.fold_in(k_column, s) for s in with_poles]
-        rows = _pole_intervals(stack._replace(scores=stack.scores[:, ok]), y, draws, keys)
+        rows = _pole_intervals(stack._replace(scores=jnp.asarray(np.asarray(stack.scores)[:, ok])), y, draws, keys)
         cis.update(zip(with_poles, rows))
         bar.update(bar.done + 2 * n_boot * len(with_poles))
       rand = stats.null_summary(pear, null_r[nw.name, column])

@@ -29,6 +29,11 @@ def is_concrete(*arrays) -> bool:
   return not any(isinstance(a, jax.core.Tracer) for a in arrays)
 
 
+@jax.jit
+def _all_finite(x: Array) -> Array:
+  return jnp.all(jnp.isfinite(x))
+
+
 def check_finite(x, what: str) -> None:
   """Raises ``InputError`` naming the first row of ``x`` with a NaN or inf.
 
@@ -36,7 +41,7 @@ def check_finite(x, what: str) -> None:
     x: Concrete array, ``[rows, ...]`` or a vector.
     what: Name of the array for the message, e.g. ``"positive pole vectors"``.
   """
-  if isinstance(x, jax.Array) and bool(jnp.all(jnp.isfinite(x))):
+  if isinstance(x, jax.Array) and bool(_all_finite(x)):
     return  # checked on the device(s), without gathering a sharded array
   finite = np.isfinite(np.asarray(x))
   if finite.all():

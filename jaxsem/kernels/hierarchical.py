@@ -128,7 +128,7 @@ def pole_projections(vectors, positive, negative, metric: str = "cosine") -> Pol
   if np.ndim(vectors) != 2 or np.shape(vectors)[1] != np.shape(positive)[1]:
     raise InputError(f"Word vectors must be [N, {np.shape(positive)[1]}] to match the poles, got shape"
                      f" {np.shape(vectors)}.")
-  poles = jnp.concatenate([jnp.asarray(positive, jnp.float32), jnp.asarray(negative, jnp.float32)])
+  poles = jnp.asarray(np.concatenate([np.asarray(positive, np.float32), np.asarray(negative, np.float32)]))
   for what, a in (("word vectors", vectors), ("pole vectors", poles)):
     check_finite(a, what)
   scores, gram = _pole_projections(jnp.asarray(vectors), poles, metric)
@@ -141,8 +141,9 @@ def pole_mean_weights(n_positive: int, n_negative: int) -> Array:
   Returns:
     ``[P + M]`` float32 weights.
   """
-  return jnp.concatenate([jnp.full((n_positive,), 1.0 / n_positive, jnp.float32),
-                          jnp.full((n_negative,), -1.0 / n_negative, jnp.float32)])
+  # Built on the host: a constant this small is not worth a compiled program per pole size.
+  return jnp.asarray(np.concatenate([np.full((n_positive,), 1.0 / n_positive, np.float32),
+                                     np.full((n_negative,), -1.0 / n_negative, np.float32)]))
 
 
 _POLE_WIDTH = 8  # pole sizes are drawn in programs of this many columns (a multiple), one per width
@@ -179,8 +180,8 @@ def resample_pole_weights(key: Array, n_positive: int, n_negative: int, n_boot: 
   # One compiled program per (pole width bucket, n_boot), not per pole size: a scale set with many
   # pole sizes compiled one small program per size, which took seconds before the first draw.
   width = _POLE_WIDTH * -(-max(n_positive, n_negative) // _POLE_WIDTH)
-  w = _weights(key, jnp.int32(n_positive), jnp.int32(n_negative), n_boot, width)
-  return jnp.concatenate([w[:, :n_positive], w[:, width:width + n_negative]], axis=1)
+  w = np.asarray(_weights(key, jnp.int32(n_positive), jnp.int32(n_negative), n_boot, width))
+  return jnp.asarray(np.concatenate([w[:, :n_positive], w[:, width:width + n_negative]], axis=1))
 
 
 def leave_one_out_weights(n_positive: int, n_negative: int) -> tuple[Array, list[int]]:

@@ -70,8 +70,9 @@ def stack_pole_projections(projs, k_bucket: int = 8) -> PoleStack:
                      f" {[p.scores.shape[0] for p in projs]}.")
   k = -(-max(p.scores.shape[1] for p in projs) // k_bucket) * k_bucket
   pad = [k - p.scores.shape[1] for p in projs]
-  scores = jnp.stack([jnp.pad(p.scores, ((0, 0), (0, e))) for p, e in zip(projs, pad)])
-  gram = jnp.stack([jnp.pad(p.gram, ((0, e), (0, e))) for p, e in zip(projs, pad)])
+  # Assembled on the host ([S, N, K] is small): one eager pad per scale shape compiled a program each.
+  scores = jnp.asarray(np.stack([np.pad(np.asarray(p.scores), ((0, 0), (0, e))) for p, e in zip(projs, pad)]))
+  gram = jnp.asarray(np.stack([np.pad(np.asarray(p.gram), ((0, e), (0, e))) for p, e in zip(projs, pad)]))
   n_pos = np.array([p.n_positive for p in projs], np.int64)
   return PoleStack(scores=scores, gram=gram, n_positive=n_pos,
                    n_negative=np.array([p.scores.shape[1] for p in projs], np.int64) - n_pos)
@@ -79,10 +80,10 @@ def stack_pole_projections(projs, k_bucket: int = 8) -> PoleStack:
 
 def pad_weights(weights, k: int) -> Array:
   """Zero-pads pole weights ``[..., K_s]`` to ``[..., k]`` (the padded pole words weigh nothing)."""
-  weights = jnp.asarray(weights, jnp.float32)
+  weights = np.asarray(weights, np.float32)  # small, built on the host
   if weights.shape[-1] > k:
     raise InputError(f"Pole weights over {weights.shape[-1]} pole words do not fit a stack of {k}.")
-  return jnp.pad(weights, [(0, 0)] * (weights.ndim - 1) + [(0, k - weights.shape[-1])])
+  return jnp.asarray(np.pad(weights, [(0, 0)] * (weights.ndim - 1) + [(0, k - weights.shape[-1])]))
 
 
 @jax.jit
@@ -210,8 +211,9 @@ def leave_one_out_ranges(stack: PoleStack, y, stat: str = "pearson") -> list[lis
   if not any(w.shape[0] for w in loo):
     return [None] * s
   # At most K_s <= K rows each: padding the rows to K keeps one program per stack shape.
-  weights = jnp.stack([pad_weights(jnp.pad(w, ((0, k - w.shape[0]), (0, 0))), k) for w in loo])
-  idx = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (k, n))
+  weights = np.stack([np.asarray(pad_weights(np.pad(np.asarray(w), ((0, k - w.shape[0]), (0, 0))), k))
+                      for w in loo])
+  idx = np.broadcast_to(np.arange(n, dtype=np.int32), (k, n))
   pearson, spearman = distribution_stack(stack, rating_draws(y, idx), weights)
   r = np.asarray(pearson if stat == "pearson" else spearman, np.float64)
   out = []

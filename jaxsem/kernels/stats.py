@@ -90,7 +90,11 @@ def rank(x: Array) -> Array:
   Returns:
     ``[N, ...]`` float32 ranks, as ``scipy.stats.rankdata(x, axis=0)``.
   """
-  x = jnp.asarray(x, jnp.float32)
+  return _rank(jnp.asarray(x, jnp.float32))
+
+
+@jax.jit
+def _rank(x: Array) -> Array:
   flat = x.reshape(x.shape[0], -1)
 
   def one(col):
@@ -285,8 +289,12 @@ def percentile_ci(dist: Array, level: float = 0.95) -> Array:
     ``[2]`` (or ``[S, 2]``) ``(low, high)``.
   """
   _check_level(level)
-  tail = 50.0 * (1.0 - level)
-  q = jnp.nanpercentile(dist, jnp.array([tail, 100.0 - tail]), axis=0)  # [2, ...]
+  return _percentile_ci(jnp.asarray(dist), jnp.float32(50.0 * (1.0 - level)))
+
+
+@jax.jit
+def _percentile_ci(dist: Array, tail: Array) -> Array:
+  q = jnp.nanpercentile(dist, jnp.stack([tail, 100.0 - tail]), axis=0)  # [2, ...]
   return jnp.moveaxis(q, 0, -1)
 
 

@@ -6,20 +6,28 @@ its path. The figure title carries the provenance a reader needs (model, space).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only; never open a window
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from jaxsem.io.cache import atomic_path  # noqa: E402
+from jaxsem.io.cache import atomic_path
 
 FACTOR_COLOURS = {"E": "#1b9e77", "P": "#d95f02", "A": "#7570b3", None: "#999999"}
+
+
+@functools.cache
+def pyplot():
+  """matplotlib's pyplot on the Agg backend (files only; never a window), imported at the first figure, so
+  that a launcher stopped by a flag error or ``--help`` does not pay the 0.4 s import."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot
+
+  return matplotlib.pyplot
 
 
 def save(fig, path: str | os.PathLike) -> Path:
@@ -35,7 +43,7 @@ def save(fig, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
       fig.savefig(tmp, dpi=130, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
   finally:
-    plt.close(fig)
+    pyplot().close(fig)
   return path
 
 
@@ -55,7 +63,7 @@ def correlation_bars(path, labels: Sequence[str], r: np.ndarray, ci: np.ndarray,
   n = len(labels)
   r = np.asarray(r, float)
   ci = np.asarray(ci, float).reshape(n, 2)
-  fig, ax = plt.subplots(figsize=(7.5, 0.32 * n + 1.4))
+  fig, ax = pyplot().subplots(figsize=(7.5, 0.32 * n + 1.4))
   y = np.arange(n)[::-1]
   if null_p95 is not None:
     band = np.asarray(null_p95, float)
@@ -87,7 +95,7 @@ def heatmap(path, matrix: np.ndarray, labels: Sequence[str], title: str = "",
   rows = list(labels if row_labels is None else row_labels)
   n = max(m.shape)
   size = min(14.0, 2.5 + 0.28 * n)
-  fig, ax = plt.subplots(figsize=(size, size * 0.9 * max(m.shape[0], 4) / max(m.shape[1], 4)))
+  fig, ax = pyplot().subplots(figsize=(size, size * 0.9 * max(m.shape[0], 4) / max(m.shape[1], 4)))
   im = ax.imshow(m, cmap="RdBu_r", vmin=vmin, vmax=vmax)
   if n <= 60:
     ax.set_xticks(range(m.shape[1]))
@@ -109,7 +117,7 @@ def scree(path, curves: dict[str, np.ndarray], title: str = "", max_components: 
       ``{"lo": [k], "hi": [k], "mean": [k], "label": str}`` (e.g. the 5-95% percentiles
       and mean of random antonym-pair sets), drawn as a shaded band and a dotted mean.
   """
-  fig, ax = plt.subplots(figsize=(6.5, 4))
+  fig, ax = pyplot().subplots(figsize=(6.5, 4))
   ax2 = ax.twinx()
   for i, (name, evr) in enumerate(curves.items()):
     evr = np.asarray(evr, float)[:max_components]
@@ -143,7 +151,7 @@ def loadings(path, matrix: np.ndarray, labels: Sequence[str], factors: Sequence[
   m = np.asarray(matrix, float)
   k = min(m.shape[1], len(components))
   n = m.shape[0]
-  fig, axes = plt.subplots(1, k, figsize=(3.2 * k, 0.25 * n + 1.5), sharey=True)
+  fig, axes = pyplot().subplots(1, k, figsize=(3.2 * k, 0.25 * n + 1.5), sharey=True)
   axes = np.atleast_1d(axes)
   y = np.arange(n)[::-1]
   colours = [FACTOR_COLOURS.get(f, FACTOR_COLOURS[None]) for f in factors]
@@ -155,7 +163,7 @@ def loadings(path, matrix: np.ndarray, labels: Sequence[str], factors: Sequence[
     ax.set_xlim(-1.05, 1.05)
   axes[0].set_yticks(y)
   axes[0].set_yticklabels(labels, fontsize=7)
-  handles = [plt.Rectangle((0, 0), 1, 1, color=c) for f, c in FACTOR_COLOURS.items() if f in set(factors)]
+  handles = [pyplot().Rectangle((0, 0), 1, 1, color=c) for f, c in FACTOR_COLOURS.items() if f in set(factors)]
   names = [("untagged" if f is None else f) for f in FACTOR_COLOURS if f in set(factors)]
   if handles:
     fig.legend(handles, names, loc="lower center", ncol=len(handles), fontsize=8)
@@ -167,7 +175,7 @@ def cumulative_curves(path, curves: dict[str, np.ndarray], title: str = "",
                       thresholds: Sequence[float] = (0.5, 0.8, 0.9), max_components: int = 100) -> Path:
   """Cumulative explained variance against the number of components, one line per set,
   with the thresholds drawn and each curve's crossing marked."""
-  fig, ax = plt.subplots(figsize=(6.5, 4))
+  fig, ax = pyplot().subplots(figsize=(6.5, 4))
   for name, cum in curves.items():
     cum = np.asarray(cum, float)[:max_components]
     k = np.arange(1, len(cum) + 1)
@@ -201,7 +209,7 @@ def offtarget_scatter(path, cos: np.ndarray, d: np.ndarray, slope: float, interc
   """
   cos = np.asarray(cos, float)
   d = np.asarray(d, float)
-  fig, ax = plt.subplots(figsize=(5.5, 4.5))
+  fig, ax = pyplot().subplots(figsize=(5.5, 4.5))
   ax.scatter(cos, d, s=12, color="#2c7bb6", alpha=0.7, edgecolors="none", label=f"pairs (n={cos.size})")
   lo, hi = (float(cos.min()), float(cos.max())) if cos.size else (-1.0, 1.0)
   xs = np.linspace(min(lo, 0.0), max(hi, 0.0), 50)
@@ -233,7 +241,7 @@ def dose_response(path, alphas: np.ndarray, on_target: np.ndarray, off_target_ab
   a = alphas[order]
   on = np.asarray(on_target, float).reshape(len(labels), -1)[:, order]
   off = np.asarray(off_target_abs, float)[order]
-  fig, ax = plt.subplots(figsize=(6.5, 4.5))
+  fig, ax = pyplot().subplots(figsize=(6.5, 4.5))
   few = len(labels) <= 8
   for label, curve in zip(labels, on):
     ax.plot(a, curve, linewidth=0.8, alpha=0.6 if few else 0.35, label=label if few else None)
@@ -255,7 +263,7 @@ def method_bars(path, names: Sequence[str], values: np.ndarray, ci: np.ndarray, 
   """One bar per steering method with its 95% CI (``ci [n, 2]``)."""
   v = np.asarray(values, float)
   c = np.asarray(ci, float)
-  fig, ax = plt.subplots(figsize=(1.4 * len(v) + 2.5, 3.6))
+  fig, ax = pyplot().subplots(figsize=(1.4 * len(v) + 2.5, 3.6))
   x = np.arange(len(v))
   ax.bar(x, v, color=["#999999"] + ["#1b9e77"] * (len(v) - 1))
   ax.errorbar(x, v, yerr=np.abs(np.stack([v - c[:, 0], c[:, 1] - v])), fmt="none", ecolor="black", capsize=4)
@@ -285,7 +293,7 @@ def layer_curves(path, sites: Sequence[str], curves: dict[str, np.ndarray], *, b
   """
   n = len(sites)
   x = np.arange(n)
-  fig, ax = plt.subplots(figsize=(max(6.5, 0.32 * n + 2.5), 4.2))
+  fig, ax = pyplot().subplots(figsize=(max(6.5, 0.32 * n + 2.5), 4.2))
   for name, values in curves.items():
     (line,) = ax.plot(x, np.asarray(values, float), marker="o", markersize=3, linewidth=1.6, label=name)
     colour = line.get_color()

@@ -5,17 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only; never open a window
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from jaxsem.io import norms  # noqa: E402
-from jaxsem.report import figures  # noqa: E402
-from jaxsem.report import summary  # noqa: E402
-from jaxsem.report import writers  # noqa: E402
+from jaxsem.io import norms
+from jaxsem.report import figures
+from jaxsem.report import summary
+from jaxsem.report import writers
 
 FIGURES = ("geometry_scatter.png", "geometry_matrices.png")
 _MODEL_SIDES = (("cosine", "axis cosine"), ("projection", "projection r (words on the two axes)"))
@@ -43,7 +38,7 @@ def scatter(path, block: dict[str, Any], title: str) -> Path:
   pairs = block["pairs"]
   human = np.array([p["human_r"] for p in pairs], float)
   labels = [f"{p['a']}–{p['b']}" for p in pairs]
-  fig, axes = plt.subplots(1, 2, figsize=(12, 5.5), layout="constrained")
+  fig, axes = figures.pyplot().subplots(1, 2, figsize=(12, 5.5), layout="constrained")
   for ax, (side, xlabel) in zip(axes, _MODEL_SIDES):
     x = np.array([p["cosine" if side == "cosine" else "projection_r"] for p in pairs], float)
     rel = block["relation"][side]
@@ -71,7 +66,7 @@ def matrices(path, block: dict[str, Any], title: str) -> Path:
   names = block["scales"]
   s = len(names)
   size = max(4.0, 0.45 * s + 2.0)
-  fig, axes = plt.subplots(1, 2, figsize=(2 * size + 2.5, size), layout="constrained")
+  fig, axes = figures.pyplot().subplots(1, 2, figsize=(2 * size + 2.5, size), layout="constrained")
   for ax, (key, label) in zip(axes, (("human_r", "human inter-scale r"), ("cosines", "model axis cosine"))):
     m = np.array(block[key]["matrix"], float)
     im = ax.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1)

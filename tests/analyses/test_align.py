@@ -375,6 +375,7 @@ def _per_scale_row(proj, y, draws, words, key):
           "ci_resampling": "words+pole_words" if max(n_pos, n_neg) > 1 else "words"}
 
 
+@pytest.mark.slow  # every kernel in two layouts: over 8 s on a 2-core machine
 def test_batched_bootstrap_equals_the_per_scale_path(capsys):
   """Scales of different pole counts (3+2, 6+6, 1+4 words) and one without pole vectors, two columns
   (one with unrated words): every interval and leave-one-out range equals the scale-by-scale kernels on

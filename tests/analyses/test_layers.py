@@ -205,6 +205,7 @@ def _valence(point):
   return next(r for r in point["alignment"] if r["scale"] == "valence" and r["column"] == "valence")
 
 
+@pytest.mark.slow  # a whole layer analysis: over 8 s on a 2-core machine
 def test_a_planted_direction_is_found_at_its_layer_and_not_at_others(planted_run):
   model, opts, result = planted_run
   points = result["layers"]
@@ -227,6 +228,7 @@ def test_a_planted_direction_is_found_at_its_layer_and_not_at_others(planted_run
   assert result["coverage"]["warriner"]["sampled"]["n"] == 300
 
 
+@pytest.mark.slow  # a whole layer analysis: over 8 s on a 2-core machine
 def test_every_site_carries_structure_and_provenance(planted_run):
   _, opts, result = planted_run
   for p in result["layers"]:
@@ -241,6 +243,7 @@ def test_every_site_carries_structure_and_provenance(planted_run):
   assert embed["pca_cumulative"] == pytest.approx(static["pca_cumulative"], abs=0.01)
 
 
+@pytest.mark.slow  # a whole layer analysis: over 8 s on a 2-core machine
 def test_writer_writes_summary_figures_and_digest(planted_run, tmp_path):
   model, opts, result = planted_run
   path = layers_report.write(tmp_path, result, model, opts, config={"layers": {"n_words": 300}})
@@ -265,6 +268,7 @@ def test_writer_writes_summary_figures_and_digest(planted_run, tmp_path):
 # ----------------------------------------------------------------------------- geometry relation per site
 
 
+@pytest.mark.slow  # a whole layer analysis: over 8 s on a 2-core machine
 def test_geometry_is_skipped_with_the_reason_below_four_tagged_scales(planted_run):
   """Warriner alone tags three scales of the norms set (three pairs): no number, a recorded reason."""
   _, _, result = planted_run
@@ -287,6 +291,7 @@ def geometry_run(word_model):
   return model, opts, layers.run_layers(model, opts, progress=False)
 
 
+@pytest.mark.slow  # a whole layer analysis: over 8 s on a 2-core machine
 def test_every_site_carries_the_geometry_relation(geometry_run):
   model, opts, result = geometry_run
   info = result["geometry"]
@@ -328,6 +333,7 @@ def test_every_site_carries_the_geometry_relation(geometry_run):
   assert best["unembedding"] == result["layers"][-1]["geometry"]["relation"]
 
 
+@pytest.mark.slow  # a whole layer analysis: over 8 s on a 2-core machine
 def test_writer_writes_the_geometry_figure_and_line(geometry_run, tmp_path):
   model, opts, result = geometry_run
   path = layers_report.write(tmp_path, result, model, opts)
@@ -342,6 +348,7 @@ def test_writer_writes_the_geometry_figure_and_line(geometry_run, tmp_path):
   assert line.count("Mantel p=") == 4
 
 
+@pytest.mark.slow  # a whole layer analysis: over 8 s on a 2-core machine
 def test_writer_leaves_the_geometry_figure_out_when_skipped(planted_run, tmp_path):
   model, opts, result = planted_run
   layers_report.write(tmp_path, result, model, opts)
