@@ -108,7 +108,7 @@ def build(name: str, data: dict, device: str, seed: int = 0) -> Setup:
                                                        attn_implementation="sdpa").eval()
   with tempfile.TemporaryDirectory(prefix="device-check-") as tmp:
     tm.save_pretrained(tmp)
-    config, params, _ = hf_load.load_hf(tmp, dtype=np.float32, place=sharding.make_placer(None, np.float32))
+    config, params, _ = hf_load.load_hf(tmp, placer=sharding.make_placer(None, np.float32))
   model = Model(config=config, params=params, tokenizer=types.SimpleNamespace(pad_id=None),
                 provenance={"name": name, "dtype": "float32"})
   return Setup(name=name, torch_model=tm, model=model, device=device, setup_s=time.perf_counter() - t0)

@@ -12,8 +12,6 @@ The same command runs on one CPU (``--mesh=data:1,model:1``), 8 fake CPU devices
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -142,26 +140,81 @@ def param_sharding(path: str, shape: tuple[int, ...], mesh: Mesh) -> NamedShardi
   return NamedSharding(mesh, logical_to_spec(PARAM_AXES[path], shape, mesh))
 
 
-def make_placer(mesh: Mesh | None, dtype=np.float32) -> Callable[[str, np.ndarray], jax.Array]:
-  """Returns ``place(path, array)`` for loaders: cast, pad the vocab, put on the mesh.
+Index = tuple[tuple[int, int], ...]  # a block of a leaf: (start, stop) per dimension
 
-  Loaders call it as soon as a leaf is complete, so each leaf lands on its sharding
-  straight away and the host copy can be freed.
+
+def _index_key(index: tuple[slice, ...], shape: tuple[int, ...]) -> Index:
+  return tuple(sl.indices(n)[:2] for sl, n in zip(index, shape))
+
+
+class Placer:
+  """Where loaded param leaves go, and which blocks of each a loader must read.
+
+  A loader asks ``blocks(path, shape)`` for the blocks of a leaf this process holds, fills one
+  host buffer per block (``dtype``, straight from the file: no float32 copy of a bfloat16 leaf)
+  and hands them to ``assemble``. On a mesh, a process's blocks are the distinct shards of its
+  own devices (``jax.make_array_from_callback``), so a first load on N processes reads and holds
+  about 1/N of every sharded leaf; without a mesh the one block is the whole leaf.
+
+  Attributes:
+    mesh: the mesh, or None (the whole leaf on the default device, or numpy with ``host``).
+    dtype: numpy dtype of the leaves (None: as given; blocks a loader reads are then float32).
+    host: keep whole numpy leaves on the host (no mesh).
   """
 
-  def place(path: str, array: np.ndarray) -> jax.Array:
+  def __init__(self, mesh: Mesh | None, dtype=np.float32, host: bool = False):
+    if host and mesh is not None:
+      raise ValueError("a host placer has no mesh")
+    self.mesh, self.host = mesh, host
+    self.dtype = None if dtype is None else np.dtype(dtype)
+
+  @property
+  def partial(self) -> bool:
+    """Whether this process holds only part of the sharded leaves (the mesh spans other processes)."""
+    return self.mesh is not None and self.mesh.is_multi_process
+
+  def padded_shape(self, path: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """``shape`` with the vocabulary rows padded to a multiple of the model axis."""
+    if self.mesh is None or path not in _VOCAB_LEAVES:
+      return tuple(shape)
+    m = vocab_multiple(self.mesh)
+    return (-(-shape[0] // m) * m, *shape[1:])
+
+  def blocks(self, path: str, shape: tuple[int, ...]) -> list[Index]:
+    """The distinct blocks of the (padded) leaf this process's devices hold, in a fixed order."""
+    padded = self.padded_shape(path, shape)
+    if self.mesh is None:
+      return [tuple((0, n) for n in padded)]
+    sharding = param_sharding(path, padded, self.mesh)
+    found = {_index_key(idx, padded) for idx in sharding.addressable_devices_indices_map(padded).values()}
+    return sorted(found)
+
+  def assemble(self, path: str, shape: tuple[int, ...], blocks: dict[Index, np.ndarray]):
+    """The leaf from the blocks ``blocks(path, shape)`` named (rows past the vocabulary are zero)."""
+    padded = self.padded_shape(path, shape)
+    if self.mesh is None:
+      (array,) = blocks.values()
+      return array if self.host else jax.device_put(array)
+    sharding = param_sharding(path, padded, self.mesh)
+    return jax.make_array_from_callback(padded, sharding, lambda idx: blocks[_index_key(idx, padded)])
+
+  def __call__(self, path: str, array: np.ndarray):
+    """Places a whole host leaf (cast to ``dtype``, vocabulary padded) as ``assemble`` would."""
     array = np.asarray(array)
-    if dtype is not None and array.dtype != dtype:
-      converted = host_memory.aligned_empty(array.shape, dtype)
+    if self.dtype is not None and array.dtype != self.dtype:
+      converted = host_memory.aligned_empty(array.shape, self.dtype)
       converted[...] = array
       array = converted
-    if mesh is None:
-      return jax.device_put(array)
+    if self.mesh is None:
+      return array if self.host else jax.device_put(array)
     if path in _VOCAB_LEAVES:
-      array = pad_vocab(array, vocab_multiple(mesh))
-    return jax.device_put(array, param_sharding(path, array.shape, mesh))
+      array = pad_vocab(array, vocab_multiple(self.mesh))
+    return jax.device_put(array, param_sharding(path, array.shape, self.mesh))
 
-  return place
+
+def make_placer(mesh: Mesh | None, dtype=np.float32) -> Placer:
+  """The ``Placer`` of loads onto ``mesh`` (None: the default device) in ``dtype``."""
+  return Placer(mesh, dtype)
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
@@ -171,6 +224,6 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
 
 def shard_params(params: dict, mesh: Mesh) -> dict:
   """Places an existing params pytree on ``mesh`` by the rules (vocab padded)."""
-  place = make_placer(mesh, dtype=None)
+  place = Placer(mesh, dtype=None)
   return params_lib.unflatten({path: place(path, np.asarray(leaf))
                                for path, leaf in params_lib.flatten(params).items()})

@@ -240,6 +240,21 @@ def _layout(ggml_type: int, n: int) -> tuple[int, int, Kernel]:
   return block, nbytes, kernel
 
 
+def row_layout(ggml_type: int) -> tuple[int, int]:
+  """``(weights, bytes)`` of the smallest run a row of this type can be cut at: one quantization
+  block, or one value for the plain float types.
+
+  Raises:
+    InputError: the type is not supported.
+  """
+  if ggml_type not in _KERNELS:
+    raise InputError(f"GGML type {type_name(ggml_type)} cannot be dequantized by jaxsem.")
+  block, nbytes, _ = _KERNELS[ggml_type]
+  if block == 1024:  # plain floats: blocks only batch the work
+    return 1, nbytes // block
+  return block, nbytes
+
+
 def dequantize(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...], *,
                out: np.ndarray | None = None, name: str = "tensor", path: str | None = None,
                threads: int | None = None) -> np.ndarray:

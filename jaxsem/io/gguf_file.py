@@ -298,10 +298,12 @@ class GGUFFile:
     info = self.tensors[name]
     return np.frombuffer(self._mm, dtype=np.uint8, count=info.nbytes, offset=info.offset)
 
-  def release(self, name: str) -> None:
-    """Drops tensor ``name``'s pages from this process's resident memory (after use)."""
+  def release(self, name: str, start: int = 0, stop: int | None = None) -> None:
+    """Drops tensor ``name``'s pages (its bytes ``[start, stop)``, default all) from this process's
+    resident memory (after use)."""
     info = self.tensors[name]
-    host_memory.drop_pages(self._mm, info.offset, info.nbytes)
+    stop = info.nbytes if stop is None else min(stop, info.nbytes)
+    host_memory.drop_pages(self._mm, info.offset + start, stop - start)
 
   def close(self) -> None:
     mm = getattr(self, "_mm", None)

@@ -107,13 +107,16 @@ class Tensors:
       for name in names:
         self.where[name] = (path, handle)
 
-  def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    """The tensor ``name``, which must have ``shape`` (InputError naming the file otherwise)."""
+  def get(self, name: str, shape: tuple[int, ...],
+          region: tuple[tuple[int, int], ...] | None = None) -> np.ndarray:
+    """The tensor ``name``, which must have ``shape`` (InputError naming the file otherwise), or only
+    its ``region`` (``(start, stop)`` per leading axis; a sliced read: the rest is not read)."""
     path, handle = self.where[name]
     try:
-      found = tuple(handle.get_slice(name).get_shape())
+      part = handle.get_slice(name)
+      found = tuple(part.get_shape())
       if found == shape:
-        return handle.get_tensor(name)
+        return handle.get_tensor(name) if region is None else part[tuple(slice(a, b) for a, b in region)]
     except Exception as e:
       raise InputError(f"{path}: tensor {name} cannot be read ({e}); re-download the file.") from None
     raise InputError(f"{path}: tensor {name} has shape {list(found)} but config.json implies "

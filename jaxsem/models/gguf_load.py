@@ -17,21 +17,21 @@ What llama.cpp's converters do to a Hugging Face checkpoint, and how it is undon
 from __future__ import annotations
 
 import collections
-import math
 import os
+import warnings
 from typing import Any, Callable
 
 import numpy as np
 
 from jaxsem.errors import InputError
-from jaxsem.io import host_memory
-from jaxsem.io.dequant import dequantize, type_name
+from jaxsem.io.dequant import dequantize, row_layout, type_name
 from jaxsem.io.gguf_file import GGUFFile
 from jaxsem.models import families
+from jaxsem.models import leaf_blocks
 from jaxsem.models.config import ModelConfig
 from jaxsem.models.families import leaf_table as leaves_lib
+from jaxsem.sharding import Placer
 
-Place = Callable[[str, np.ndarray], Any]
 config_from_gguf = families.config_from_gguf
 SUPPORTED_ARCHITECTURES = families.SUPPORTED_ARCHITECTURES
 
@@ -91,22 +91,21 @@ def check_tensors(f: GGUFFile, config: ModelConfig) -> None:
 
 
 def load_gguf_params(f: GGUFFile, config: ModelConfig, *, dtype: Any = np.float32,
-                     place: Place | None = None,
+                     placer: Placer | None = None,
                      progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
   """Dequantizes a GGUF file into the params pytree of :mod:`jaxsem.models.config`.
 
-  Leaves are built one at a time (stacked leaves ``[L, ...]`` filled layer by layer)
-  and handed to ``place`` as soon as each is complete; no reference to the host buffer
-  is kept, so with a ``place`` that moves data to devices host memory peaks near one
-  leaf.
+  Leaves are read block by block (``leaf_blocks``): a stacked leaf one layer tensor at a time,
+  the embedding and output head by the rows this process's devices hold (GGUF rows are whole
+  quantization blocks, so a row range never splits a block). Each leaf is handed to the placer
+  as soon as it is complete, so host memory peaks near one leaf's shards.
 
   Args:
     f: open GGUF file.
     config: its config (usually ``read_config(f)``).
-    dtype: numpy dtype of the leaves (float32, float16 or ml_dtypes.bfloat16).
-    place: ``place(path, array) -> leaf`` with ``path`` like ``"embed"`` or
-      ``"blocks/q"``; default keeps the numpy array.
-    progress: ``progress(params_done, params_total)`` after each tensor read.
+    dtype: numpy dtype of the leaves without a ``placer`` (float32, float16 or ml_dtypes.bfloat16).
+    placer: ``sharding.Placer`` (its mesh and dtype); default: whole numpy leaves on the host.
+    progress: ``progress(params_done, params_total)`` after each tensor or row range read.
 
   Returns:
     ``{"embed", "final_norm", ["unembed"], "blocks": {...}}`` of placed leaves.
@@ -114,45 +113,67 @@ def load_gguf_params(f: GGUFFile, config: ModelConfig, *, dtype: Any = np.float3
   Raises:
     InputError: missing tensor, shape mismatch, unsupported quantization type.
   """
-  place = place or (lambda _, array: array)
-  dtype = np.dtype(dtype)
+  placer = placer or Placer(None, dtype, host=True)
   check_tensors(f, config)
-  table = families.leaves(config)
 
-  def read(name: str, out: np.ndarray | None = None) -> np.ndarray:
+  def read(name: str) -> np.ndarray:
     info = f.tensors[name]
-    array = dequantize(f.raw(name), info.ggml_type, info.shape, out=out, name=name, path=f.path)
+    array = dequantize(f.raw(name), info.ggml_type, info.shape, name=name, path=f.path)
     f.release(name)
     return array
 
-  total = sum(math.prod(leaf.shape(config)) for leaf in table)
-  done = 0
+  whole: dict[str, np.ndarray] = {}  # the last tensor read whole, for the other blocks of its layer
+  warned: set[str] = set()
 
-  def advance(n: int) -> None:
-    nonlocal done
-    done += n
-    if progress is not None:
-      progress(done, total)
+  def read_region(name: str, region: tuple[tuple[int, int], ...]) -> np.ndarray | None:
+    """Rows ``region[0]`` (and columns ``region[1]``) of a stored tensor; None where a column cut
+    would split a quantization block."""
+    info = f.tensors[name]
+    shape = tuple(info.shape) if len(info.shape) == 2 else (1, info.shape[0])
+    region = region if len(info.shape) == 2 else ((0, 1), *region)
+    (r0, r1), (c0, c1) = region
+    block, nbytes = row_layout(info.ggml_type)
+    if c0 % block or c1 % block:
+      leaf_name = name.split(".", 2)[-1]
+      if placer.partial and leaf_name not in warned:  # one process holding it all loses nothing
+        warned.add(leaf_name)
+        cut = c0 if c0 % block else c1
+        warnings.warn(f"{f.path}: tensor {name!r} ({type_name(info.ggml_type)}) is sharded at column {cut},"
+                      f" inside a quantization block of {block}; each process reads such tensors whole and"
+                      " keeps its part.", stacklevel=2)
+      return None
+    row = info.nbytes // shape[0]
+    raw = f.raw(name)[r0 * row:r1 * row].reshape(r1 - r0, row)[:, c0 // block * nbytes:c1 // block * nbytes]
+    out = dequantize(np.ascontiguousarray(raw), info.ggml_type, (r1 - r0, c1 - c0), name=name, path=f.path)
+    f.release(name, r0 * row, r1 * row)
+    return out if len(info.shape) == 2 else out[0]
 
-  params: dict[str, Any] = {"blocks": {}}
-  for leaf in table:
-    array = host_memory.aligned_empty(leaf.shape(config), dtype)
-    slot = leaf.slot_shape(config)
-    if not leaf.stacked:
-      if leaf.convert == "plain":
-        read(gguf_name(leaf), out=array)  # straight into the buffer: no second copy
-      else:
-        array[...] = leaves_lib.convert(leaf, read(gguf_name(leaf)), slot, permuted=leaf.gguf_permuted)
-      params[leaf.path] = place(leaf.path, array)
-      advance(array.size)
-    else:
-      for i in range(config.n_layers):
-        w = leaves_lib.split(leaf, read(gguf_name(leaf, i)), config)  # a fused leaf's rows
-        array[i] = leaves_lib.convert(leaf, w, slot, permuted=leaf.gguf_permuted)
-        advance(math.prod(slot))
-      params["blocks"][leaf.path.split("/", 1)[1]] = place(leaf.path, array)
-    del array
-    host_memory.trim()
+  def read_layer(leaf: leaves_lib.Leaf, i: int, block) -> np.ndarray:
+    name = gguf_name(leaf, i)
+    region = leaves_lib.file_block(leaf, config, block)
+    part = None if region is None else read_region(name, region)
+    if part is not None:
+      return leaves_lib.convert(leaf, part, tuple(b - a for a, b in block), permuted=leaf.gguf_permuted)
+    if name not in whole:
+      whole.clear()
+      w = leaves_lib.split(leaf, read(name), config)  # a fused leaf's rows
+      whole[name] = leaves_lib.convert(leaf, w, leaf.slot_shape(config), permuted=leaf.gguf_permuted)
+    return whole[name][tuple(slice(a, b) for a, b in block)]
+
+  def read_rows(leaf: leaves_lib.Leaf, start: int, stop: int) -> np.ndarray:
+    name = gguf_name(leaf)
+    info = f.tensors[name]
+    if leaf.convert != "plain" or len(info.shape) < 2:
+      whole = leaves_lib.convert(leaf, read(name), leaf.slot_shape(config), permuted=leaf.gguf_permuted)
+      return whole[start:stop]
+    row = info.nbytes // info.shape[0]  # bytes per row: whole quantization blocks
+    raw = f.raw(name)[start * row:stop * row]
+    rows = dequantize(raw, info.ggml_type, (stop - start, *info.shape[1:]), name=name, path=f.path)
+    f.release(name, start * row, stop * row)
+    return rows
+
+  params = leaf_blocks.load_leaves(config, placer, read_layer, read_rows, progress=progress)
+  whole.clear()
   return params
 
 
@@ -191,10 +212,10 @@ def gguf_provenance(f: GGUFFile, config: ModelConfig) -> dict[str, Any]:
 
 
 def load_gguf(path: str | os.PathLike, *, dtype: Any = np.float32,
-              place: Place | None = None) -> tuple[ModelConfig, dict[str, Any], dict[str, Any]]:
+              placer: Placer | None = None) -> tuple[ModelConfig, dict[str, Any], dict[str, Any]]:
   """Opens ``path`` and returns ``(config, params, provenance)``; the file is closed after."""
   with GGUFFile(path) as f:
     config = read_config(f)
-    params = load_gguf_params(f, config, dtype=dtype, place=place)
+    params = load_gguf_params(f, config, dtype=dtype, placer=placer)
     provenance = gguf_provenance(f, config)
   return config, params, provenance

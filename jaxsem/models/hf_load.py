@@ -1,10 +1,10 @@
 """Hugging Face snapshot directory -> (ModelConfig, params), by the families' leaf table.
 
-Weights are read one tensor at a time (``jaxsem.io.hf_checkpoint``), converted to the
-layout documented in ``jaxsem.models.config`` by each leaf's converter, stacked into one
-preallocated ``[L, ...]`` buffer per leaf, and handed to ``place`` as soon as the leaf is
-complete. Stacked leaves are named ``{prefix}layers.{i}.{leaf.hf}``, the others
-``{prefix}{leaf.hf}``; the output head is ``lm_head.weight``.
+Weights are read one tensor (or, for the embedding and output head, one row range) at a time
+(``jaxsem.io.hf_checkpoint``), converted to the layout documented in ``jaxsem.models.config`` by
+each leaf's converter, copied into the blocks of the leaf this process holds (``leaf_blocks``),
+and placed as soon as the leaf is complete. Stacked leaves are named
+``{prefix}layers.{i}.{leaf.hf}``, the others ``{prefix}{leaf.hf}``; the output head is ``lm_head.weight``.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import numpy as np
 
 from jaxsem.errors import InputError
 from jaxsem.io import hf_checkpoint
-from jaxsem.io import host_memory
 from jaxsem.models import families
+from jaxsem.models import leaf_blocks
 from jaxsem.models.config import ModelConfig
 from jaxsem.models.families import leaf_table as leaves_lib
+from jaxsem.sharding import Placer
 
-Place = Callable[[str, np.ndarray], Any]
 
 # Prefixes of the text model inside a checkpoint, tried in order.
 _PREFIXES = ("model.language_model.", "language_model.model.", "model.", "")
@@ -59,17 +59,19 @@ def _prefix(tensors: hf_checkpoint.Tensors, directory: str) -> str:
 
 
 def load_hf_params(directory: str | os.PathLike, config: ModelConfig, *, dtype: Any = np.float32,
-                   place: Place | None = None,
+                   placer: Placer | None = None,
                    progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
   """Reads the weights of a snapshot directory into the jaxsem params layout.
+
+  Leaves are read block by block (``leaf_blocks``): a stacked leaf one layer tensor at a time,
+  the embedding and output head by sliced reads of the rows this process's devices hold.
 
   Args:
     directory: the snapshot directory (see ``hf_checkpoint.read_hf_dir``).
     config: its ModelConfig (``config_from_hf``).
-    dtype: numpy dtype of the host buffers (``np.float32`` or ``ml_dtypes.bfloat16`` ...).
-    place: ``place(path, array)`` called once per complete leaf (``"embed"``,
-      ``"blocks/q"`` ...); its result is stored in the params. Default: keep the array.
-    progress: ``progress(params_done, params_total)`` after each tensor read.
+    dtype: numpy dtype of the leaves without a ``placer`` (``np.float32``, ``ml_dtypes.bfloat16`` ...).
+    placer: ``sharding.Placer`` (its mesh and dtype); default: whole numpy leaves on the host.
+    progress: ``progress(params_done, params_total)`` after each tensor or row range read.
 
   Returns:
     The nested params dict (``{"embed": ..., "blocks": {"q": ...}}``).
@@ -78,16 +80,7 @@ def load_hf_params(directory: str | os.PathLike, config: ModelConfig, *, dtype: 
     InputError: a missing, unreadable or wrongly shaped tensor, naming the file.
   """
   d = os.fspath(directory)
-  place = place or (lambda path, array: array)
-  dtype = np.dtype(dtype)
-  params: dict[str, Any] = {"blocks": {}}
-  total, done = config.n_params, 0
-
-  def advance(n: int) -> None:
-    nonlocal done
-    done += n
-    if progress is not None:
-      progress(min(done, total), total)
+  placer = placer or Placer(None, dtype, host=True)
 
   with contextlib.ExitStack() as stack:
     tensors = hf_checkpoint.Tensors(hf_checkpoint.read_hf_dir(d)[2], stack)
@@ -106,22 +99,35 @@ def load_hf_params(directory: str | os.PathLike, config: ModelConfig, *, dtype: 
         return need(next((n for n in _LM_HEADS if n in tensors.where), _LM_HEADS[0]))
       return need(f"{prefix}{leaf.hf}" if i is None else f"{prefix}layers.{i}.{leaf.hf}")
 
+    # Every tensor is checked to exist before any is read, so a missing one fails at once.
     for leaf in families.leaves(config):
-      file_shape, slot = leaf.tensor_shape(config), leaf.slot_shape(config)  # fused: the whole tensor
-      if not leaf.stacked:
-        array = np.asarray(leaves_lib.convert(leaf, tensors.get(name_of(leaf, None), file_shape), slot,
-                                              offset=leaf.hf_offset), dtype=dtype)
-        params[leaf.path] = place(leaf.path, array)
-        advance(array.size)
-        del array
-        continue
-      buf = host_memory.aligned_empty(leaf.shape(config), dtype)
-      for i in range(config.n_layers):
-        w = leaves_lib.split(leaf, tensors.get(name_of(leaf, i), file_shape), config)
-        buf[i] = leaves_lib.convert(leaf, w, slot, offset=leaf.hf_offset)
-        advance(buf[i].size)
-      params["blocks"][leaf.path.split("/", 1)[1]] = place(leaf.path, buf)
-      del buf
+      for i in (range(config.n_layers) if leaf.stacked else [None]):
+        name_of(leaf, i)
+
+    whole: dict[str, np.ndarray] = {}  # the last tensor read whole, for the other blocks of its layer
+
+    def read_layer(leaf: leaves_lib.Leaf, i: int, block) -> np.ndarray:
+      name, shape = name_of(leaf, i), leaf.tensor_shape(config)
+      region = leaves_lib.file_block(leaf, config, block)
+      if region is not None:  # a sliced read of the part this block needs
+        part = tensors.get(name, shape, region=region)
+        return leaves_lib.convert(leaf, part, tuple(b - a for a, b in block), offset=leaf.hf_offset)
+      if name not in whole:
+        whole.clear()
+        w = leaves_lib.split(leaf, tensors.get(name, shape), config)
+        whole[name] = leaves_lib.convert(leaf, w, leaf.slot_shape(config), offset=leaf.hf_offset)
+      return whole[name][tuple(slice(a, b) for a, b in block)]
+
+    def read_rows(leaf: leaves_lib.Leaf, start: int, stop: int) -> np.ndarray:
+      shape = leaf.tensor_shape(config)
+      if leaf.convert != "plain" or len(shape) < 2:
+        w = tensors.get(name_of(leaf, None), shape)
+        return leaves_lib.convert(leaf, w, leaf.slot_shape(config), offset=leaf.hf_offset)[start:stop]
+      return leaves_lib.convert(leaf, tensors.get(name_of(leaf, None), shape, region=((start, stop),)),
+                                (stop - start, *shape[1:]), offset=leaf.hf_offset)
+
+    params = leaf_blocks.load_leaves(config, placer, read_layer, read_rows, progress=progress)
+    whole.clear()
   unused = sorted(n for n in tensors.where
                   if n.startswith(prefix) and n not in used and "rotary_emb" not in n)
   if unused:
@@ -147,8 +153,8 @@ def hf_provenance(config_json: dict[str, Any], config: ModelConfig) -> dict[str,
 
 
 def load_hf(directory: str | os.PathLike, *, dtype: Any = np.float32,
-            place: Place | None = None) -> tuple[ModelConfig, dict[str, Any], str | None]:
+            placer: Placer | None = None) -> tuple[ModelConfig, dict[str, Any], str | None]:
   """``(config, params, tokenizer_json_path or None)`` of a snapshot directory."""
   config_json, tokenizer, _ = hf_checkpoint.read_hf_dir(directory)
   config = families.config_from_hf(config_json, os.path.join(os.fspath(directory), "config.json"))
-  return config, load_hf_params(directory, config, dtype=dtype, place=place), tokenizer
+  return config, load_hf_params(directory, config, dtype=dtype, placer=placer), tokenizer

@@ -143,7 +143,7 @@ def load(name_or_path: str | os.PathLike = assets.DEFAULT_MODEL, *, mesh: Mesh |
                    "token_embd.weight")
       params, cache_info = params_cache_lib.cached_params(
           f.path, config, dtype, mesh, use_cache=params_cache,
-          build=lambda: gguf_load.load_gguf_params(f, config, dtype=np.float32, place=place, progress=report))
+          build=lambda: gguf_load.load_gguf_params(f, config, placer=place, progress=report))
       file_prov = _merge_file_provenance(provenance, gguf_load.gguf_provenance(f, config))
       counts = file_prov.get("quant_types", {})
       provenance["quantization"] = ", ".join(f"{k} x{v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
@@ -156,8 +156,7 @@ def load(name_or_path: str | os.PathLike = assets.DEFAULT_MODEL, *, mesh: Mesh |
                  "vocab_size in config.json")
     params, cache_info = params_cache_lib.cached_params(
         resolved.path, config, dtype, mesh, use_cache=params_cache,
-        build=lambda: hf_load.load_hf_params(resolved.path, config, dtype=np.float32, place=place,
-                                                   progress=report))
+        build=lambda: hf_load.load_hf_params(resolved.path, config, placer=place, progress=report))
     _merge_file_provenance(provenance, hf_load.hf_provenance(config_json, config))
     provenance.setdefault("quantization", "none (safetensors)")
   provenance.update({

@@ -3,6 +3,7 @@
 import gc
 import math
 import os
+import warnings
 import weakref
 import zlib
 
@@ -12,8 +13,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, PartitionSpec
 
+from jaxsem import sharding
 from jaxsem.errors import InputError
 from jaxsem.models import families
 from jaxsem.models import gguf_load as gp
@@ -128,32 +130,94 @@ def test_gemma_norms_are_multipliers_as_stored(tmp_path):
   assert abs(float(stored.mean()) - 1) < 0.2  # multipliers near 1, not offsets near 0
 
 
-def test_place_gets_each_finished_leaf_once_and_host_copies_are_dropped(tmp_path):
+def test_placer_gets_each_leaf_once_in_bfloat16_and_host_blocks_are_dropped(tmp_path):
+  """On a mesh the loader fills bfloat16 blocks straight from the file (no float32 leaf), hands each
+  finished leaf to the placer once, and keeps no block alive after."""
   config = fx.tiny_gemma3_config(n_layers=3)
   params = fx.random_params(config)
   path = fx.write_gguf(tmp_path / "g.gguf", config, params, types="Q8_0")
   mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "model"))
   calls, refs = [], []
 
-  def place(leaf_path, array):
-    calls.append(leaf_path)
-    refs.append(weakref.ref(array))
-    spec = PartitionSpec("model") if leaf_path == "embed" else PartitionSpec()
-    # Copy first: on CPU, device_put may alias (and so keep alive) the numpy buffer itself.
-    return jax.device_put(array.copy(), NamedSharding(mesh, spec))
+  class Watch(sharding.Placer):
+    def assemble(self, leaf_path, shape, blocks):
+      calls.append(leaf_path)
+      assert all(b.dtype == ml_dtypes.bfloat16 for b in blocks.values()), leaf_path
+      refs.extend(weakref.ref(b) for b in blocks.values())
+      # Copies: on CPU, device_put may alias (and so keep alive) the numpy buffer itself.
+      return super().assemble(leaf_path, shape, {k: v.copy() for k, v in blocks.items()})
 
   with GGUFFile(path) as f:
-    got = gp.load_gguf_params(f, gp.read_config(f), dtype=ml_dtypes.bfloat16, place=place)
+    got = gp.load_gguf_params(f, gp.read_config(f), placer=Watch(mesh, ml_dtypes.bfloat16))
   gc.collect()
   assert calls[:2] == ["embed", "final_norm"]
   assert sorted(calls) == sorted(_leaves(params))
-  assert all(r() is None for r in refs), "loader kept a host buffer alive"
+  assert refs and all(r() is None for r in refs), "loader kept a host block alive"
   embed = got["embed"]
   assert isinstance(embed, jax.Array) and embed.dtype == jax.numpy.bfloat16
-  assert len(embed.sharding.device_set) == 8
+  assert embed.sharding.spec == PartitionSpec("model", None) and len(embed.sharding.device_set) == 8
   want = np.asarray(params["embed"]).astype(ml_dtypes.bfloat16).astype(np.float32)
-  np.testing.assert_allclose(np.asarray(embed, np.float32), want, atol=0.02)
+  np.testing.assert_allclose(np.asarray(embed, np.float32)[:config.vocab_size], want, atol=0.02)
   assert got["blocks"]["q"].shape == params["blocks"]["q"].shape
+
+
+class _FirstHalf(sharding.Placer):
+  """The blocks process 0 of 2 holds on ``data:2,model:4`` (half of each leaf's distinct shards);
+  ``assemble`` returns the blocks themselves."""
+
+  partial = True
+
+  def blocks(self, path, shape):
+    every = super().blocks(path, shape)
+    return every[:max(1, len(every) // 2)]
+
+  def assemble(self, path, shape, blocks):
+    return blocks
+
+
+@pytest.mark.parametrize("types", ["F32", "Q8_0"])
+def test_a_process_dequantizes_only_the_parts_of_its_blocks(tmp_path, monkeypatch, types):
+  """Half the shards (one query head and a quarter of the MLP each): only their rows (Q/K heads,
+  RoPE rows put back per head), columns (the output projection, the down projection) and embedding
+  rows are dequantized, and every block equals the whole leaf's slice. A column cut inside a Q8_0
+  block (one 16-wide head of 32-weight blocks) reads those tensors whole instead, saying so once."""
+  config = fx.tiny_llama_config(tied=False, d_ff=128)
+  params = fx.random_params(config)
+  path = fx.write_gguf(tmp_path / "l.gguf", config, params, types=types)
+  with GGUFFile(path) as f:
+    want = _leaves(gp.load_gguf_params(f, gp.read_config(f)))
+  shapes = {}
+  dequantize = gp.dequantize
+
+  def watched(raw, ggml_type, shape, **kw):
+    shapes.setdefault(kw["name"].split(".")[-2], []).append(tuple(shape))
+    return dequantize(raw, ggml_type, shape, **kw)
+
+  monkeypatch.setattr(gp, "dequantize", watched)
+  with GGUFFile(path) as f, warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    placer = _FirstHalf(sharding.make_mesh("data:2,model:4"), np.float32)
+    got = _leaves(gp.load_gguf_params(f, gp.read_config(f), placer=placer))
+  assert sorted(got) == sorted(want)
+  for leaf_path, blocks in got.items():
+    whole = np.asarray(want[leaf_path])
+    if leaf_path in ("embed", "unembed"):
+      whole = np.concatenate([whole, np.zeros((-whole.shape[0] % 4, *whole.shape[1:]), whole.dtype)])
+    assert 0 < len(blocks) <= 2
+    for index, block in blocks.items():
+      np.testing.assert_array_equal(block, whole[tuple(slice(a, b) for a, b in index)], err_msg=leaf_path)
+  dh, half_ff = config.head_dim, config.d_ff // 2
+  assert set(shapes["attn_q"]) == {(dh, config.d_model)}  # one head's rows per block
+  assert all(r <= config.vocab_size // 2 for r, _ in shapes["token_embd"] + shapes["output"])
+  assert set(shapes["ffn_gate"]) == {(half_ff // 2, config.d_model)}
+  assert set(shapes["ffn_down"]) == {(config.d_model, half_ff // 2)}
+  split_head = [str(w.message) for w in caught if "inside a quantization block" in str(w.message)]
+  if types == "F32":
+    assert set(shapes["attn_output"]) == {(config.d_model, dh)} and not split_head
+  else:
+    assert set(shapes["attn_output"]) == {(config.d_model, config.n_heads * dh)}  # whole, once per layer
+    assert len(shapes["attn_output"]) == config.n_layers
+    assert len(split_head) == 1 and "'blk.0.attn_output.weight' (Q8_0)" in split_head[0], split_head
 
 
 # ----------------------------------------------------------------------------- config

@@ -20,6 +20,7 @@ import safetensors.numpy
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from jaxsem import sharding  # noqa: E402
 from jaxsem.io import hf_checkpoint as hc  # noqa: E402
 from jaxsem.models import families  # noqa: E402
 from jaxsem.models import hf_load  # noqa: E402
@@ -92,20 +93,77 @@ def test_sharded_checkpoint_loads_the_same(saved, tmp_path):
   _assert_equal_flat(hf_load.load_hf_params(sharded, config), want)
 
 
-def test_place_called_once_per_complete_leaf(saved):
+def test_placer_gets_each_leaf_once_and_complete(saved):
   model, d = saved("qwen2_bias")
   config = families.config_from_hf(hc.read_hf_dir(d)[0], d)
   expected = expected_params(fx.state_dict(model), config)
   calls = []
 
-  def place(path, array):
-    np.testing.assert_array_equal(array, expected[path], err_msg=path)  # complete when handed over
-    calls.append(path)
-    return ("placed", path)
+  class Watch(sharding.Placer):
+    def assemble(self, path, shape, blocks):
+      (block,) = blocks.values()
+      np.testing.assert_array_equal(block, expected[path], err_msg=path)  # complete when handed over
+      calls.append(path)
+      return ("placed", path)
 
-  params = hf_load.load_hf_params(d, config, place=place)
+  params = hf_load.load_hf_params(d, config, placer=Watch(None, np.float32, host=True))
   assert sorted(calls) == sorted(expected)
   assert all(v == ("placed", k) for k, v in params_lib.flatten(params).items())
+
+
+def test_a_process_reads_only_the_rows_and_layers_of_its_blocks(saved, monkeypatch):
+  """A placer holding half the shards of every leaf (process 0 of 2 on ``data:2,model:4``, one head and
+  a quarter of the MLP per shard): the other heads' rows and columns, MLP rows and embedding rows are
+  never read, every block equals the whole leaf's slice (vocabulary padding zero), and the progress
+  total counts only what this process reads."""
+  model, d = saved("qwen2_bias")
+  config = families.config_from_hf(hc.read_hf_dir(d)[0], d)
+  expected = expected_params(fx.state_dict(model), config)
+  mesh = sharding.make_mesh("data:2,model:4")
+
+  class FirstHalf(sharding.Placer):
+    def blocks(self, path, shape):
+      every = super().blocks(path, shape)
+      return every[:max(1, len(every) // 2)]
+
+    def assemble(self, path, shape, blocks):
+      return blocks
+
+  rows_read = []
+  get = hc.Tensors.get
+
+  def watched(self, name, shape, region=None):
+    rows_read.append((name, region))
+    return get(self, name, shape, region=region)
+
+  monkeypatch.setattr(hc.Tensors, "get", watched)
+  totals = []
+  params = hf_load.load_hf_params(d, config, placer=FirstHalf(mesh, np.float32),
+                                  progress=lambda done, total: totals.append((done, total)))
+  v = config.vocab_size
+  padded = -(-v // 4) * 4
+  regions = {}
+  for name, region in rows_read:
+    regions.setdefault(name.split(".")[-2], []).append(region)  # "model.layers.0.mlp.up_proj.weight": up_proj
+  assert regions["embed_tokens"] and all(r[0][1] <= padded // 2 for r in regions["embed_tokens"]), regions
+  half_heads = config.n_heads // 2 * config.head_dim
+  assert all(r[0][1] <= half_heads for r in regions["q_proj"]), regions["q_proj"]  # rows of heads 0, 1
+  assert all(r[1][1] <= half_heads for r in regions["o_proj"]), regions["o_proj"]  # their columns
+  assert all(r[0][1] <= config.d_ff // 2 for r in regions["gate_proj"] + regions["up_proj"])
+  assert all(r[1][1] <= config.d_ff // 2 for r in regions["down_proj"])
+  assert all(r is None for r in regions["k_proj"])  # 2 kv heads over 4 shards: replicated, read whole
+  placed = {**{k: v for k, v in params.items() if k != "blocks"},
+            **{f"blocks/{k}": v for k, v in params["blocks"].items()}}
+  assert sorted(placed) == sorted(expected)
+  for path, blocks in placed.items():
+    want = expected[path]
+    if path in ("embed", "unembed"):
+      want = np.concatenate([want, np.zeros((padded - v, *want.shape[1:]), want.dtype)])
+    for index, block in blocks.items():
+      np.testing.assert_array_equal(block, want[tuple(slice(a, b) for a, b in index)], err_msg=path)
+  # Every layer tensor is read whole (once), but only half the embedding's rows.
+  embed = config.vocab_size * config.d_model
+  assert totals[-1][0] == totals[-1][1] <= config.n_params - embed // 2 + config.d_model * 8, totals[-1]
 
 
 def test_bfloat16_checkpoint(saved, tmp_path):

@@ -113,11 +113,11 @@ def test_sharded_equals_unsharded(case, name):
 
 
 def test_sharded_load_via_place(tmp_path):
-  """Loading straight onto the mesh (``place``) gives the same logits as loading to host."""
+  """Loading straight onto the mesh (a ``Placer``) gives the same logits as loading to host."""
   model = fx.build("llama_gqa", seed=3)
   d = fx.save(model, str(tmp_path / "snap"), max_shard_size="40KB")
   mesh = sharding.make_mesh("data:2,model:4")
-  config, placed, _ = hc.load_hf(d, place=sharding.make_placer(mesh))
+  config, placed, _ = hc.load_hf(d, placer=sharding.make_placer(mesh))
   assert len(placed["embed"].sharding.device_set) == 8
   ids, mask = fx.batch(LENGTHS, SEQ_LEN, seed=4)
   got = _run(placed, config, ids, mask, "all")

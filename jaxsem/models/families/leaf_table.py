@@ -129,6 +129,41 @@ def split(leaf: Leaf, w: np.ndarray, config) -> np.ndarray:
   return w[start:stop]
 
 
+# Per converter: slot axis -> (axis of the stored tensor, stored elements per slot element) where a
+# range of that slot axis is one range of the stored tensor (whole heads for the heads converters).
+_FILE_AXES = {
+    "plain": lambda slot: {a: (a, 1) for a in range(len(slot))},
+    "transpose": lambda slot: {0: (1, 1), 1: (0, 1)},
+    "heads_in": lambda slot: {0: (1, 1), 1: (0, slot[2])},
+    "heads_out": lambda slot: {0: (1, slot[1]), 2: (0, 1)},
+    "heads_bias": lambda slot: {0: (0, slot[1])},
+}
+
+
+def file_block(leaf: Leaf, config, block: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...] | None:
+  """The region of the stored tensor (``(start, stop)`` per axis) that converts to ``block`` of the
+  leaf's slot (one layer's), so a loader can read only that; None where the block is the whole slot
+  or is not one region of the stored tensor (a loader then reads the whole tensor and slices).
+
+  Args:
+    leaf: the table row.
+    config: the model's config.
+    block: ``(start, stop)`` per slot axis; at most one axis is a proper part (a mesh axis splits
+      one dimension of a leaf).
+  """
+  slot = leaf.slot_shape(config)
+  split = [a for a, (start, stop) in enumerate(block) if (start, stop) != (0, slot[a])]
+  if len(split) != 1 or split[0] not in _FILE_AXES[leaf.convert](slot):
+    return None
+  axis = split[0]
+  file_axis, unit = _FILE_AXES[leaf.convert](slot)[axis]
+  region = [(0, n) for n in leaf.file_shape(config)]
+  region[0] = leaf.rows(config)  # a fused leaf's rows of the stored tensor
+  offset = region[file_axis][0]
+  region[file_axis] = (offset + block[axis][0] * unit, offset + block[axis][1] * unit)
+  return tuple(region)
+
+
 def convert(leaf: Leaf, w: np.ndarray, slot: tuple[int, ...], *, permuted: bool = False,
             offset: float = 0.0) -> np.ndarray:
   """A checkpoint tensor ``w`` (file layout) -> the leaf layout ``slot`` (often a view).
