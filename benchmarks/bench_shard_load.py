@@ -11,11 +11,12 @@ then loaded (params cache off: a first load) in fresh processes, on the same 8 C
 * 1 process with 8 fake devices;
 * 2 processes with 4 fake devices each, joined through ``jax.distributed`` (gloo).
 
-Each process reports its peak RSS (``ru_maxrss``, taken right after the load), its RSS before the
+Each process reports its peak RSS (``VmHWM``, taken right after the load), its RSS before the
 load (the JAX runtime), the load's wall time, how many weights it read and a hash of every shard it
 holds (the two runs' shards must be the same bytes); process 0 gathers the logits of a fixed batch
-(equal to the single-process logits up to the order in which gloo sums across processes). On ``model:8`` every leaf is sharded over the
-vocabulary, heads or MLP units, so each of 2 processes holds about half of the model.
+(equal to the single-process logits up to the order in which gloo sums across processes). On
+``model:8`` every leaf is sharded over the vocabulary, heads or MLP units, so each of 2 processes
+holds about half of the model. Each load runs in float32 and in bfloat16 (``--dtypes``).
 """
 
 from __future__ import annotations
@@ -44,10 +45,13 @@ _PROCESSES = flags.DEFINE_integer("processes", 1, "Internal: processes of the ch
 _PROCESS_ID = flags.DEFINE_integer("process_id", 0, "Internal: this child's process id.")
 _PORT = flags.DEFINE_integer("port", 0, "Internal: the coordinator's port.")
 _OUT = flags.DEFINE_string("out", None, "Internal: where process 0 writes the logits (.npy).")
+_DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Dtypes the params are loaded in (bfloat16 "
+                            "straight from the file, without a float32 copy).")
 
 # Llama-style shapes: 2gb is about 493M float32 weights (1.97 GB), tiny a few thousand.
 SIZES = {
-    "2gb": dict(vocab_size=32000, d_model=2048, n_layers=8, n_heads=16, n_kv_heads=8, head_dim=128, d_ff=5632),
+    "2gb": dict(vocab_size=32000, d_model=2048, n_layers=8, n_heads=16, n_kv_heads=8, head_dim=128,
+                d_ff=5632),
     "tiny": dict(vocab_size=256, d_model=64, n_layers=2, n_heads=8, n_kv_heads=8, head_dim=16, d_ff=128),
 }
 MESH = "model:8"
@@ -56,15 +60,16 @@ MESH = "model:8"
 def config_of(size: str):
   from jaxsem.models.config import ModelConfig
 
-  return ModelConfig(family="llama", norm_eps=1e-5, rope_theta=10000.0, tie_embeddings=False, max_position=4096,
-                     bos_token_id=1, eos_token_ids=(2,), pad_token_id=0, **SIZES[size])
+  return ModelConfig(family="llama", norm_eps=1e-5, rope_theta=10000.0, tie_embeddings=False,
+                     max_position=4096, bos_token_id=1, eos_token_ids=(2,), pad_token_id=0, **SIZES[size])
 
 
 def hf_config_json(config) -> dict:
   return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": config.vocab_size,
           "hidden_size": config.d_model, "intermediate_size": config.d_ff,
           "num_hidden_layers": config.n_layers, "num_attention_heads": config.n_heads,
-          "num_key_value_heads": config.n_kv_heads, "head_dim": config.head_dim, "rms_norm_eps": config.norm_eps,
+          "num_key_value_heads": config.n_kv_heads, "head_dim": config.head_dim,
+          "rms_norm_eps": config.norm_eps,
           "rope_theta": config.rope_theta, "max_position_embeddings": config.max_position,
           "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32"}
 
@@ -110,16 +115,20 @@ def write_checkpoints(directory: str, size: str) -> tuple[str, str]:
   return hf_dir, gguf
 
 
-def _rss_mb() -> float:
-  with open("/proc/self/statm") as f:
-    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _status_mb(field: str) -> float:
+  """``VmRSS`` (now) or ``VmHWM`` (the peak) of this process, in MiB. Not ``ru_maxrss``: across fork and
+  exec that keeps the parent's peak (here the checkpoint writer's)."""
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith(field + ":"):
+        return int(line.split()[1]) / 1024
+  raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def child(path: str) -> None:
   """One process of a load: reports its figures as one JSON line."""
-  import resource
-
   import jax
+  import ml_dtypes
 
   from jaxsem import distributed
   from jaxsem import sharding
@@ -136,9 +145,9 @@ def child(path: str) -> None:
                                                 _PROCESS_ID.value, timeout_s=300))
   mesh = sharding.make_mesh(MESH)
   jax.numpy.zeros(1).block_until_ready()
-  before = _rss_mb()
+  before = _status_mb("VmRSS")
   totals = []
-  placer = sharding.Placer(mesh, np.float32)
+  placer = sharding.Placer(mesh, ml_dtypes.bfloat16 if _DTYPES.value == ["bfloat16"] else np.float32)
   start = time.perf_counter()
   if path.endswith(".gguf"):
     with gguf_file.GGUFFile(path) as f:
@@ -149,7 +158,7 @@ def child(path: str) -> None:
     params = hf_load.load_hf_params(path, config, placer=placer, progress=lambda d, t: totals.append(t))
   jax.block_until_ready(params)
   seconds = time.perf_counter() - start
-  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  peak = _status_mb("VmHWM")
   # What this process holds, shard by shard: the same bytes as the single-process load's shards?
   shards = {}
   for path, leaf in params_lib.flatten(params).items():
@@ -182,13 +191,13 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def run_load(path: str, processes: int, out: str, timeout: float = 1800) -> list[dict]:
-  """Loads ``path`` in ``processes`` fresh processes (8 devices in all); their reports."""
+def run_load(path: str, processes: int, out: str, dtype: str, timeout: float = 1800) -> list[dict]:
+  """Loads ``path`` in ``dtype`` in ``processes`` fresh processes (8 devices in all); their reports."""
   port = _free_port()
   procs = []
   for pid in range(processes):
     cmd = [sys.executable, "-m", "benchmarks.bench_shard_load", f"--child={path}", f"--processes={processes}",
-           f"--process_id={pid}", f"--port={port}", f"--out={out}"]
+           f"--process_id={pid}", f"--port={port}", f"--out={out}", f"--dtypes={dtype}"]
     procs.append(subprocess.Popen(cmd, cwd=common.REPO, env=_env(8 // processes), stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True))
   reports = []
@@ -201,10 +210,10 @@ def run_load(path: str, processes: int, out: str, timeout: float = 1800) -> list
   return reports
 
 
-def compare(path: str, scratch: str) -> dict:
-  """The single-process and two-process loads of ``path``, side by side."""
-  one = run_load(path, 1, os.path.join(scratch, "one.npy"))
-  two = run_load(path, 2, os.path.join(scratch, "two.npy"))
+def compare(path: str, scratch: str, dtype: str) -> dict:
+  """The single-process and two-process loads of ``path`` in ``dtype``, side by side."""
+  one = run_load(path, 1, os.path.join(scratch, "one.npy"), dtype)
+  two = run_load(path, 2, os.path.join(scratch, "two.npy"), dtype)
   a, b = np.load(os.path.join(scratch, "one.npy")), np.load(os.path.join(scratch, "two.npy"))
   held = {}
   for r in two:
@@ -229,23 +238,29 @@ def main(argv):
     print(f"machine: {common.machine()}")
     print(f"checkpoint: {_SIZE.value}, {config_of(_SIZE.value).n_params / 1e6:.1f}M weights, written in "
           f"{written:.0f} s; mesh {MESH}, 8 CPU devices in all, params cache off (first loads)")
-    print(f"{'format':<22} {'processes':>9} {'peak RSS MB':>12} {'before load':>12} {'load s':>7} "
+    print(f"{'format':<32} {'processes':>9} {'peak RSS MB':>12} {'before load':>12} {'load s':>7} "
           f"{'weights read':>13}")
     results = {}
-    for name, path in (("safetensors (4 shards)", hf_dir), ("GGUF Q8_0", gguf)):
-      r = compare(path, directory)
-      results[name] = r
-      for label, reports in (("1", r["one"]), ("2", r["two"])):
-        for rep in reports:
-          print(f"{name:<22} {label + ' (pid ' + str(rep['process']) + ')':>9} {rep['peak_rss_mb']:>12.0f} "
-                f"{rep['rss_before_mb']:>12.0f} {rep['load_s']:>7.1f} {rep['weights_read'] / 1e6:>12.1f}M")
-      print(f"{name:<22} peak ratio (2-process max / 1-process) {r['peak_ratio']:.2f}; params identical "
-            f"(every shard's bytes): {r['params_identical']}; logits identical: {r['logits_identical']} (max abs "
-            f"diff {r['logits_max_abs_diff']:.3g}: the two processes sum across gloo in another order)")
+    for dtype in _DTYPES.value:
+      for fmt, path in (("safetensors (4 shards)", hf_dir), ("GGUF Q8_0", gguf)):
+        name = f"{fmt}, {dtype}"
+        results[name] = r = compare(path, directory, dtype)
+        _print(name, r)
     print("@@RESULT@@" + json.dumps(results))
   finally:
     if not _DIR.value:
       shutil.rmtree(directory, ignore_errors=True)
+
+
+def _print(name: str, r: dict) -> None:
+  for label, reports in (("1", r["one"]), ("2", r["two"])):
+    for rep in reports:
+      print(f"{name:<32} {label + ' (pid ' + str(rep['process']) + ')':>9} {rep['peak_rss_mb']:>12.0f} "
+            f"{rep['rss_before_mb']:>12.0f} {rep['load_s']:>7.1f} {rep['weights_read'] / 1e6:>12.1f}M")
+  why = "" if r["logits_identical"] else ": the two processes sum across gloo in another order"
+  print(f"{name:<32} peak ratio (2-process max / 1-process) {r['peak_ratio']:.2f}; params identical "
+        f"(every shard's bytes): {r['params_identical']}; logits identical: {r['logits_identical']} (max abs "
+        f"diff {r['logits_max_abs_diff']:.3g}{why})")
 
 
 if __name__ == "__main__":

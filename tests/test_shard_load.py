@@ -14,14 +14,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.slow  # four launches of JAX processes joined through jax.distributed
 def test_two_processes_read_half_and_hold_the_same_shards(tmp_path):
-  env = {k: v for k, v in os.environ.items() if k not in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES",
-                                                          "JAX_PROCESS_ID")}
+  joined = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+  env = {k: v for k, v in os.environ.items() if k not in joined}
   proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_shard_load", "--size=tiny",
-                         f"--dir={tmp_path}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                         "--dtypes=float32,bfloat16", f"--dir={tmp_path}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("@@RESULT@@"))
   results = json.loads(line[len("@@RESULT@@"):])
-  assert set(results) == {"safetensors (4 shards)", "GGUF Q8_0"}
+  assert set(results) == {f"{fmt}, {dtype}" for fmt in ("safetensors (4 shards)", "GGUF Q8_0")
+                          for dtype in ("float32", "bfloat16")}
   for name, r in results.items():
     (one,), two = r["one"], r["two"]
     assert [p["process"] for p in two] == [0, 1]
@@ -32,4 +33,5 @@ def test_two_processes_read_half_and_hold_the_same_shards(tmp_path):
     for p in two:
       assert 0.5 * one["n_params"] <= p["weights_read"] <= 0.52 * one["n_params"], (name, p)
     # The logits differ from one process's only by the order in which gloo sums across processes.
-    assert r["logits_shape"] == [4, 256] and r["logits_max_abs_diff"] < 1e-4, (name, r["logits_max_abs_diff"])
+    tol = 1e-4 if name.endswith("float32") else 0.05
+    assert r["logits_shape"] == [4, 256] and r["logits_max_abs_diff"] < tol, (name, r["logits_max_abs_diff"])

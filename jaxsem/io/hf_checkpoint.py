@@ -8,7 +8,6 @@ This module knows the file formats only; which tensors make which parameter, and
 
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Any
 
@@ -90,35 +89,39 @@ def _weight_files(d: str) -> list[str]:
 
 
 class Tensors:
-  """Name -> tensor over a set of open safetensors files.
+  """Name -> tensor over a set of safetensors files.
+
+  Every read opens its file afresh and closes it after: the safetensors library keeps the pages a
+  read touched resident in its memory map until the file is closed, so an open file would hold every
+  tensor read so far in this process's memory (a whole checkpoint by the end of a load).
 
   Attributes:
-    where: tensor name -> (file path, open handle).
+    where: tensor name -> file path.
   """
 
-  def __init__(self, files: list[str], stack: contextlib.ExitStack):
-    self.where: dict[str, tuple[str, Any]] = {}
+  def __init__(self, files: list[str]):
+    self.where: dict[str, str] = {}
     for path in files:
       try:
-        handle = stack.enter_context(safe_open(path, framework="numpy"))
-        names = handle.keys()
+        with safe_open(path, framework="numpy") as handle:
+          names = handle.keys()
       except Exception as e:  # safetensors raises its own error types for corrupt headers
         raise InputError(f"{path}: not a readable safetensors file ({e}); re-download it.") from None
       for name in names:
-        self.where[name] = (path, handle)
+        self.where[name] = path
 
   def get(self, name: str, shape: tuple[int, ...],
           region: tuple[tuple[int, int], ...] | None = None) -> np.ndarray:
     """The tensor ``name``, which must have ``shape`` (InputError naming the file otherwise), or only
     its ``region`` (``(start, stop)`` per leading axis; a sliced read: the rest is not read)."""
-    path, handle = self.where[name]
+    path = self.where[name]
     try:
-      part = handle.get_slice(name)
-      found = tuple(part.get_shape())
-      if found == shape:
-        return handle.get_tensor(name) if region is None else part[tuple(slice(a, b) for a, b in region)]
+      with safe_open(path, framework="numpy") as handle:
+        part = handle.get_slice(name)
+        found = tuple(part.get_shape())
+        if found == shape:
+          return handle.get_tensor(name) if region is None else part[tuple(slice(a, b) for a, b in region)]
     except Exception as e:
       raise InputError(f"{path}: tensor {name} cannot be read ({e}); re-download the file.") from None
     raise InputError(f"{path}: tensor {name} has shape {list(found)} but config.json implies "
                      f"{list(shape)}; the weights and config.json do not match.")
-

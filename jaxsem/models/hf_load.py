@@ -9,7 +9,6 @@ and placed as soon as the leaf is complete. Stacked leaves are named
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 from collections.abc import Callable
@@ -82,52 +81,51 @@ def load_hf_params(directory: str | os.PathLike, config: ModelConfig, *, dtype: 
   d = os.fspath(directory)
   placer = placer or Placer(None, dtype, host=True)
 
-  with contextlib.ExitStack() as stack:
-    tensors = hf_checkpoint.Tensors(hf_checkpoint.read_hf_dir(d)[2], stack)
-    prefix = _prefix(tensors, d)
-    used = {"lm_head.weight"}
+  tensors = hf_checkpoint.Tensors(hf_checkpoint.read_hf_dir(d)[2])
+  prefix = _prefix(tensors, d)
+  used = {"lm_head.weight"}
 
-    def need(name: str) -> str:
-      used.add(name)
-      if name not in tensors.where:
-        raise InputError(f"{d}: tensor {name} is missing from the safetensors files; the weights and "
-                         "config.json do not match.")
-      return name
+  def need(name: str) -> str:
+    used.add(name)
+    if name not in tensors.where:
+      raise InputError(f"{d}: tensor {name} is missing from the safetensors files; the weights and "
+                       "config.json do not match.")
+    return name
 
-    def name_of(leaf: leaves_lib.Leaf, i: int | None) -> str:
-      if leaf.path == "unembed":
-        return need(next((n for n in _LM_HEADS if n in tensors.where), _LM_HEADS[0]))
-      return need(f"{prefix}{leaf.hf}" if i is None else f"{prefix}layers.{i}.{leaf.hf}")
+  def name_of(leaf: leaves_lib.Leaf, i: int | None) -> str:
+    if leaf.path == "unembed":
+      return need(next((n for n in _LM_HEADS if n in tensors.where), _LM_HEADS[0]))
+    return need(f"{prefix}{leaf.hf}" if i is None else f"{prefix}layers.{i}.{leaf.hf}")
 
-    # Every tensor is checked to exist before any is read, so a missing one fails at once.
-    for leaf in families.leaves(config):
-      for i in (range(config.n_layers) if leaf.stacked else [None]):
-        name_of(leaf, i)
+  # Every tensor is checked to exist before any is read, so a missing one fails at once.
+  for leaf in families.leaves(config):
+    for i in (range(config.n_layers) if leaf.stacked else [None]):
+      name_of(leaf, i)
 
-    whole: dict[str, np.ndarray] = {}  # the last tensor read whole, for the other blocks of its layer
+  whole: dict[str, np.ndarray] = {}  # the last tensor read whole, for the other blocks of its layer
 
-    def read_layer(leaf: leaves_lib.Leaf, i: int, block) -> np.ndarray:
-      name, shape = name_of(leaf, i), leaf.tensor_shape(config)
-      region = leaves_lib.file_block(leaf, config, block)
-      if region is not None:  # a sliced read of the part this block needs
-        part = tensors.get(name, shape, region=region)
-        return leaves_lib.convert(leaf, part, tuple(b - a for a, b in block), offset=leaf.hf_offset)
-      if name not in whole:
-        whole.clear()
-        w = leaves_lib.split(leaf, tensors.get(name, shape), config)
-        whole[name] = leaves_lib.convert(leaf, w, leaf.slot_shape(config), offset=leaf.hf_offset)
-      return whole[name][tuple(slice(a, b) for a, b in block)]
+  def read_layer(leaf: leaves_lib.Leaf, i: int, block) -> np.ndarray:
+    name, shape = name_of(leaf, i), leaf.tensor_shape(config)
+    region = leaves_lib.file_block(leaf, config, block)
+    if region is not None:  # a sliced read of the part this block needs
+      part = tensors.get(name, shape, region=region)
+      return leaves_lib.convert(leaf, part, tuple(b - a for a, b in block), offset=leaf.hf_offset)
+    if name not in whole:
+      whole.clear()
+      w = leaves_lib.split(leaf, tensors.get(name, shape), config)
+      whole[name] = leaves_lib.convert(leaf, w, leaf.slot_shape(config), offset=leaf.hf_offset)
+    return whole[name][tuple(slice(a, b) for a, b in block)]
 
-    def read_rows(leaf: leaves_lib.Leaf, start: int, stop: int) -> np.ndarray:
-      shape = leaf.tensor_shape(config)
-      if leaf.convert != "plain" or len(shape) < 2:
-        w = tensors.get(name_of(leaf, None), shape)
-        return leaves_lib.convert(leaf, w, leaf.slot_shape(config), offset=leaf.hf_offset)[start:stop]
-      return leaves_lib.convert(leaf, tensors.get(name_of(leaf, None), shape, region=((start, stop),)),
-                                (stop - start, *shape[1:]), offset=leaf.hf_offset)
+  def read_rows(leaf: leaves_lib.Leaf, start: int, stop: int) -> np.ndarray:
+    shape = leaf.tensor_shape(config)
+    if leaf.convert != "plain" or len(shape) < 2:
+      w = tensors.get(name_of(leaf, None), shape)
+      return leaves_lib.convert(leaf, w, leaf.slot_shape(config), offset=leaf.hf_offset)[start:stop]
+    return leaves_lib.convert(leaf, tensors.get(name_of(leaf, None), shape, region=((start, stop),)),
+                              (stop - start, *shape[1:]), offset=leaf.hf_offset)
 
-    params = leaf_blocks.load_leaves(config, placer, read_layer, read_rows, progress=progress)
-    whole.clear()
+  params = leaf_blocks.load_leaves(config, placer, read_layer, read_rows, progress=progress)
+  whole.clear()
   unused = sorted(n for n in tensors.where
                   if n.startswith(prefix) and n not in used and "rotary_emb" not in n)
   if unused:
