@@ -17,7 +17,8 @@ def test_two_processes_read_half_and_hold_the_same_shards(tmp_path):
   joined = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
   env = {k: v for k, v in os.environ.items() if k not in joined}
   proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_shard_load", "--size=tiny",
-                         "--dtypes=float32,bfloat16", f"--dir={tmp_path}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                         "--dtypes=float32,bfloat16", f"--dir={tmp_path}"], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("@@RESULT@@"))
   results = json.loads(line[len("@@RESULT@@"):])
