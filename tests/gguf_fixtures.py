@@ -275,6 +275,8 @@ def gguf_metadata(config: ModelConfig, name: str = "tiny") -> dict[str, tuple[An
     if config.head_dim != config.d_model // config.n_heads:
       m[f"{a}.attention.key_length"] = (config.head_dim, u32)
       m[f"{a}.attention.value_length"] = (config.head_dim, u32)
+    if a == "llama" and config.sliding_window is not None:  # a Mistral: the window on every layer
+      m[f"{a}.attention.sliding_window"] = (config.sliding_window, u32)
   else:
     m[f"{a}.attention.key_length"] = (config.head_dim, u32)
     m[f"{a}.attention.value_length"] = (config.head_dim, u32)

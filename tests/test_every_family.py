@@ -113,6 +113,7 @@ def test_launcher_runs_on_family(family, tmp_path):
   assert proc.returncode == 0, f"{launcher} on {family}: {proc.stderr[-3000:]}"
   doc = json.loads((out / "summary.json").read_text())
   model_prov = doc["provenance"]["model"]
+  assert model_prov["family"] == ("llama" if family == "mistral" else family)  # Mistral runs as llama
   if family == "mistral":
     assert model_prov["format"] != "gguf" and model_prov["model_type"] == "mistral"
   else:

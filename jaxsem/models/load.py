@@ -160,6 +160,7 @@ def load(name_or_path: str | os.PathLike = assets.DEFAULT_MODEL, *, mesh: Mesh |
     _merge_file_provenance(provenance, hf_load.hf_provenance(config_json, config))
     provenance.setdefault("quantization", "none (safetensors)")
   provenance.update({
+      "family": config.family,
       "input_embedding": "embed",
       "unembedding": "embed" if config.tie_embeddings else "unembed",
       "tied_embeddings": config.tie_embeddings,

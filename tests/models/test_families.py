@@ -158,7 +158,7 @@ def test_io_imports_nothing_from_models(path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["llama_gqa", "qwen2_bias", "qwen3_qk_norm"])
+@pytest.mark.parametrize("name", ["llama_gqa", "qwen2_bias", "qwen3_qk_norm", "mistral_window"])
 def test_gguf_of_the_tiny_hf_weights_gives_transformers_logits(tmp_path, name):
   pytest.importorskip("torch")
   pytest.importorskip("transformers")
@@ -172,6 +172,8 @@ def test_gguf_of_the_tiny_hf_weights_gives_transformers_logits(tmp_path, name):
   path = gfx.write_gguf(tmp_path / f"{name}.gguf", config, params, types="F32")
   got_config, got_params, provenance = gguf_load.load_gguf(path)
   assert got_config == config
+  if name == "mistral_window":  # the window, on every layer, survives the GGUF (llama architecture)
+    assert got_config.sliding_window and all(got_config.local_layers)
   assert provenance["architecture"] == config.family
   assert provenance["qk_unpermuted"] == (config.family == "llama")
   ids, mask = hfx.batch([9, 4, 7], 9, seed=8)

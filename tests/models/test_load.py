@@ -36,7 +36,7 @@ def test_mesh_string_places_params_sharded(f32):
 def test_provenance_names_file_matrices_and_quantization(f32):
   p = f32.provenance
   assert p["name"] == "smollm2-135m-instruct"
-  assert p["format"] == "gguf" and p["path"].endswith(".gguf")
+  assert p["format"] == "gguf" and p["path"].endswith(".gguf") and p["family"] == "llama"
   assert p["tied_embeddings"] is True and p["unembedding"] == "embed"
   assert "Q4_1" in p["quantization"]
   assert p["licence"] and p["citation"]

@@ -143,7 +143,8 @@ _FILE_AXES = {
 def file_block(leaf: Leaf, config, block: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...] | None:
   """The region of the stored tensor (``(start, stop)`` per axis) that converts to ``block`` of the
   leaf's slot (one layer's), so a loader can read only that; None where the block is the whole slot
-  or is not one region of the stored tensor (a loader then reads the whole tensor and slices).
+  of a tensor of its own (read it whole) or is not one region of the stored tensor (a loader then
+  reads the whole tensor and slices).
 
   Args:
     leaf: the table row.
@@ -153,12 +154,14 @@ def file_block(leaf: Leaf, config, block: tuple[tuple[int, int], ...]) -> tuple[
   """
   slot = leaf.slot_shape(config)
   split = [a for a, (start, stop) in enumerate(block) if (start, stop) != (0, slot[a])]
+  region = [(0, n) for n in leaf.file_shape(config)]
+  region[0] = leaf.rows(config)  # a fused leaf's rows of the stored tensor
+  if not split:
+    return tuple(region) if leaf.fused else None  # a fused leaf's whole slot: its rows only
   if len(split) != 1 or split[0] not in _FILE_AXES[leaf.convert](slot):
     return None
   axis = split[0]
   file_axis, unit = _FILE_AXES[leaf.convert](slot)[axis]
-  region = [(0, n) for n in leaf.file_shape(config)]
-  region[0] = leaf.rows(config)  # a fused leaf's rows of the stored tensor
   offset = region[file_axis][0]
   region[file_axis] = (offset + block[axis][0] * unit, offset + block[axis][1] * unit)
   return tuple(region)

@@ -1,8 +1,9 @@
 """Llama 2/3.x, SmolLM and Mistral: the plain llama-like block.
 
 Hugging Face ``llama`` / ``mistral`` (sliding window on every layer when set); GGUF
-``llama``, whose converter interleaves Q/K rows for RoPE (undone by the loader) and may
-carry Q/K/V biases.
+``llama`` (Mistral converts to it too, its window as ``llama.attention.sliding_window``),
+whose converter interleaves Q/K rows for RoPE (undone by the loader) and may carry Q/K/V
+biases.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ def _from_hf(c: dict, path: str) -> dict:
 
 
 def _from_gguf(meta: gguf_config.Meta, rope_freqs) -> dict:
-  return dict(family="llama", qkv_bias=meta.has_tensor("blk.0.attn_q.bias"),
-                     **gguf_config.base_fields(meta, rope_freqs))
+  fields = gguf_config.base_fields(meta, rope_freqs)
+  # A Mistral converted with its sliding window states it as llama.attention.sliding_window: every layer.
+  window = meta.optional("{arch}.attention.sliding_window", int)
+  return dict(family="llama", qkv_bias=meta.has_tensor("blk.0.attn_q.bias"), sliding_window=window,
+              local_layers=(True,) * fields["n_layers"] if window else (), **fields)
 
 
 FAMILY = Family(name="llama", hf_model_types=("llama", "mistral"), gguf_architectures=("llama",),
