@@ -80,7 +80,7 @@ FEATURES = ("family", "vocab_size", "tie_embeddings", "qkv_bias", "qk_norm", "qk
 
 
 def _write(family, tmp_path):
-  name = "words" if family == "mistral" else "words.gguf"  # mistral: a Hugging Face snapshot directory
+  name = "words" if family == "mistral" else "words.gguf"  # mistral: the one Hugging Face snapshot directory
   return word_model_lib.write(tmp_path / name, family=family)
 
 

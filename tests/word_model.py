@@ -89,8 +89,9 @@ def write(path: str | os.PathLike, *, seed: int = 0, d_model: int = 64, n_layers
   """Writes the word model to ``path`` (about 9 MB) and returns ``str(path)``.
 
   ``family`` (one of ``FAMILIES``) other than ``"llama"`` writes a model of that family with its
-  distinguishing features on (``family_config``): a GGUF file, or for ``"mistral"`` (whose sliding
-  window a llama GGUF cannot state) a Hugging Face snapshot directory at ``path``.
+  distinguishing features on (``family_config``): a GGUF file, or for ``"mistral"`` a Hugging Face
+  snapshot directory at ``path`` (so that one family runs the analyses from safetensors; a Mistral
+  GGUF is tested in ``tests/models/test_families.py``).
   """
   if family != "llama":
     return _write_family(path, family, seed=seed, d_model=d_model, n_layers=n_layers)
