@@ -160,15 +160,18 @@ def load_gguf_params(f: GGUFFile, config: ModelConfig, *, dtype: Any = np.float3
       whole[name] = leaves_lib.convert(leaf, w, leaf.slot_shape(config), permuted=leaf.gguf_permuted)
     return whole[name][tuple(slice(a, b) for a, b in block)]
 
-  def read_rows(leaf: leaves_lib.Leaf, start: int, stop: int) -> np.ndarray:
+  def read_rows(leaf: leaves_lib.Leaf, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
     name = gguf_name(leaf)
     info = f.tensors[name]
     if leaf.convert != "plain" or len(info.shape) < 2:
-      whole = leaves_lib.convert(leaf, read(name), leaf.slot_shape(config), permuted=leaf.gguf_permuted)
-      return whole[start:stop]
+      rows = leaves_lib.convert(leaf, read(name), leaf.slot_shape(config), permuted=leaf.gguf_permuted)
+      rows = rows[start:stop]
+      if out is not None:
+        out[...] = rows
+      return rows if out is None else out
     row = info.nbytes // info.shape[0]  # bytes per row: whole quantization blocks
     raw = f.raw(name)[start * row:stop * row]
-    rows = dequantize(raw, info.ggml_type, (stop - start, *info.shape[1:]), name=name, path=f.path)
+    rows = dequantize(raw, info.ggml_type, (stop - start, *info.shape[1:]), out=out, name=name, path=f.path)
     f.release(name, start * row, stop * row)
     return rows
 

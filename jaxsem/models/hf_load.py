@@ -116,13 +116,18 @@ def load_hf_params(directory: str | os.PathLike, config: ModelConfig, *, dtype: 
       whole[name] = leaves_lib.convert(leaf, w, leaf.slot_shape(config), offset=leaf.hf_offset)
     return whole[name][tuple(slice(a, b) for a, b in block)]
 
-  def read_rows(leaf: leaves_lib.Leaf, start: int, stop: int) -> np.ndarray:
+  def read_rows(leaf: leaves_lib.Leaf, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
     shape = leaf.tensor_shape(config)
     if leaf.convert != "plain" or len(shape) < 2:
       w = tensors.get(name_of(leaf, None), shape)
-      return leaves_lib.convert(leaf, w, leaf.slot_shape(config), offset=leaf.hf_offset)[start:stop]
-    return leaves_lib.convert(leaf, tensors.get(name_of(leaf, None), shape, region=((start, stop),)),
-                              (stop - start, *shape[1:]), offset=leaf.hf_offset)
+      rows = leaves_lib.convert(leaf, w, leaf.slot_shape(config), offset=leaf.hf_offset)[start:stop]
+    else:
+      rows = leaves_lib.convert(leaf, tensors.get(name_of(leaf, None), shape, region=((start, stop),)),
+                                (stop - start, *shape[1:]), offset=leaf.hf_offset)
+    if out is None:
+      return rows
+    out[...] = rows
+    return out
 
   params = leaf_blocks.load_leaves(config, placer, read_layer, read_rows, progress=progress)
   whole.clear()

@@ -26,8 +26,9 @@ from jaxsem.sharding import Index, Placer
 # ``read_layer(leaf, i, block)``: the ``block`` (``(start, stop)`` per slot axis) of layer ``i``'s slot of
 # a stacked leaf, in the params layout (any float dtype).
 ReadLayer = Callable[[Leaf, int, Index], np.ndarray]
-# ``read_rows(leaf, start, stop)``: rows ``[start, stop)`` of an unstacked leaf, in the params layout.
-ReadRows = Callable[[Leaf, int, int], np.ndarray]
+# ``read_rows(leaf, start, stop, out=None)``: rows ``[start, stop)`` of an unstacked leaf, in the params
+# layout; written into ``out`` (C-contiguous, any float dtype) when given, which is then returned.
+ReadRows = Callable[..., np.ndarray]
 
 
 def _inner(block: Index) -> tuple[slice, ...]:
@@ -96,14 +97,21 @@ def load_leaves(config: ModelConfig, placer: Placer, read_layer: ReadLayer, read
     else:
       for start, stop in sorted({b[0] for b in blocks}):
         n = max(0, min(stop, shape[0]) - start)
-        rows = read_rows(leaf, start, start + n) if n else None
-        for b, buf in bufs.items():
-          if b[0] == (start, stop):
-            if n:
-              buf[:n] = rows[(slice(None), *_inner(b))]
-            buf[n:] = 0  # rows past the vocabulary: padding
-        if rows is not None:
-          advance(rows.size)
+        same = [b for b in blocks if b[0] == (start, stop)]
+        # A block of whole rows is read straight into its buffer (no second copy of the embedding).
+        direct = next((b for b in same if all(sl == (0, d) for sl, d in zip(b[1:], shape[1:]))), None)
+        if not n:
+          rows = None
+        elif direct is not None:
+          rows = read_rows(leaf, start, start + n, out=bufs[direct][:n])
+        else:
+          rows = read_rows(leaf, start, start + n)
+        for b in same:
+          if n and b != direct:
+            bufs[b][:n] = rows[(slice(None), *_inner(b))]
+          bufs[b][n:] = 0  # rows past the vocabulary: padding
+        if n:
+          advance(n * math.prod(shape[1:]))
         del rows
     leaf_value = placer.assemble(leaf.path, shape, bufs)
     if leaf.stacked:
