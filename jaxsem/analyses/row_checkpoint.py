@@ -56,7 +56,7 @@ class RowCheckpoint:
 
   def __init__(self, directory: str | os.PathLike, name: str, fingerprint: str, n_rows: int, width: int,
                block_rows: int, *, attributes: dict | None = None, overwrite: bool = True,
-               read_back: bool = True):
+               read_back: bool = True, overlap_writes: bool = False):
     """Opens (or starts) ``directory/<name>.zarr`` on process 0 and agrees on its committed blocks.
 
     Args:
@@ -68,6 +68,8 @@ class RowCheckpoint:
       overwrite: replace an array of another fingerprint (else refuse, naming
         ``--overwrite``).
       read_back: load the committed blocks for ``get``; False only skips them.
+      overlap_writes: ``commit`` returns while its block is being written (committed by the next
+        ``commit`` or ``finalize``), so the next block's work overlaps the write.
 
     Raises:
       InputError: on every process, when process 0 cannot open or create the array.
@@ -75,6 +77,7 @@ class RowCheckpoint:
     self.path = Path(directory) / f"{name}.zarr"
     self.block_rows = int(block_rows)
     self.n_rows, self.width = int(n_rows), int(width)
+    self.overlap_writes = overlap_writes
     self._writer, error = None, None
     if distributed.is_main():
       try:
@@ -121,7 +124,10 @@ class RowCheckpoint:
 
   def commit(self, start: int, block: np.ndarray) -> None:
     """Stores a computed block; on every process, stops all of them if process 0 cannot write."""
-    self._on_main(lambda w: w.write(start, np.asarray(block, np.float32)))
+    if self.overlap_writes:
+      self._on_main(lambda w: w.write_async(start, np.asarray(block, np.float32)))
+    else:
+      self._on_main(lambda w: w.write(start, np.asarray(block, np.float32)))
 
   def finalize(self) -> None:
     """Marks the array complete (every block committed); on every process, as ``commit``."""

@@ -247,7 +247,8 @@ def _write_matrix(model, opts: SweepOptions, space, what: str, vocab, dirs, out_
            "sign": "positive pole minus negative pole"}
   key = fingerprint(model, opts, space.provenance(), list(dirs.names), (n_vocab, n_dirs))
   store = row_checkpoint.RowCheckpoint(out_dir, ZARR_NAME.removesuffix(".zarr"), key, n_vocab, n_dirs, chunk,
-                                       attributes=attrs, overwrite=opts.overwrite, read_back=False)
+                                       attributes=attrs, overwrite=opts.overwrite, read_back=False,
+                                       overlap_writes=True)
   n_chunks = -(-n_vocab // chunk)
   skip = store.committed
   resumed_rows = store.committed_rows

@@ -66,12 +66,24 @@ class ZarrWriter:
     self.fingerprint = fingerprint
     self.written: set[int] = set(written or ())
     self.resumed = len(self.written)
+    self._inflight: tuple[int, Any, np.ndarray] | None = None
 
   def write(self, start: int, block: np.ndarray) -> None:
-    """Writes ``block [rows, S]`` at row ``start`` and waits until it is on disk.
+    """Writes ``block [rows, S]`` at row ``start`` and waits until it is on disk (and committed).
 
     Raises:
-      InputError: If the block is not chunk-aligned or has the wrong shape.
+      InputError: If the block is not chunk-aligned or has the wrong shape, or a write failed.
+    """
+    self.write_async(start, block)
+    self.flush()
+
+  def write_async(self, start: int, block: np.ndarray) -> None:
+    """Starts writing ``block`` at row ``start`` and returns; the chunk is committed (listed in
+    ``written`` and the state file) by the next ``write_async``, ``flush`` or ``finalize``, once its
+    bytes are stored. At most one write is in flight: the previous one is waited for first.
+
+    Raises:
+      InputError: As ``write``; a failed write is reported by the call that waits for it.
     """
     block = np.asarray(block, np.float32)
     n, s = self.shape
@@ -79,9 +91,22 @@ class ZarrWriter:
     if start % self.chunk_rows or not 0 <= start < n or block.shape != (expected, s):
       raise InputError(f"Block at row {start} of shape {block.shape} does not fill one chunk of"
                        f" {self.path}; expected a multiple of {self.chunk_rows} and shape {(expected, s)}.")
+    self.flush()
     try:
-      self.store[start:start + expected].write(block).result()
+      future = self.store[start:start + expected].write(block)
     except ValueError as e:  # tensorstore reports I/O failures (full disk, read-only) as ValueError
+      raise _io_error(self.path, e) from None
+    self._inflight = (start, future, block)  # the block stays referenced until it is stored
+
+  def flush(self) -> None:
+    """Waits for the write in flight, if any, and commits its chunk."""
+    if self._inflight is None:
+      return
+    start, future, _ = self._inflight
+    self._inflight = None
+    try:
+      future.result()
+    except ValueError as e:
       raise _io_error(self.path, e) from None
     self.written.add(start)
     if self.fingerprint is not None:
@@ -102,6 +127,7 @@ class ZarrWriter:
     Raises:
       InputError: If some chunks were never written.
     """
+    self.flush()
     missing = self.missing()
     if missing:
       raise InputError(f"{self.path} is incomplete: {len(missing)} row blocks were not written"

@@ -99,6 +99,47 @@ def test_write_failure_is_one_line_and_keeps_committed_chunks(tmp_path):
   np.testing.assert_array_equal(resumed.store[0:32].read().result(), data[:32])
 
 
+def test_overlapped_writes_commit_only_stored_chunks(tmp_path):
+  """``write_async`` returns with its chunk in flight: it is committed (``written``, the state file)
+  only when the next write, ``flush`` or ``finalize`` has waited for it. A run that dies with a write
+  in flight resumes without that chunk; a failed write is reported by the call that waits for it."""
+  path, data = tmp_path / "m.zarr", _data()
+  writer = zarr_out.open_resumable(path, (N, S), CHUNK, fingerprint="abc")
+  writer.write_async(0, data[:32])
+  assert writer.written == set()
+  writer.write_async(32, data[32:64])  # waits for chunk 0 first
+  assert writer.written == {0}
+  assert json.loads((path / zarr_out.STATE_NAME).read_text())["done"] == [0]
+  del writer  # dies with chunk 32 in flight
+  resumed = zarr_out.open_resumable(path, (N, S), CHUNK, fingerprint="abc")
+  assert resumed.written == {0} and resumed.missing() == [32, 64, 96]
+  for r in resumed.missing():
+    resumed.write_async(r, data[r:r + CHUNK])
+  resumed.finalize()  # flushes the last one
+  assert resumed.written == {0, 32, 64, 96}
+  np.testing.assert_array_equal(zarr_out.open_for_read(path).read().result(), data)
+
+  broken = zarr_out.open_resumable(tmp_path / "b.zarr", (N, S), CHUNK, fingerprint="abc")
+
+  class FailsLater:  # the write starts, then its future fails (as a full disk does)
+    shape = broken.store.shape
+
+    def __getitem__(self, index):
+      class Chunk:
+        def write(self, block):
+          class Future:
+            def result(self):
+              raise ValueError("Error writing local file \"c/1/0\": [OS error 28: No space left on device]")
+          return Future()
+      return Chunk()
+
+  broken.store = FailsLater()
+  broken.write_async(32, data[32:64])
+  with pytest.raises(InputError, match="No space left on device"):
+    broken.write_async(64, data[64:96])
+  assert broken.written == set()
+
+
 def test_row_checkpoint_round_trip(tmp_path):
   """Committed blocks come back on the next run; other inputs start from scratch."""
   data = _data()
