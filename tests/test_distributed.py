@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from jaxsem import distributed
+from jaxsem import output_filter
 from jaxsem.errors import InputError
 from tests.test_launch import REPO, _assert_one_line_error
 
@@ -608,10 +609,10 @@ def test_line_dropper_drops_only_prefixed_runs():
   expected = b"before 0\n[Glo\n[G\r progress 1/2\r progress 2/2\n\xff\xfe\x00 binary\n\n[[Gl"
   assert re.sub(rb"\[Gloo\][^\n]*(\n|$)", b"", stream) == expected
   for size in (1, 2, 3, 5, 7, len(stream)):
-    dropper = distributed.LineDropper(b"[Gloo]")
+    dropper = output_filter.LineDropper(b"[Gloo]")
     out = b"".join(dropper.feed(stream[i:i + size]) for i in range(0, len(stream), size)) + dropper.flush()
     assert out == expected, size
-  dropper = distributed.LineDropper(b"[Gloo]")
+  dropper = output_filter.LineDropper(b"[Gloo]")
   # A line that cannot be a dropped one is passed on at once, without waiting for its newline.
   assert dropper.feed(b"\rsteer grid: 1/8") == b"\rsteer grid: 1/8"
   assert dropper.feed(b"\n[Gl") == b"\n" and dropper.feed(b"ad") == b"[Glad"
