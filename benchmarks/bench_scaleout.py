@@ -20,12 +20,16 @@ the time to check and skip finished chunks), and a run killed with ``kill -9`` o
 half of the chunks were committed, then resumed: its matrix time against the uninterrupted
 run's share for the same chunks is the overhead of resuming.
 
+``--repeats=N`` runs the 1-device row and the numpy peer N times each, alternating, each in a
+fresh process, and reports the median and the spread; ``--rows`` picks the rows to run.
+
 On a 2-core machine 8 fake devices and 2 processes share the same two cores, so these rows
 measure the overhead of sharding and of the collectives, not a speed-up.
 """
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -42,6 +46,9 @@ _MODEL = flags.DEFINE_string("model", "gemma3-270m", "Embedded model whose vocab
 _SCALES = flags.DEFINE_string("scales", "wordnet", "Scale set whose directions are projected on.")
 _CHUNK = flags.DEFINE_integer("chunk_rows", 8192, "Vocabulary rows per block and zarr chunk.")
 _MESH = flags.DEFINE_string("mesh", "data:2,model:4", "Mesh of the 8-device and 2-process rows.")
+_ROWS = flags.DEFINE_list("rows", ["one", "eight", "two", "resume"],
+                          "Rows to run: one (1 device, with the numpy peer), eight, two, resume.")
+_REPEATS = flags.DEFINE_integer("repeats", 1, "Runs of the 1-device row and of the numpy peer, alternating.")
 
 _NUMPY = """
 import numpy as np, tensorstore as ts
@@ -127,23 +134,36 @@ def _killed_then_resumed(out: str, share: float = 0.5) -> tuple[int, int, dict]:
   return committed, total, _run(out)
 
 
+def _spread(values: list) -> str:
+  return ", ".join(f"{v:.2f}" for v in values)
+
+
 def main(argv):
   del argv
   print(f"machine: {common.machine()}")
-  rows = []
+  rows, ones, refs = [], [], []
   with tempfile.TemporaryDirectory(prefix="bench-scaleout-") as tmp:
-    one = _run(os.path.join(tmp, "one"))
-    rows.append(("jaxsem, 1 process x 1 device", one))
-    rows.append((f"jaxsem, 1 process x 8 devices ({_MESH.value})",
-                 _run(os.path.join(tmp, "eight"), devices=8, mesh=_MESH.value)))
-    rows.append((f"jaxsem, 2 processes x 4 devices ({_MESH.value})",
-                 _run(os.path.join(tmp, "two"), devices=4, processes=2, mesh=_MESH.value)))
     paths = dict(v_path=os.path.join(tmp, "v.npy"), u_path=os.path.join(tmp, "u.npy"))
-    common.run_snippet(common.VOCAB_PREP.format(model=_MODEL.value, scales=_SCALES.value, rows="", policy="mean", **paths),
-                       env={"JAX_PLATFORMS": "cpu"})
-    ref = common.run_snippet(_NUMPY.format(out=os.path.join(tmp, "numpy.zarr"), chunk=_CHUNK.value, **paths))
-    skip = _run(os.path.join(tmp, "one"))  # every chunk already committed
-    committed, total, resumed = _killed_then_resumed(os.path.join(tmp, "killed"))
+    common.run_snippet(common.VOCAB_PREP.format(model=_MODEL.value, scales=_SCALES.value, rows="", policy="mean",
+                                                **paths), env={"JAX_PLATFORMS": "cpu"})
+    numpy_out = os.path.join(tmp, "numpy.zarr")
+    for _ in range(_REPEATS.value):
+      shutil.rmtree(os.path.join(tmp, "one"), ignore_errors=True)  # a fresh sweep, not a resumed one
+      ones.append(_run(os.path.join(tmp, "one")))
+      refs.append(common.run_snippet(_NUMPY.format(out=numpy_out, chunk=_CHUNK.value, **paths)))
+      shutil.rmtree(numpy_out)
+    one = sorted(ones, key=lambda z: z["seconds"])[len(ones) // 2]
+    ref = sorted(refs, key=lambda r: r["seconds"])[len(refs) // 2]
+    rows.append(("jaxsem, 1 process x 1 device", one))
+    if "eight" in _ROWS.value:
+      rows.append((f"jaxsem, 1 process x 8 devices ({_MESH.value})",
+                   _run(os.path.join(tmp, "eight"), devices=8, mesh=_MESH.value)))
+    if "two" in _ROWS.value:
+      rows.append((f"jaxsem, 2 processes x 4 devices ({_MESH.value})",
+                   _run(os.path.join(tmp, "two"), devices=4, processes=2, mesh=_MESH.value)))
+    if "resume" in _ROWS.value:
+      skip = _run(os.path.join(tmp, "one"))  # every chunk already committed
+      committed, total, resumed = _killed_then_resumed(os.path.join(tmp, "killed"))
 
   n, s = one["shape"]
   print(f"work: {_MODEL.value} {n} tokens x {_SCALES.value} {s} directions, cosine, chunks of {_CHUNK.value} "
@@ -154,12 +174,16 @@ def main(argv):
     print(f"{name:44s} {z['seconds']:9.2f} {z['scores_per_second'] / 1e6:11.1f} "
           f"{z['scores_per_second'] / numpy_rate:8.2f}x")
   print(f"{'numpy + tensorstore, 1 process':44s} {ref['seconds']:9.2f} {numpy_rate / 1e6:11.1f} {1:8.2f}x")
-  print(f"resume, all {skip['resumed']['chunks_skipped']} chunks finished: {skip['seconds']:.2f} s to check "
-        f"and skip them")
-  expected = one["seconds"] * resumed["resumed"]["chunks_computed"] / total
-  print(f"resume after kill -9 with {committed}/{total} chunks committed: {resumed['seconds']:.2f} s for the "
-        f"other {resumed['resumed']['chunks_computed']} (uninterrupted share {expected:.2f} s; overhead "
-        f"{resumed['seconds'] - expected:+.2f} s)")
+  if _REPEATS.value > 1:
+    print(f"1-device row and numpy: medians of {_REPEATS.value} alternating runs; jaxsem "
+          f"{_spread([z['seconds'] for z in ones])} s, numpy {_spread([r['seconds'] for r in refs])} s")
+  if "resume" in _ROWS.value:
+    print(f"resume, all {skip['resumed']['chunks_skipped']} chunks finished: {skip['seconds']:.2f} s to check "
+          f"and skip them")
+    expected = one["seconds"] * resumed["resumed"]["chunks_computed"] / total
+    print(f"resume after kill -9 with {committed}/{total} chunks committed: {resumed['seconds']:.2f} s for the "
+          f"other {resumed['resumed']['chunks_computed']} (uninterrupted share {expected:.2f} s; overhead "
+          f"{resumed['seconds'] - expected:+.2f} s)")
 
 
 if __name__ == "__main__":

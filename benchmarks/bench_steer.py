@@ -31,6 +31,13 @@ Each side then runs in its own fresh process on the CPU:
   embedding scale), i.e. the residual entering the first block, which is jaxsem's
   ``embed`` site. ``logits_to_keep=1``, no KV cache; the same pole log-odds from the
   last position's logits.
+* transformers + PyTorch with the same prefix reuse as jaxsem (what a competent user of the
+  library would write): the shared prefix runs once with ``use_cache=True``; for each batch
+  of ``--prefix_batch`` rows its cache is copied and repeated over the batch
+  (``DynamicCache.batch_repeat_interleave``) and only the suffix tokens (the word and the
+  template's tail) run, with the vector added to the word's ``inputs_embeds`` and position
+  ids continuing after the prefix. Every word is one token, so all suffixes have one length
+  and need no padding.
 
 The figure is the median of ``--repeats`` passes over all rows. Both sides must give
 the same ratings: their largest difference, relative to the largest rating magnitude,
@@ -55,6 +62,7 @@ _ALPHAS = flags.DEFINE_list("alphas", ["-1", "-0.5", "0.5", "1"], "Strengths, in
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the word sample.")
 _BATCH = flags.DEFINE_integer("batch", 256, "jaxsem rows per compiled call.")
 _REF_BATCH = flags.DEFINE_integer("ref_batch", 16, "transformers prompts per forward call.")
+_PREFIX_BATCH = flags.DEFINE_integer("prefix_batch", 64, "prefix-reusing transformers rows per call.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed passes over the grid (after one warm-up).")
 _RTOL = 1e-3
 
@@ -188,6 +196,62 @@ _report(seconds=float(np.median(times)), times=times, first_s=first, threads=tor
         version=f"transformers {{transformers.__version__}}, torch {{torch.__version__}}")
 """
 
+_PREFIX_REFERENCE = """
+import copy
+import numpy as np, torch, transformers
+torch.set_num_threads(os.cpu_count())
+from transformers import AutoModelForCausalLM
+tmp = {tmp!r}
+load = lambda key: torch.from_numpy(np.load(os.path.join(tmp, key + ".npy")))
+with open(os.path.join(tmp, "meta.json")) as f:
+  meta = json.load(f)
+m = AutoModelForCausalLM.from_pretrained({dir!r}, gguf_file={file!r}, dtype=torch.float32).eval()
+embed = m.get_input_embeddings()
+rows, positive, negative = load("rows").long(), load("positive").long(), load("negative").long()
+word_index, vectors = load("word_index").long(), load("vectors")
+prefix = torch.tensor([meta["prefix"]])
+suffixes = torch.tensor(meta["suffixes"])  # [W, S]: one length, every word a single token
+word_at = torch.tensor([p[0] for p in meta["word_positions"]])
+n_prefix, n_suffix = prefix.shape[1], suffixes.shape[1]
+positions = torch.arange(n_prefix, n_prefix + n_suffix)[None]
+keep_pos, keep_neg = positive.clamp(min=0), negative.clamp(min=0)
+
+def pole_lse(logits, index, keep):
+  picked = logits[:, keep]
+  return torch.logsumexp(picked.masked_fill(index < 0, -torch.inf), dim=-1)
+
+def run():
+  t0 = time.perf_counter()
+  cache = m(input_ids=prefix, use_cache=True).past_key_values
+  prefix_s = time.perf_counter() - t0
+  out = []
+  for start in range(0, len(word_index), {prefix_batch}):
+    w = word_index[start:start + {prefix_batch}]
+    batch = copy.deepcopy(cache)
+    batch.batch_repeat_interleave(len(w))
+    x = embed(suffixes[w])
+    x[torch.arange(len(w)), word_at[w]] += vectors[start:start + {prefix_batch}]
+    mask = torch.ones((len(w), n_prefix + n_suffix), dtype=torch.long)
+    logits = m(inputs_embeds=x, attention_mask=mask, position_ids=positions.expand(len(w), -1),
+               past_key_values=batch, use_cache=True, logits_to_keep=1).logits[:, -1, rows].float()
+    out.append(pole_lse(logits, positive, keep_pos) - pole_lse(logits, negative, keep_neg))
+  return torch.cat(out), prefix_s
+
+with torch.inference_mode():
+  t0 = time.perf_counter()
+  run()  # warm-up
+  first = time.perf_counter() - t0
+  times, prefix_times = [], []
+  for _ in range({repeats}):
+    t0 = time.perf_counter()
+    ratings, prefix_s = run()
+    times.append(time.perf_counter() - t0)
+    prefix_times.append(prefix_s)
+np.save(os.path.join(tmp, "ratings_prefix_reference.npy"), ratings.numpy())
+_report(seconds=float(np.median(times)), times=times, prefix_s=float(np.median(prefix_times)), first_s=first,
+        suffix_tokens=n_suffix, rss_mb=_peak_rss_mb())
+"""
+
 
 def main(argv):
   del argv
@@ -201,28 +265,30 @@ def main(argv):
                                            tmp=tmp), env=cpu)
     kw = dict(tmp=tmp, repeats=_REPEATS.value)
     ours = common.run_snippet(_JAXSEM.format(model=_MODEL.value, batch=_BATCH.value, **kw), env=cpu)
-    ref = common.run_snippet(_REFERENCE.format(dir=os.path.dirname(path), file=os.path.basename(path),
-                                               ref_batch=_REF_BATCH.value, **kw))
+    ref_file = dict(dir=os.path.dirname(path), file=os.path.basename(path))
+    ref = common.run_snippet(_REFERENCE.format(ref_batch=_REF_BATCH.value, **ref_file, **kw))
+    reuse = common.run_snippet(_PREFIX_REFERENCE.format(prefix_batch=_PREFIX_BATCH.value, **ref_file, **kw))
     a = np.load(os.path.join(tmp, "ratings_jaxsem.npy")).astype(np.float64)
     b = np.load(os.path.join(tmp, "ratings_reference.npy")).astype(np.float64)
+    c = np.load(os.path.join(tmp, "ratings_prefix_reference.npy")).astype(np.float64)
     with open(os.path.join(tmp, "meta.json")) as f:
       words = json.load(f)["words"]
 
   n = prep["rows"]
-  ours_ps, ref_ps = n / ours["seconds"], n / ref["seconds"]
-  diff = np.abs(a - b)
+  ours_ps, ref_ps, reuse_ps = n / ours["seconds"], n / ref["seconds"], n / reuse["seconds"]
+  diff, diff_reuse = np.abs(a - b), np.abs(a - c)
   span = float(np.max(np.abs(b)))
-  rel = float(diff.max()) / span
+  rel, rel_reuse = float(diff.max()) / span, float(diff_reuse.max()) / span
   print(f"grid: {_MODEL.value}, {prep['words']} words x {prep['steered']} of {prep['scales']} "
         f"{_SCALES.value} scales x {len(alphas)} strengths {alphas} = {n} prompts, rated on "
         f"{prep['scales']} scales; site embed (norm {prep['site_norm']:.3f}); "
         f"prepared in {prep['seconds']:.1f} s")
   print(f"  words: {', '.join(words)}")
   print(f"versions: jax {ours['version']}; {ref['version']}")
-  print(f"{'model':24s} {'rows':>5s} {'tokens':>7s} {'jaxsem p/s':>11s} {'ref p/s':>9s} {'speedup':>8s} "
-        f"{'max |diff|':>11s} {'rel':>9s}")
-  print(f"{_MODEL.value:24s} {n:5d} {prep['tokens']:7.1f} {ours_ps:11.1f} {ref_ps:9.1f} "
-        f"{ours_ps / ref_ps:7.2f}x {diff.max():11.2e} {rel:9.2e}")
+  print(f"{'model':24s} {'rows':>5s} {'tokens':>7s} {'jaxsem p/s':>11s} {'naive p/s':>10s} {'ratio':>7s} "
+        f"{'prefix p/s':>11s} {'ratio':>7s} {'rel diff':>9s}")
+  print(f"{_MODEL.value:24s} {n:5d} {prep['tokens']:7.1f} {ours_ps:11.1f} {ref_ps:10.1f} "
+        f"{ours_ps / ref_ps:6.2f}x {reuse_ps:11.1f} {ours_ps / reuse_ps:6.2f}x {max(rel, rel_reuse):9.2e}")
   print(f"  tokens: mean full prompt length ({prep['prefix']} of them the shared prefix)")
   print(f"  jaxsem: batch {ours['batch']}, median {ours['seconds']:.2f} s of "
         f"{', '.join(f'{t:.2f}' for t in ours['times'])}; "
@@ -233,9 +299,16 @@ def main(argv):
         f"{ref['threads']} threads, median {ref['seconds']:.2f} s of "
         f"{', '.join(f'{t:.2f}' for t in ref['times'])}; warm-up pass {ref['first_s']:.2f} s; "
         f"peak RSS {ref['rss_mb']:.0f} MB")
-  print(f"  agreement: max |rating difference| {diff.max():.2e}, mean {diff.mean():.2e}; largest |rating| "
-        f"{span:.2f}; relative {rel:.2e} (limit {_RTOL:g})")
+  print(f"  transformers with prefix reuse: batch {_PREFIX_BATCH.value}, {reuse['suffix_tokens']} suffix tokens "
+        f"per row, median {reuse['seconds']:.2f} s of {', '.join(f'{t:.2f}' for t in reuse['times'])} "
+        f"(prefix pass {reuse['prefix_s']:.3f} s of it); warm-up pass {reuse['first_s']:.2f} s; "
+        f"peak RSS {reuse['rss_mb']:.0f} MB")
+  print(f"  agreement: max |rating difference| naive {diff.max():.2e} (mean {diff.mean():.2e}), prefix reuse "
+        f"{diff_reuse.max():.2e}; largest |rating| {span:.2f}; relative {rel:.2e} and {rel_reuse:.2e} "
+        f"(limit {_RTOL:g})")
   assert rel < _RTOL, f"jaxsem and transformers ratings differ by {diff.max():.3g} (relative {rel:.3g})"
+  assert rel_reuse < _RTOL, (f"jaxsem and prefix-reusing transformers ratings differ by {diff_reuse.max():.3g} "
+                             f"(relative {rel_reuse:.3g})")
 
 
 if __name__ == "__main__":

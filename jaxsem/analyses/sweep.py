@@ -254,6 +254,7 @@ def _write_matrix(model, opts: SweepOptions, space, what: str, vocab, dirs, out_
   resumed_rows = store.committed_rows
   progress = Progress(f"sweep {what}", n_vocab, unit="tokens")
   progress.resume(resumed_rows)
+  jax.block_until_ready((vocab, dirs.vectors))  # the matrix stage times the matrix, not its inputs
   t0 = time.perf_counter()
   projection.project_chunked(vocab, dirs.vectors, chunk, opts.metric, sink=store.commit, mesh=model.mesh,
                              progress=progress, skip=skip)

@@ -7,17 +7,22 @@ chunk is ever read back and rewritten. Unwritten cells read as NaN (the fill val
 Completion is recorded by a marker file, ``.complete``, written atomically after the
 last chunk's write has finished; ``open_for_read`` refuses an array without it.
 
-Long sweeps are resumable. Each chunk is committed in two steps: tensorstore writes the
-chunk and waits until it is stored, then ``.state.json`` (rewritten atomically) adds
-its start row to ``done``. A run killed at any moment therefore leaves every chunk
-listed in ``done`` complete; a chunk written but not yet listed (or half written) is
-simply computed and written again. ``open_resumable`` reopens such an array when its
+Long sweeps are resumable. Each chunk is committed in three steps: tensorstore writes the
+chunk's file (without syncing it), the file and its directories are fsynced, then
+``.state.json`` (rewritten atomically) adds its start row to ``done``. A run killed at any
+moment, or a machine that loses power, therefore leaves every chunk listed in ``done``
+complete on disk; a chunk written but not yet listed (or half written) is simply computed
+and written again. ``write_async`` runs the sync and the commit on a worker thread, in
+order, so the disk's write-back overlaps the next chunk's computation instead of
+stalling it (tensorstore's own ``file_io_sync`` would fsync inside the write). ``open_resumable`` reopens such an array when its
 ``fingerprint`` (a digest of everything that determines the values) matches, and the
 writer's ``written`` then holds the chunks to skip.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import errno
 import json
 import os
@@ -35,10 +40,34 @@ from jaxsem.io.out_dir import write_error
 COMPLETE_MARKER = ".complete"
 STATE_NAME = ".state.json"
 _METADATA = "zarr.json"
+_MAX_PENDING = 2  # chunks written but not yet committed; each keeps its block in memory
 
 
 def _spec(path: Path) -> dict[str, Any]:
-  return {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)}}
+  # The writer makes chunks durable itself (``_sync_chunk``) before committing them.
+  return {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)},
+          "context": {"file_io_sync": False}}
+
+
+def _fsync(path: Path) -> None:
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+def _sync_chunk(path: Path, index: int) -> None:
+  """Makes the files of row chunk ``index`` (zarr v3 keys ``c/<index>/<j>``) and their
+  directory entries durable."""
+  row_dir = path / "c" / str(index)
+  if not row_dir.is_dir():  # another key layout: sync everything rather than guess
+    os.sync()
+    return
+  for name in os.listdir(row_dir):
+    _fsync(row_dir / name)
+  for directory in (row_dir, path / "c", path):
+    _fsync(directory)
 
 
 def is_complete(path: str | os.PathLike) -> bool:
@@ -66,7 +95,8 @@ class ZarrWriter:
     self.fingerprint = fingerprint
     self.written: set[int] = set(written or ())
     self.resumed = len(self.written)
-    self._inflight: tuple[int, Any, np.ndarray] | None = None
+    self._pending: collections.deque[concurrent.futures.Future] = collections.deque()
+    self._worker: concurrent.futures.ThreadPoolExecutor | None = None
 
   def write(self, start: int, block: np.ndarray) -> None:
     """Writes ``block [rows, S]`` at row ``start`` and waits until it is on disk (and committed).
@@ -78,9 +108,9 @@ class ZarrWriter:
     self.flush()
 
   def write_async(self, start: int, block: np.ndarray) -> None:
-    """Starts writing ``block`` at row ``start`` and returns; the chunk is committed (listed in
-    ``written`` and the state file) by the next ``write_async``, ``flush`` or ``finalize``, once its
-    bytes are stored. At most one write is in flight: the previous one is waited for first.
+    """Starts writing ``block`` at row ``start`` and returns; a worker thread commits the chunk
+    (lists it in ``written`` and the state file) once its bytes are stored and synced. At most
+    ``_MAX_PENDING`` chunks wait to be committed: beyond that the oldest is waited for first.
 
     Raises:
       InputError: As ``write``; a failed write is reported by the call that waits for it.
@@ -91,26 +121,47 @@ class ZarrWriter:
     if start % self.chunk_rows or not 0 <= start < n or block.shape != (expected, s):
       raise InputError(f"Block at row {start} of shape {block.shape} does not fill one chunk of"
                        f" {self.path}; expected a multiple of {self.chunk_rows} and shape {(expected, s)}.")
-    self.flush()
+    while len(self._pending) >= _MAX_PENDING:
+      self._wait_oldest()
     try:
       future = self.store[start:start + expected].write(block)
     except ValueError as e:  # tensorstore reports I/O failures (full disk, read-only) as ValueError
       raise _io_error(self.path, e) from None
-    self._inflight = (start, future, block)  # the block stays referenced until it is stored
+    if self._worker is None:
+      self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="zarr-commit")
+    # One worker: chunks are committed in the order written. The block stays referenced until stored.
+    self._pending.append(self._worker.submit(self._store_and_commit, start, future, block))
 
-  def flush(self) -> None:
-    """Waits for the write in flight, if any, and commits its chunk."""
-    if self._inflight is None:
-      return
-    start, future, _ = self._inflight
-    self._inflight = None
-    try:
-      future.result()
-    except ValueError as e:
-      raise _io_error(self.path, e) from None
+  def _store_and_commit(self, start: int, future: Any, block: np.ndarray) -> None:
+    del block
+    future.result()
+    _sync_chunk(self.path, start // self.chunk_rows)
     self.written.add(start)
     if self.fingerprint is not None:
       self._save_state()
+
+  def _wait_oldest(self) -> None:
+    try:
+      self._pending.popleft().result()
+    except ValueError as e:
+      raise _io_error(self.path, e) from None
+    except OSError as e:
+      raise write_error(self.path, e) from None
+
+  def flush(self) -> None:
+    """Waits until every chunk written so far is stored, synced and committed.
+
+    Raises:
+      InputError: for the first chunk that failed (the others are still waited for).
+    """
+    error = None
+    while self._pending:
+      try:
+        self._wait_oldest()
+      except InputError as e:
+        error = error or e
+    if error is not None:
+      raise error
 
   def _save_state(self) -> None:
     _write_state(self.path, self.fingerprint, self.shape, self.chunk_rows, self.written)
@@ -128,6 +179,9 @@ class ZarrWriter:
       InputError: If some chunks were never written.
     """
     self.flush()
+    if self._worker is not None:
+      self._worker.shutdown()
+      self._worker = None
     missing = self.missing()
     if missing:
       raise InputError(f"{self.path} is incomplete: {len(missing)} row blocks were not written"

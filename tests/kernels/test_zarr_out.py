@@ -1,6 +1,8 @@
 """The zarr writer's commit protocol: resumable chunks, fingerprints, half-written chunks, I/O errors."""
 
+import errno
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -99,26 +101,55 @@ def test_write_failure_is_one_line_and_keeps_committed_chunks(tmp_path):
   np.testing.assert_array_equal(resumed.store[0:32].read().result(), data[:32])
 
 
-def test_overlapped_writes_commit_only_stored_chunks(tmp_path):
-  """``write_async`` returns with its chunk in flight: it is committed (``written``, the state file)
-  only when the next write, ``flush`` or ``finalize`` has waited for it. A run that dies with a write
-  in flight resumes without that chunk; a failed write is reported by the call that waits for it."""
+def _done(path):
+  return json.loads((path / zarr_out.STATE_NAME).read_text())["done"]
+
+
+def test_overlapped_writes_commit_only_synced_chunks(tmp_path, monkeypatch):
+  """``write_async`` returns at once; a worker commits each chunk (``written``, the state file) only
+  after its file and directories were fsynced. Chunks held back in the sync are not committed, so a
+  run that dies then resumes without them; commits follow the order of the writes."""
   path, data = tmp_path / "m.zarr", _data()
+  gates = {i: threading.Event() for i in range(4)}
+  synced = []  # (fsynced path, chunks committed at that moment)
+  real_sync, real_fsync = zarr_out._sync_chunk, zarr_out._fsync
+
+  def gated_sync(array, index):
+    assert gates[index].wait(timeout=60)
+    real_sync(array, index)
+
+  monkeypatch.setattr(zarr_out, "_sync_chunk", gated_sync)
+  monkeypatch.setattr(zarr_out, "_fsync", lambda p: (synced.append((p, _done(path))), real_fsync(p)))
   writer = zarr_out.open_resumable(path, (N, S), CHUNK, fingerprint="abc")
   writer.write_async(0, data[:32])
-  assert writer.written == set()
-  writer.write_async(32, data[32:64])  # waits for chunk 0 first
-  assert writer.written == {0}
-  assert json.loads((path / zarr_out.STATE_NAME).read_text())["done"] == [0]
-  del writer  # dies with chunk 32 in flight
+  writer.write_async(32, data[32:64])  # returns: two chunks may wait for their commit
+  assert writer.written == set() and _done(path) == []
+  # A run that dies now resumes with nothing committed, though both chunks' bytes may be there.
+  assert zarr_out.open_resumable(path, (N, S), CHUNK, fingerprint="abc").written == set()
+  gates[0].set()
+  writer.write_async(64, data[64:96])  # a third chunk waits for the oldest one's commit
+  assert writer.written == {0} and _done(path) == [0]
   resumed = zarr_out.open_resumable(path, (N, S), CHUNK, fingerprint="abc")
   assert resumed.written == {0} and resumed.missing() == [32, 64, 96]
-  for r in resumed.missing():
-    resumed.write_async(r, data[r:r + CHUNK])
-  resumed.finalize()  # flushes the last one
-  assert resumed.written == {0, 32, 64, 96}
+  for gate in gates.values():
+    gate.set()
+  writer.write_async(96, data[96:])
+  writer.finalize()
+  assert writer.written == {0, 32, 64, 96} and _done(path) == [0, 32, 64, 96]
   np.testing.assert_array_equal(zarr_out.open_for_read(path).read().result(), data)
+  # Each chunk's file and directory entries were fsynced before the chunk was committed.
+  for index, start in enumerate(range(0, N, CHUNK)):
+    chunk_file = path / "c" / str(index) / "0"
+    before = [done for p, done in synced if p == chunk_file]
+    assert before and start not in before[0], (chunk_file, before)
+    for directory in (chunk_file.parent, path / "c", path):
+      assert any(p == directory and start not in done for p, done in synced)
 
+
+def test_failed_async_write_or_sync_is_one_line(tmp_path, monkeypatch):
+  """A write whose future fails, or a chunk whose fsync fails, is reported as one line by the
+  call that waits for it, and nothing after the last good chunk is committed."""
+  data = _data()
   broken = zarr_out.open_resumable(tmp_path / "b.zarr", (N, S), CHUNK, fingerprint="abc")
 
   class FailsLater:  # the write starts, then its future fails (as a full disk does)
@@ -133,11 +164,25 @@ def test_overlapped_writes_commit_only_stored_chunks(tmp_path):
           return Future()
       return Chunk()
 
-  broken.store = FailsLater()
+  real, broken.store = broken.store, FailsLater()
   broken.write_async(32, data[32:64])
   with pytest.raises(InputError, match="No space left on device"):
-    broken.write_async(64, data[64:96])
+    broken.flush()
   assert broken.written == set()
+
+  def no_sync(array, index):
+    raise OSError(errno.EIO, "Input/output error")
+
+  broken.store = real
+  broken.write_async(0, data[:32])
+  broken.flush()
+  monkeypatch.setattr(zarr_out, "_sync_chunk", no_sync)
+  broken.write_async(64, data[64:96])
+  with pytest.raises(InputError) as info:
+    broken.finalize()
+  assert "Input/output error" in str(info.value) and "\n" not in str(info.value)
+  assert broken.written == {0} and _done(tmp_path / "b.zarr") == [0]
+  assert not zarr_out.is_complete(tmp_path / "b.zarr")
 
 
 def test_row_checkpoint_round_trip(tmp_path):
