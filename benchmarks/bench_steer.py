@@ -22,7 +22,7 @@ Each side then runs in its own fresh process on the CPU:
 * jaxsem: ``analyses.grid.Grid`` over the same prompts and poles (the shared prefix is
   cached once, the vector is added at the word, only the pole tokens' logits are
   computed), ``Grid.evaluate`` over all rows in batches of ``--batch``; after one
-  warm-up call of the same shapes (compilation reported on its own).
+  warm-up pass over all rows, which compiles every batch shape (compilation reported on its own).
 * transformers + PyTorch (float32, ``torch.set_num_threads(os.cpu_count())``): the
   same GGUF file, batches of ``--ref_batch`` full prompts, left-padded with explicit
   position ids; the vector is added to ``inputs_embeds`` at the word's position, where
@@ -99,7 +99,7 @@ for key, value in dict(rows=poles.rows, positive=poles.positive, negative=poles.
                        word_index=word_index.astype(np.int64), vectors=vectors.astype(np.float32)).items():
   np.save(os.path.join({tmp!r}, key + ".npy"), value)
 _report(seconds=time.perf_counter() - t0, words=len(words), steered=n_steer, scales=len(scales),
-        rows=len(word_index), site_norm=unit, prefix=len(prompts.prefix),
+        rows=len(word_index), site_norm=unit, prefix=len(prompts.prefix), pole_rows=int(len(poles.rows)),
         tokens=float(np.mean([len(s) for s in full])))
 """
 
@@ -130,7 +130,7 @@ build = time.perf_counter() - t0
 b = grid.batch_size
 compile_s[0] = 0.0
 t0 = time.perf_counter()
-grid.evaluate(word_index[:b], vectors[:b])  # warm-up: the compiled batch shape
+grid.evaluate(word_index, vectors)  # warm-up: one pass compiles every batch shape
 first = time.perf_counter() - t0
 compiled = compile_s[0]
 times = []
@@ -139,7 +139,21 @@ for _ in range({repeats}):
   ratings, _ = grid.evaluate(word_index, vectors)
   times.append(time.perf_counter() - t0)
 np.save(os.path.join(tmp, "ratings_jaxsem.npy"), ratings)
-_report(seconds=float(np.median(times)), times=times, build_s=build, first_s=first, compile_s=compiled,
+c = model.config
+peaks = {{}}  # jitted float32 matmuls in this process: the model's MLP shape at one batch, and a square one
+rows = b * max(len(s) for s in meta["suffixes"])
+for name, (m_, k_, n_) in dict(mlp=(rows, c.d_model, c.d_ff), square=(4096, 4096, 4096)).items():
+  x, y = jax.numpy.ones((m_, k_), jax.numpy.float32), jax.numpy.ones((k_, n_), jax.numpy.float32)
+  f = jax.jit(lambda x, y: x @ y)
+  f(x, y).block_until_ready()
+  t0, reps = time.perf_counter(), 0
+  while time.perf_counter() - t0 < 2.0:
+    f(x, y).block_until_ready()
+    reps += 1
+  peaks[name] = 2 * m_ * k_ * n_ * reps / (time.perf_counter() - t0) / 1e9
+config = dict(d=c.d_model, layers=c.n_layers, heads=c.n_heads, kv_heads=c.n_kv_heads, head_dim=c.head_dim,
+              d_ff=c.d_ff)
+_report(peaks=peaks, config=config, seconds=float(np.median(times)), times=times, build_s=build, first_s=first, compile_s=compiled,
         batch=b, rss_mb=_peak_rss_mb(), version=jax.__version__)
 """
 
@@ -253,6 +267,16 @@ _report(seconds=float(np.median(times)), times=times, prefix_s=float(np.median(p
 """
 
 
+def flops_per_prompt(config: dict, prefix: int, suffix: int, pole_rows: int) -> float:
+  """Matmul FLOPs of one steered prompt: ``suffix`` tokens through every block after the shared
+  ``prefix`` (the last block only at the read position, but its keys and values at all), and the
+  pole tokens' logits. Gated MLP; attention over the prefix and the suffix."""
+  d, hd, h, kv, ff = config["d"], config["head_dim"], config["heads"], config["kv_heads"], config["d_ff"]
+  kv_proj = 2 * d * 2 * kv * hd
+  per_token = 2 * d * h * hd + kv_proj + 2 * h * hd * d + 2 * 3 * d * ff + 2 * 2 * h * hd * (prefix + suffix)
+  return (config["layers"] - 1) * suffix * per_token + (suffix * kv_proj + per_token - kv_proj) + 2 * d * pole_rows
+
+
 def main(argv):
   del argv
   print(f"machine: {common.machine()}")
@@ -290,10 +314,17 @@ def main(argv):
   print(f"{_MODEL.value:24s} {n:5d} {prep['tokens']:7.1f} {ours_ps:11.1f} {ref_ps:10.1f} "
         f"{ours_ps / ref_ps:6.2f}x {reuse_ps:11.1f} {ours_ps / reuse_ps:6.2f}x {max(rel, rel_reuse):9.2e}")
   print(f"  tokens: mean full prompt length ({prep['prefix']} of them the shared prefix)")
+  flops = flops_per_prompt(ours["config"], prep["prefix"], reuse["suffix_tokens"], prep["pole_rows"])
+  peaks = ours["peaks"]
+  print(f"  work: {flops / 1e6:.0f} MFLOP of matmuls per prompt; jaxsem {ours_ps * flops / 1e9:.0f} GFLOP/s, "
+        f"prefix-reusing transformers {reuse_ps * flops / 1e9:.0f}, naive transformers {ref_ps * flops / 1e9:.0f} "
+        f"(useful work only); jitted float32 matmul peak here: {peaks['mlp']:.0f} GFLOP/s at the MLP's shape of "
+        f"one batch, {peaks['square']:.0f} at 4096^3; jaxsem's share {ours_ps * flops / 1e9 / peaks['mlp']:.0%} "
+        f"and {ours_ps * flops / 1e9 / peaks['square']:.0%}")
   print(f"  jaxsem: batch {ours['batch']}, median {ours['seconds']:.2f} s of "
         f"{', '.join(f'{t:.2f}' for t in ours['times'])}; "
         f"grid build (prefix cache) {ours['build_s']:.2f} s; "
-        f"warm-up call {ours['first_s']:.2f} s, of which compilation {ours['compile_s']:.2f} s; "
+        f"warm-up pass {ours['first_s']:.2f} s, of which compilation {ours['compile_s']:.2f} s; "
         f"peak RSS {ours['rss_mb']:.0f} MB")
   print(f"  transformers: batch {_REF_BATCH.value} (padded length {ref['padded_length']}), "
         f"{ref['threads']} threads, median {ref['seconds']:.2f} s of "

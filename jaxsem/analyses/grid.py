@@ -45,7 +45,8 @@ class Grid:
       their pole log-odds).
     site: intervention site; with ``layers``, the site's kind alone (``resid_pre`` or
       ``resid_post``).
-    batch_size: rows per call (rounded up to the mesh's data axis).
+    batch_size: rows per call (rounded up to the mesh's data axis); a short last batch runs at a
+      smaller compiled size (``last_batch_rows``).
     layers: the blocks rows may be steered at (empty: every row at ``site``); ``evaluate``
       then takes each row's block (``layer_index``) and runs all of them in one program.
     kernel_readout: the readout's part in the kernel (``Readout.kernel_readout``), its
@@ -174,10 +175,11 @@ class Grid:
       rows = word_index[start:start + b]
       vec = vectors[start:start + b]
       lay = None if row_layers is None else row_layers[start:start + b]
-      if len(rows) < b:  # pad to the compiled batch with unsteered copies of word 0
-        vec = np.concatenate([vec, np.zeros((b - len(rows), vec.shape[1]), np.float32)])
-        lay = None if lay is None else np.concatenate([lay, np.full(b - len(rows), self.layers[0], np.int32)])
-        rows = np.concatenate([rows, np.zeros(b - len(rows), np.int64)])
+      size = last_batch_rows(k, b, self.data_size)
+      if k < size:  # pad to the compiled batch with unsteered copies of word 0
+        vec = np.concatenate([vec, np.zeros((size - k, vec.shape[1]), np.float32)])
+        lay = None if lay is None else np.concatenate([lay, np.full(size - k, self.layers[0], np.int32)])
+        rows = np.concatenate([rows, np.zeros(size - k, np.int64)])
       if lay is None:
         r, rep = steering_k.steered_readout(m.params, m.config, self.cache, *self.batch_inputs(rows),
                                             self._put(vec), self.kernel_readout, site=self.site)
@@ -223,6 +225,20 @@ class Grid:
         self.raw_logits, self.batch_size, np.asarray(self.prompts.prefix), self._ids, self._mask, self._word,
         self.poles.rows, self.poles.positive, self.poles.negative,
         np.zeros(0) if self.read_dirs is None else self.read_dirs, word_index, vectors)
+
+
+def last_batch_rows(k: int, batch_size: int, multiple: int = 1) -> int:
+  """Rows a batch of ``k <= batch_size`` rows is compiled for: ``batch_size`` when full, else the
+  smallest of ``multiple * 2**i`` that holds ``k`` (at most ``batch_size``).
+
+  A short last batch then computes fewer than twice its rows instead of a whole batch
+  (640 rows in batches of 256 run as 256 + 256 + 128, not 3 x 256), and at most
+  ``log2(batch_size / multiple)`` extra shapes are ever compiled.
+  """
+  size = multiple
+  while size < k:
+    size *= 2
+  return min(batch_size, size)
 
 
 def grid_rows(n_words: int, directions: np.ndarray,

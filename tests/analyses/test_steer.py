@@ -108,16 +108,44 @@ def test_evaluate_does_not_depend_on_batch_size_or_row_order(model):
   assert np.ptp(big_r, axis=0).min() > 1e-3
 
 
+def test_short_last_batch_runs_at_the_smallest_power_of_two_size(model, monkeypatch):
+  """A short last batch is compiled for the smallest ``multiple * 2**i`` that holds it, not a full batch."""
+  assert [grid_lib.last_batch_rows(k, 256) for k in (1, 2, 3, 100, 128, 129, 256)] == [1, 2, 4, 128, 128, 256,
+                                                                                       256]
+  assert [grid_lib.last_batch_rows(k, 24, 8) for k in (1, 8, 9, 17, 24)] == [8, 8, 16, 24, 24]
+  d = model.config.d_model
+  wi, vec = _random_rows(d)  # 23 rows
+  sizes = []
+  real = grid_lib.steering_k.steered_readout
+
+  def recording(params, config, cache, ids, *args, **kwargs):
+    sizes.append(ids.shape[0])
+    return real(params, config, cache, ids, *args, **kwargs)
+
+  monkeypatch.setattr(grid_lib.steering_k, "steered_readout", recording)
+  r, _ = _grid(model, 8).evaluate(wi, vec)
+  assert sizes == [8, 8, 8] and r.shape[0] == 23  # 7 left: a batch of 8
+  sizes.clear()
+  _grid(model, 16).evaluate(wi, vec)
+  assert sizes == [16, 8]  # 7 left: 8, not 16
+  sizes.clear()
+  _grid(model, 64).evaluate(wi[:5], vec[:5])
+  assert sizes == [8]
+
+
 def test_zero_strength_rows_equal_the_baseline_exactly(model):
-  """Steered and unsteered rows run through the same program: alpha = 0 changes nothing."""
+  """Steered and unsteered rows run through the same program: alpha = 0 changes nothing. (The baseline
+  runs the same rows in the same batches: programs of other batch sizes, or a row elsewhere in a batch,
+  may round differently in the last bits.)"""
   g = _grid(model, 64, site=f"resid_post.{model.config.n_layers - 2}")
   w = len(WORDS)
-  base, _ = g.evaluate(np.arange(w), np.zeros((w, model.config.d_model), np.float32))
   wi, vec = grid_lib.grid_rows(w, _unit_dirs(2, model.config.d_model, 2) * 10.0, [0.0, 1.0])
+  base, _ = g.evaluate(wi, np.zeros_like(vec))
   r, _ = g.evaluate(wi, vec)
-  r = r.reshape(w, 2, 2, -1)
-  np.testing.assert_array_equal(r[:, :, 0], np.broadcast_to(base[:, None], r[:, :, 0].shape))
-  assert np.abs(r[:, :, 1] - base[:, None]).max() > 1e-3
+  r, base = r.reshape(w, 2, 2, -1), base.reshape(w, 2, 2, -1)
+  np.testing.assert_array_equal(r[:, :, 0], base[:, :, 0])
+  assert np.abs(r[:, :, 1] - base[:, :, 1]).max() > 1e-3
+  np.testing.assert_allclose(base, np.broadcast_to(base[:, :1, :1], base.shape), rtol=1e-5, atol=1e-5)
 
 
 def test_sharded_equals_unsharded(model):
