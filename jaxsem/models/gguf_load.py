@@ -122,7 +122,6 @@ def load_gguf_params(f: GGUFFile, config: ModelConfig, *, dtype: Any = np.float3
     f.release(name)
     return array
 
-  whole: dict[str, np.ndarray] = {}  # the last tensor read whole, for the other blocks of its layer
   warned: set[str] = set()
 
   def read_region(name: str, region: tuple[tuple[int, int], ...]) -> np.ndarray | None:
@@ -148,18 +147,6 @@ def load_gguf_params(f: GGUFFile, config: ModelConfig, *, dtype: Any = np.float3
     f.release(name, r0 * row, r1 * row)
     return out if len(info.shape) == 2 else out[0]
 
-  def read_layer(leaf: leaves_lib.Leaf, i: int, block) -> np.ndarray:
-    name = gguf_name(leaf, i)
-    region = leaves_lib.file_block(leaf, config, block)
-    part = None if region is None else read_region(name, region)
-    if part is not None:
-      return leaves_lib.convert(leaf, part, tuple(b - a for a, b in block), permuted=leaf.gguf_permuted)
-    if name not in whole:
-      whole.clear()
-      w = leaves_lib.split(leaf, read(name), config)  # a fused leaf's rows
-      whole[name] = leaves_lib.convert(leaf, w, leaf.slot_shape(config), permuted=leaf.gguf_permuted)
-    return whole[name][tuple(slice(a, b) for a, b in block)]
-
   def read_rows(leaf: leaves_lib.Leaf, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
     name = gguf_name(leaf)
     info = f.tensors[name]
@@ -175,9 +162,10 @@ def load_gguf_params(f: GGUFFile, config: ModelConfig, *, dtype: Any = np.float3
     f.release(name, start * row, stop * row)
     return rows
 
-  params = leaf_blocks.load_leaves(config, placer, read_layer, read_rows, progress=progress)
-  whole.clear()
-  return params
+  read_layer = leaf_blocks.layer_reader(
+      config, lambda leaf, i, region: read_region(gguf_name(leaf, i), region),
+      lambda leaf, i: read(gguf_name(leaf, i)), lambda leaf: {"permuted": leaf.gguf_permuted})
+  return leaf_blocks.load_leaves(config, placer, read_layer, read_rows, progress=progress)
 
 
 def gguf_provenance(f: GGUFFile, config: ModelConfig) -> dict[str, Any]:

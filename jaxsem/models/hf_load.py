@@ -102,20 +102,6 @@ def load_hf_params(directory: str | os.PathLike, config: ModelConfig, *, dtype: 
     for i in (range(config.n_layers) if leaf.stacked else [None]):
       name_of(leaf, i)
 
-  whole: dict[str, np.ndarray] = {}  # the last tensor read whole, for the other blocks of its layer
-
-  def read_layer(leaf: leaves_lib.Leaf, i: int, block) -> np.ndarray:
-    name, shape = name_of(leaf, i), leaf.tensor_shape(config)
-    region = leaves_lib.file_block(leaf, config, block)
-    if region is not None:  # a sliced read of the part this block needs
-      part = tensors.get(name, shape, region=region)
-      return leaves_lib.convert(leaf, part, tuple(b - a for a, b in block), offset=leaf.hf_offset)
-    if name not in whole:
-      whole.clear()
-      w = leaves_lib.split(leaf, tensors.get(name, shape), config)
-      whole[name] = leaves_lib.convert(leaf, w, leaf.slot_shape(config), offset=leaf.hf_offset)
-    return whole[name][tuple(slice(a, b) for a, b in block)]
-
   def read_rows(leaf: leaves_lib.Leaf, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
     shape = leaf.tensor_shape(config)
     if leaf.convert != "plain" or len(shape) < 2:
@@ -129,8 +115,11 @@ def load_hf_params(directory: str | os.PathLike, config: ModelConfig, *, dtype: 
     out[...] = rows
     return out
 
+  read_layer = leaf_blocks.layer_reader(
+      config, lambda leaf, i, region: tensors.get(name_of(leaf, i), leaf.tensor_shape(config), region=region),
+      lambda leaf, i: tensors.get(name_of(leaf, i), leaf.tensor_shape(config)),
+      lambda leaf: {"offset": leaf.hf_offset})
   params = leaf_blocks.load_leaves(config, placer, read_layer, read_rows, progress=progress)
-  whole.clear()
   unused = sorted(n for n in tensors.where
                   if n.startswith(prefix) and n not in used and "rotary_emb" not in n)
   if unused:

@@ -20,6 +20,7 @@ import numpy as np
 from jaxsem.io import host_memory
 from jaxsem.models import families
 from jaxsem.models.config import ModelConfig
+from jaxsem.models.families import leaf_table as leaves_lib
 from jaxsem.models.families.leaf_table import Leaf
 from jaxsem.sharding import Index, Placer
 
@@ -29,6 +30,37 @@ ReadLayer = Callable[[Leaf, int, Index], np.ndarray]
 # ``read_rows(leaf, start, stop, out=None)``: rows ``[start, stop)`` of an unstacked leaf, in the params
 # layout; written into ``out`` (C-contiguous, any float dtype) when given, which is then returned.
 ReadRows = Callable[..., np.ndarray]
+
+
+def layer_reader(config: ModelConfig, read_region: Callable[[Leaf, int, Index], np.ndarray | None],
+                 read_tensor: Callable[[Leaf, int], np.ndarray],
+                 convert_args: Callable[[Leaf], dict[str, Any]]) -> ReadLayer:
+  """The ``read_layer`` of a format, from its two reads of a stored tensor.
+
+  A block reads only its ``leaf_table.file_block`` of the stored tensor (``read_region``, which may
+  answer None when the format cannot read that region alone); otherwise the whole stored tensor is
+  read once (``read_tensor``), converted, and kept for the other blocks of the same layer.
+
+  Args:
+    config: the model's config.
+    read_region: ``(leaf, layer, region)`` -> that region of the stored tensor, or None.
+    read_tensor: ``(leaf, layer)`` -> the whole stored tensor (a fused leaf's: the fused one).
+    convert_args: keyword arguments of ``leaf_table.convert`` for a leaf (its format's conventions).
+  """
+  whole: dict[tuple[str, int], np.ndarray] = {}  # the last tensor read whole
+
+  def read_layer(leaf: Leaf, i: int, block: Index) -> np.ndarray:
+    region = leaves_lib.file_block(leaf, config, block)
+    part = None if region is None else read_region(leaf, i, region)
+    if part is not None:
+      return leaves_lib.convert(leaf, part, tuple(b - a for a, b in block), **convert_args(leaf))
+    if (leaf.path, i) not in whole:
+      whole.clear()
+      w = leaves_lib.split(leaf, read_tensor(leaf, i), config)  # a fused leaf's rows
+      whole[leaf.path, i] = leaves_lib.convert(leaf, w, leaf.slot_shape(config), **convert_args(leaf))
+    return whole[leaf.path, i][tuple(slice(a, b) for a, b in block)]
+
+  return read_layer
 
 
 def _inner(block: Index) -> tuple[slice, ...]:
