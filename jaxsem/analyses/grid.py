@@ -45,8 +45,8 @@ class Grid:
       their pole log-odds).
     site: intervention site; with ``layers``, the site's kind alone (``resid_pre`` or
       ``resid_post``).
-    batch_size: rows per call (rounded up to the mesh's data axis); a short last batch runs at a
-      smaller compiled size (``last_batch_rows``).
+    batch_size: rows per call (rounded up to the mesh's data axis); the short last batch of an
+      evaluation longer than one batch runs at a smaller compiled size (``last_batch_rows``).
     layers: the blocks rows may be steered at (empty: every row at ``site``); ``evaluate``
       then takes each row's block (``layer_index``) and runs all of them in one program.
     kernel_readout: the readout's part in the kernel (``Readout.kernel_readout``), its
@@ -175,7 +175,9 @@ class Grid:
       rows = word_index[start:start + b]
       vec = vectors[start:start + b]
       lay = None if row_layers is None else row_layers[start:start + b]
-      size = last_batch_rows(k, b, self.data_size)
+      # One batch or less runs at the full size, as every small evaluation does: a program per
+      # small size would cost more compilation than its padding costs.
+      size = b if n <= b else last_batch_rows(k, b, self.data_size)
       if k < size:  # pad to the compiled batch with unsteered copies of word 0
         vec = np.concatenate([vec, np.zeros((size - k, vec.shape[1]), np.float32)])
         lay = None if lay is None else np.concatenate([lay, np.full(size - k, self.layers[0], np.int32)])
@@ -233,7 +235,8 @@ def last_batch_rows(k: int, batch_size: int, multiple: int = 1) -> int:
 
   A short last batch then computes fewer than twice its rows instead of a whole batch
   (640 rows in batches of 256 run as 256 + 256 + 128, not 3 x 256), and at most
-  ``log2(batch_size / multiple)`` extra shapes are ever compiled.
+  ``log2(batch_size / multiple)`` extra shapes are ever compiled. ``Grid.evaluate`` uses it
+  for the last batch of evaluations longer than one batch.
   """
   size = multiple
   while size < k:

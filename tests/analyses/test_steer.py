@@ -109,7 +109,8 @@ def test_evaluate_does_not_depend_on_batch_size_or_row_order(model):
 
 
 def test_short_last_batch_runs_at_the_smallest_power_of_two_size(model, monkeypatch):
-  """A short last batch is compiled for the smallest ``multiple * 2**i`` that holds it, not a full batch."""
+  """The short last batch of a longer evaluation is compiled for the smallest ``multiple * 2**i`` that
+  holds it, not a full batch."""
   assert [grid_lib.last_batch_rows(k, 256) for k in (1, 2, 3, 100, 128, 129, 256)] == [1, 2, 4, 128, 128, 256,
                                                                                        256]
   assert [grid_lib.last_batch_rows(k, 24, 8) for k in (1, 8, 9, 17, 24)] == [8, 8, 16, 24, 24]
@@ -130,7 +131,7 @@ def test_short_last_batch_runs_at_the_smallest_power_of_two_size(model, monkeypa
   assert sizes == [16, 8]  # 7 left: 8, not 16
   sizes.clear()
   _grid(model, 64).evaluate(wi[:5], vec[:5])
-  assert sizes == [8]
+  assert sizes == [64]  # one batch or less: the full size, shared by every small evaluation
 
 
 def test_zero_strength_rows_equal_the_baseline_exactly(model):
