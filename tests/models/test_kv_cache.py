@@ -6,6 +6,7 @@ import pytest
 
 from jaxsem import sharding
 from jaxsem.models import forward as fw
+from jaxsem.models import layers
 from jaxsem.models import interventions as iv_lib
 from jaxsem.models.forward import forward_jit
 from jaxsem.models.kv_cache import PrefixCache, prefix_cache
@@ -77,7 +78,7 @@ def test_fused_few_key_attention_equals_the_matmul_attention(model, monkeypatch)
   they take the batched matmuls. Both give the same logits and keys, with and without a prefix."""
   cfg, params = model
   prefix, ids, mask, full_ids, full_mask = _inputs(cfg)
-  assert T * (P + T) <= fw._TINY_ATTENTION  # these rows do take the fused path by default
+  assert T * (P + T) <= layers._TINY_ATTENTION  # these rows do take the fused path by default
 
   def run():  # the threshold is read when the pass is traced: trace it afresh
     jax.clear_caches()
@@ -88,7 +89,7 @@ def test_fused_few_key_attention_equals_the_matmul_attention(model, monkeypatch)
     return np.asarray(cached.logits), np.asarray(cached.captured["keys"]), np.asarray(full.logits)
 
   fused = run()
-  monkeypatch.setattr(fw, "_TINY_ATTENTION", 0)
+  monkeypatch.setattr(layers, "_TINY_ATTENTION", 0)
   matmul = run()
   real = mask == 1
   np.testing.assert_allclose(fused[0][real], matmul[0][real], atol=ATOL)

@@ -1,0 +1,174 @@
+"""The per-layer pieces of the forward pass: RMSNorm, RoPE, attention (grouped-query, with a
+shared cached prefix, and a fused path for few queries on few keys) and the gated MLP.
+
+Pure functions of arrays; ``jaxsem.models.forward`` assembles them into blocks and the pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsem.models.config import ModelConfig, RopeScaling
+
+NEG_INF = -1e30
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float, axis: int | tuple[int, ...] = -1) -> jax.Array:
+  """RMSNorm over ``axis`` (the last by default), computed in float32.
+
+  ``scale`` is the multiplier, shaped like the trailing axes normalised over (``[Dh]`` for
+  ``axis=-1``; ``[heads, Dh]`` for ``axis=(-2, -1)``, one norm over all heads together).
+  """
+  x32 = x.astype(jnp.float32)
+  y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=axis, keepdims=True) + eps)
+  return (y * scale.astype(jnp.float32)).astype(x.dtype)
+
+
+def _qk_norm(q: jax.Array, k: jax.Array, p: dict, cfg: ModelConfig) -> tuple[jax.Array, jax.Array]:
+  """The q/k RMSNorms of ``q`` ``[B, T, H, Dh]`` and ``k`` ``[B, T, K, Dh]``: per head, or over
+  the whole projection (all heads together, as OLMo 2 norms ``q_proj(x)`` before the head split)."""
+  if cfg.qk_norm_scope == "head":
+    return rms_norm(q, p["q_norm"], cfg.norm_eps), rms_norm(k, p["k_norm"], cfg.norm_eps)
+  return (rms_norm(q, p["q_proj_norm"], cfg.norm_eps, axis=(-2, -1)),
+          rms_norm(k, p["k_proj_norm"], cfg.norm_eps, axis=(-2, -1)))
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None) -> np.ndarray:
+  """Inverse frequencies ``[head_dim // 2]`` (float32, as the reference computes them)."""
+  exponents = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
+  inv_freq = (1.0 / (np.float32(theta) ** exponents)).astype(np.float32)
+  if scaling is None:
+    return inv_freq
+  if scaling.kind == "linear":
+    return (inv_freq / np.float32(scaling.factor)).astype(np.float32)
+  if scaling.kind == "llama3":
+    low_wavelen = scaling.original_max_position / scaling.low_freq_factor
+    high_wavelen = scaling.original_max_position / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
+    smooth = (scaling.original_max_position / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+  raise ValueError(f"unknown rope scaling kind {scaling.kind!r}")
+
+
+def rope_tables(positions: jax.Array, inv_freq: np.ndarray) -> tuple[jax.Array, jax.Array]:
+  """cos, sin ``[B, T, head_dim]`` for rotate-half RoPE."""
+  freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None, :]
+  emb = jnp.concatenate([freqs, freqs], axis=-1)
+  return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """Rotate-half RoPE on ``x`` ``[B, T, heads, Dh]`` with tables ``[B, T, Dh]``."""
+  half = x.shape[-1] // 2
+  x32 = x.astype(jnp.float32)
+  rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+  out = x32 * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+  return out.astype(x.dtype)
+
+
+def softcap(x: jax.Array, cap: float | None) -> jax.Array:
+  """``cap * tanh(x / cap)`` (Gemma 2's attention and output soft-caps); ``x`` when ``cap`` is None."""
+  return x if cap is None else jnp.tanh(x / cap) * cap
+
+
+def rows_at(x: jax.Array, index: jax.Array) -> jax.Array:
+  """``x[b, index[b, p]]``: ``[B, T, ...]`` gathered at ``index`` ``[B, Q]`` -> ``[B, Q, ...]``."""
+  return jax.vmap(lambda xb, ib: xb[ib])(x, index)
+
+
+_TINY_ATTENTION = 256  # queries x keys (prefix included) of a row up to which ``_tiny_attention`` is used
+
+
+def _tiny_attention(q, k, v, mask, cfg: ModelConfig, prefix_kv=None) -> jax.Array:
+  """``attention``'s core for few queries on few keys (a steered suffix after a cached prefix).
+
+  Batched matmuls there are many tiny ones, one per row and head group, dearer in per-call
+  overhead than in arithmetic, and each changes the layout. Here the scores and the
+  weighted values are fused elementwise reductions in the queries' ``[B, T, G, Qh, ...]``
+  layout, over the prefix's keys (broadcast over the rows) and the row's own.
+
+  Args:
+    q: ``[B, T, G, Qh, Dh]``; k, v: ``[B, S, G, Dh]``; mask: ``[B, T, P + S]`` bool (prefix first).
+
+  Returns:
+    ``[B, T, G, Qh, Dh]``, in ``v``'s dtype.
+  """
+  f32 = jnp.float32
+  keys, values = k.astype(f32), v.astype(f32)
+  if prefix_kv is not None:
+    b = k.shape[0]
+    pk, pv = (jnp.broadcast_to(x.astype(f32)[None], (b, *x.shape)) for x in prefix_kv)
+    keys, values = jnp.concatenate([pk, keys], axis=1), jnp.concatenate([pv, values], axis=1)
+  scores = jnp.sum(q.astype(f32)[:, :, None] * keys[:, None, :, :, None, :], axis=-1)  # [B, T, S, G, Qh]
+  scores = softcap(scores * cfg.query_scale, cfg.attn_softcap)
+  scores = jnp.where(mask[:, :, :, None, None], scores, NEG_INF)
+  probs = jax.nn.softmax(scores, axis=2)
+  return jnp.sum(probs[..., None] * values[:, None, :, :, None, :], axis=2).astype(v.dtype)
+
+
+def attention(p: dict, x: jax.Array, cfg: ModelConfig, cos, sin, mask: jax.Array,
+              q_index: jax.Array | None = None, prefix_kv: tuple[jax.Array, jax.Array] | None = None):
+  """Grouped-query self-attention. ``x`` [B, T, D]; ``mask`` [B, T, S] bool.
+
+  With ``q_index`` ``[B, Q]`` only those positions are queried (keys and values still
+  cover the whole sequence) and the result is ``[B, Q, D]``.
+
+  With ``prefix_kv`` (keys and values ``[P, n_kv_heads, head_dim]`` of a prefix shared
+  by every row) queries also attend to the prefix; ``mask`` is then ``[B, T, P + T]``
+  with the prefix keys first. The prefix is broadcast over the batch, never copied.
+
+  Returns:
+    ``(out [B, T, D], (k, v))`` with this sequence's keys and values ``[B, T, K, Dh]``.
+  """
+  xq, cos_q, sin_q, mask_q = x, cos, sin, mask
+  if q_index is not None:
+    xq, cos_q, sin_q, mask_q = (rows_at(a, q_index) for a in (x, cos, sin, mask))
+  b, t, _ = xq.shape
+  q = jnp.einsum("btd,dhk->bthk", xq, p["q"])
+  k = jnp.einsum("btd,dgk->btgk", x, p["k"])
+  v = jnp.einsum("btd,dgk->btgk", x, p["v"])
+  if cfg.qkv_bias:
+    q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
+  if cfg.qk_norm:
+    q, k = _qk_norm(q, k, p, cfg)
+  q, k = apply_rope(q, cos_q, sin_q), apply_rope(k, cos, sin)
+  groups = cfg.n_heads // cfg.n_kv_heads
+  q = q.reshape(b, t, cfg.n_kv_heads, groups, cfg.head_dim)
+  if t * (k.shape[1] + (0 if prefix_kv is None else prefix_kv[0].shape[0])) <= _TINY_ATTENTION:
+    out = _tiny_attention(q, k, v, mask_q, cfg, prefix_kv).reshape(b, t, cfg.n_heads, cfg.head_dim)
+    return jnp.einsum("bthk,hkd->btd", out, p["o"]), (k, v)
+  scores = jnp.einsum("btgqk,bsgk->bgqts", q, k, preferred_element_type=jnp.float32)
+  if prefix_kv is not None:
+    pk, pv = prefix_kv
+    pscores = jnp.einsum("btgqk,sgk->bgqts", q, pk, preferred_element_type=jnp.float32)
+    scores = jnp.concatenate([pscores, scores], axis=-1)
+  scores = softcap(scores * cfg.query_scale, cfg.attn_softcap)
+  scores = jnp.where(mask_q[:, None, None, :, :], scores, NEG_INF)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  if prefix_kv is None:
+    out = jnp.einsum("bgqts,bsgk->btgqk", probs, v)
+  else:
+    n = pk.shape[0]
+    out = (jnp.einsum("bgqts,sgk->btgqk", probs[..., :n], pv)
+           + jnp.einsum("bgqts,bsgk->btgqk", probs[..., n:], v))
+  out = out.reshape(b, t, cfg.n_heads, cfg.head_dim)
+  return jnp.einsum("bthk,hkd->btd", out, p["o"]), (k, v)
+
+
+def mlp(p: dict, x: jax.Array, cfg: ModelConfig) -> jax.Array:
+  """Gated MLP: ``act(x W_gate) * (x W_up) W_down``."""
+  gate = jnp.einsum("btd,df->btf", x, p["gate"])
+  up = jnp.einsum("btd,df->btf", x, p["up"])
+  if cfg.activation == "silu":
+    act = jax.nn.silu(gate)
+  else:
+    act = jax.nn.gelu(gate, approximate=True)
+  return jnp.einsum("btf,fd->btd", act * up, p["down"])
