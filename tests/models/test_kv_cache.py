@@ -1,13 +1,15 @@
 """A cached prefix plus suffixes gives what the concatenated prompts give."""
 
+import functools
+
 import jax
 import numpy as np
 import pytest
 
 from jaxsem import sharding
 from jaxsem.models import forward as fw
-from jaxsem.models import layers
 from jaxsem.models import interventions as iv_lib
+from jaxsem.models import layers
 from jaxsem.models.forward import forward_jit
 from jaxsem.models.kv_cache import PrefixCache, prefix_cache
 from tests import toy
@@ -80,9 +82,8 @@ def test_fused_few_key_attention_equals_the_matmul_attention(model, monkeypatch)
   prefix, ids, mask, full_ids, full_mask = _inputs(cfg)
   assert T * (P + T) <= layers._TINY_ATTENTION  # these rows do take the fused path by default
 
-  def run():  # the threshold is read when the pass is traced: trace it afresh
-    jax.clear_caches()
-    f = fw.forward_jit
+  def run():  # the threshold is read when the pass is traced: a new function object traces afresh
+    f = jax.jit(functools.partial(fw.forward), static_argnames=("config", "logits_at", "capture"))
     cached = f(params, cfg, ids, mask, logits_at="all", capture=("keys",),
                prefix=_prefix_cache_jit(params, cfg, prefix))
     full = f(params, cfg, full_ids, full_mask, logits_at="all")
