@@ -1,5 +1,5 @@
 """The per-layer pieces of the forward pass: RMSNorm, RoPE, attention (grouped-query, with a
-shared cached prefix, and a fused path for few queries on few keys) and the gated MLP.
+shared cached prefix) and the gated MLP.
 
 Pure functions of arrays; ``jaxsem.models.forward`` assembles them into blocks and the pass.
 """
@@ -84,36 +84,6 @@ def rows_at(x: jax.Array, index: jax.Array) -> jax.Array:
   return jax.vmap(lambda xb, ib: xb[ib])(x, index)
 
 
-_TINY_ATTENTION = 256  # queries x keys (prefix included) of a row up to which ``_tiny_attention`` is used
-
-
-def _tiny_attention(q, k, v, mask, cfg: ModelConfig, prefix_kv=None) -> jax.Array:
-  """``attention``'s core for few queries on few keys (a steered suffix after a cached prefix).
-
-  Batched matmuls there are many tiny ones, one per row and head group, dearer in per-call
-  overhead than in arithmetic, and each changes the layout. Here the scores and the
-  weighted values are fused elementwise reductions in the queries' ``[B, T, G, Qh, ...]``
-  layout, over the prefix's keys (broadcast over the rows) and the row's own.
-
-  Args:
-    q: ``[B, T, G, Qh, Dh]``; k, v: ``[B, S, G, Dh]``; mask: ``[B, T, P + S]`` bool (prefix first).
-
-  Returns:
-    ``[B, T, G, Qh, Dh]``, in ``v``'s dtype.
-  """
-  f32 = jnp.float32
-  keys, values = k.astype(f32), v.astype(f32)
-  if prefix_kv is not None:
-    b = k.shape[0]
-    pk, pv = (jnp.broadcast_to(x.astype(f32)[None], (b, *x.shape)) for x in prefix_kv)
-    keys, values = jnp.concatenate([pk, keys], axis=1), jnp.concatenate([pv, values], axis=1)
-  scores = jnp.sum(q.astype(f32)[:, :, None] * keys[:, None, :, :, None, :], axis=-1)  # [B, T, S, G, Qh]
-  scores = softcap(scores * cfg.query_scale, cfg.attn_softcap)
-  scores = jnp.where(mask[:, :, :, None, None], scores, NEG_INF)
-  probs = jax.nn.softmax(scores, axis=2)
-  return jnp.sum(probs[..., None] * values[:, None, :, :, None, :], axis=2).astype(v.dtype)
-
-
 def attention(p: dict, x: jax.Array, cfg: ModelConfig, cos, sin, mask: jax.Array,
               q_index: jax.Array | None = None, prefix_kv: tuple[jax.Array, jax.Array] | None = None):
   """Grouped-query self-attention. ``x`` [B, T, D]; ``mask`` [B, T, S] bool.
@@ -142,9 +112,6 @@ def attention(p: dict, x: jax.Array, cfg: ModelConfig, cos, sin, mask: jax.Array
   q, k = apply_rope(q, cos_q, sin_q), apply_rope(k, cos, sin)
   groups = cfg.n_heads // cfg.n_kv_heads
   q = q.reshape(b, t, cfg.n_kv_heads, groups, cfg.head_dim)
-  if t * (k.shape[1] + (0 if prefix_kv is None else prefix_kv[0].shape[0])) <= _TINY_ATTENTION:
-    out = _tiny_attention(q, k, v, mask_q, cfg, prefix_kv).reshape(b, t, cfg.n_heads, cfg.head_dim)
-    return jnp.einsum("bthk,hkd->btd", out, p["o"]), (k, v)
   scores = jnp.einsum("btgqk,bsgk->bgqts", q, k, preferred_element_type=jnp.float32)
   if prefix_kv is not None:
     pk, pv = prefix_kv
