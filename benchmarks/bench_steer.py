@@ -157,7 +157,10 @@ _report(peaks=peaks, config=config, seconds=float(np.median(times)), times=times
         batch=b, rss_mb=_peak_rss_mb(), version=jax.__version__)
 """
 
-_REFERENCE = """
+# What both transformers peers share: the saved inputs, the model from the same GGUF, and the pole
+# log-odds of a batch's logits.
+_TORCH_SETUP = """
+import copy
 import numpy as np, torch, transformers
 torch.set_num_threads(os.cpu_count())
 from transformers import AutoModelForCausalLM
@@ -169,6 +172,14 @@ m = AutoModelForCausalLM.from_pretrained({dir!r}, gguf_file={file!r}, dtype=torc
 embed = m.get_input_embeddings()  # Gemma 3's module multiplies by its embedding scale itself
 rows, positive, negative = load("rows").long(), load("positive").long(), load("negative").long()
 word_index, vectors = load("word_index").long(), load("vectors")
+keep_pos, keep_neg = positive.clamp(min=0), negative.clamp(min=0)
+
+def pole_lse(logits, index, keep):
+  picked = logits[:, keep]  # [B, J, K]
+  return torch.logsumexp(picked.masked_fill(index < 0, -torch.inf), dim=-1)
+"""
+
+_REFERENCE = _TORCH_SETUP + """
 full = meta["full_ids"]
 n_words, length = len(full), max(len(s) for s in full)
 ids = torch.zeros((n_words, length), dtype=torch.long)  # left-padded; pad ids are masked out
@@ -178,11 +189,6 @@ for i, s in enumerate(full):
   mask[i, length - len(s):] = 1
 positions = (mask.cumsum(1) - 1).clamp(min=0)
 word_at = torch.tensor([length - len(s) + p for s, p in zip(full, meta["word_at"])])
-keep_pos, keep_neg = positive.clamp(min=0), negative.clamp(min=0)
-
-def pole_lse(logits, index, keep):
-  picked = logits[:, keep]  # [B, J, K]
-  return torch.logsumexp(picked.masked_fill(index < 0, -torch.inf), dim=-1)
 
 def run():
   out = []
@@ -210,29 +216,12 @@ _report(seconds=float(np.median(times)), times=times, first_s=first, threads=tor
         version=f"transformers {{transformers.__version__}}, torch {{torch.__version__}}")
 """
 
-_PREFIX_REFERENCE = """
-import copy
-import numpy as np, torch, transformers
-torch.set_num_threads(os.cpu_count())
-from transformers import AutoModelForCausalLM
-tmp = {tmp!r}
-load = lambda key: torch.from_numpy(np.load(os.path.join(tmp, key + ".npy")))
-with open(os.path.join(tmp, "meta.json")) as f:
-  meta = json.load(f)
-m = AutoModelForCausalLM.from_pretrained({dir!r}, gguf_file={file!r}, dtype=torch.float32).eval()
-embed = m.get_input_embeddings()
-rows, positive, negative = load("rows").long(), load("positive").long(), load("negative").long()
-word_index, vectors = load("word_index").long(), load("vectors")
+_PREFIX_REFERENCE = _TORCH_SETUP + """
 prefix = torch.tensor([meta["prefix"]])
 suffixes = torch.tensor(meta["suffixes"])  # [W, S]: one length, every word a single token
 word_at = torch.tensor([p[0] for p in meta["word_positions"]])
 n_prefix, n_suffix = prefix.shape[1], suffixes.shape[1]
 positions = torch.arange(n_prefix, n_prefix + n_suffix)[None]
-keep_pos, keep_neg = positive.clamp(min=0), negative.clamp(min=0)
-
-def pole_lse(logits, index, keep):
-  picked = logits[:, keep]
-  return torch.logsumexp(picked.masked_fill(index < 0, -torch.inf), dim=-1)
 
 def run():
   t0 = time.perf_counter()
