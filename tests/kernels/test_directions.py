@@ -113,3 +113,28 @@ def test_bad_inputs_raise_one_sentence():
     dr.pole_mean_difference(np.zeros((0, 3)), x)
   with pytest.raises(InputError, match="inf"):
     dr.normalise(np.array([[np.inf, 1.0]]))
+
+
+def test_nonzero_rows_check_on_device_agrees_with_the_host_and_names_the_row(monkeypatch):
+  """A device array is checked where it lives; a bad row still gets the host's message."""
+  from jaxsem import sharding
+
+  x = np.random.default_rng(0).normal(size=(8, 5)).astype(np.float32)
+  x[3] = [1e-30, 0, 0, 0, 0]  # tiny but not zero: its float32 square underflows, its norm does not
+  mesh = sharding.make_mesh("data:2,model:4")
+  on_mesh = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("model", None)))
+  host_norms = []
+  real_norm = np.linalg.norm
+  monkeypatch.setattr(np.linalg, "norm", lambda *a, **k: host_norms.append(1) or real_norm(*a, **k))
+  for arr in (jax.numpy.asarray(x), on_mesh):
+    dr.check_nonzero_rows(arr, "rows")
+  assert not host_norms  # good device arrays never reach the host path
+  dr.check_nonzero_rows(x, "rows")  # host arrays take it, as before
+  assert host_norms
+  for row, value in ((5, 0.0), (6, np.nan)):
+    bad = x.copy()
+    bad[row] = value
+    for arr in (bad, jax.numpy.asarray(bad),
+                jax.device_put(bad, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("model", None)))):
+      with pytest.raises(InputError, match=f"Row {row} of the rows has zero norm"):
+        dr.check_nonzero_rows(arr, "rows")

@@ -3,6 +3,7 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -185,3 +186,29 @@ def test_zarr_refuses_incomplete_and_misaligned(tmp_path):
   with pytest.raises(InputError, match="choose another path"):
     zarr_out.create(other, (10, 3), chunk_rows=5, overwrite=True)
   assert (other / "keep.txt").exists()
+
+
+@pytest.mark.parametrize("metric", ["cosine", "dot"])
+def test_row_blocks_on_cpu_one_matmul_elsewhere_same_scores(metric, monkeypatch):
+  """On a CPU a tall input walks row blocks (a loop in the program); elsewhere one matmul.
+  Both give the plain-numpy scores, the padded last block included."""
+  monkeypatch.setattr(pr, "_BLOCK_ROWS", 16)  # read when traced; these shapes are traced here only
+  rng = np.random.default_rng(5)
+  v, d = rng.normal(size=(53, 7)).astype(np.float32), rng.normal(size=(6, 7)).astype(np.float32)
+  v[4] = 0  # a zero row scores 0 under cosine
+  want = _ref(v, d, metric)
+  texts = {}
+  for blocked in (True, False):
+    got, _ = pr._project_core(jnp.asarray(v), jnp.asarray(d), metric, "highest", None, blocked)
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+    texts[blocked] = pr._project_core.lower(jnp.asarray(v), jnp.asarray(d), metric, "highest", None,
+                                            blocked).as_text()
+  assert "while" in texts[True] and "while" not in texts[False]
+  assert pr._row_blocks(jnp.asarray(v)) and pr._row_blocks(v)  # CPU arrays, and host ones on a CPU backend
+  cpu_array = jnp.asarray(v)
+
+  class _Accelerator:
+    platform = "gpu"
+
+  monkeypatch.setattr(type(cpu_array), "devices", lambda self: {_Accelerator()})
+  assert not pr._row_blocks(cpu_array)
