@@ -91,6 +91,53 @@ def rows_at(x: jax.Array, index: jax.Array) -> jax.Array:
   return jax.vmap(lambda xb, ib: xb[ib])(x, index)
 
 
+def _grouped_core(q, k, v, mask, prefix_kv, cfg: ModelConfig) -> jax.Array:
+  """Attention's core for grouped queries: ``q`` ``[B, T, H, Dh]``, ``k``, ``v`` ``[B, S, K, Dh]``,
+  ``mask`` ``[B, T, S]`` (``[B, T, P + S]`` with a prefix, its keys first) -> ``[B, T, H, Dh]``."""
+  b, t = q.shape[:2]
+  groups = cfg.n_heads // cfg.n_kv_heads
+  q = q.reshape(b, t, cfg.n_kv_heads, groups, cfg.head_dim)
+  scores = jnp.einsum("btgqk,bsgk->bgqts", q, k, preferred_element_type=jnp.float32)
+  if prefix_kv is not None:
+    pk, pv = prefix_kv
+    pscores = jnp.einsum("btgqk,sgk->bgqts", q, pk, preferred_element_type=jnp.float32)
+    scores = jnp.concatenate([pscores, scores], axis=-1)
+  scores = softcap(scores * cfg.query_scale, cfg.attn_softcap)
+  scores = jnp.where(mask[:, None, None, :, :], scores, NEG_INF)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  if prefix_kv is None:
+    out = jnp.einsum("bgqts,bsgk->btgqk", probs, v)
+  else:
+    n = pk.shape[0]
+    out = (jnp.einsum("bgqts,sgk->btgqk", probs[..., :n], pv)
+           + jnp.einsum("bgqts,bsgk->btgqk", probs[..., n:], v))
+  return out.reshape(b, t, cfg.n_heads, cfg.head_dim)
+
+
+def _one_kv_head_core(q, k, v, mask, prefix_kv, cfg: ModelConfig) -> jax.Array:
+  """Attention's core with one key/value head (``k``, ``v`` ``[B, S, Dh]``), shared by every query head.
+
+  The scores and weighted values are matmuls on q's own ``[B, T, H, Dh]`` layout: the
+  prefix's keys are one ``[P, Dh]`` matrix for every row and head, and a row's own keys
+  one ``[S, Dh]`` matrix for its ``T x H`` queries. The grouped form's layout for one group
+  (``[B, 1, H, T, S]``) would transpose q, the scores and the values around each matmul
+  (Gemma 3's heads at 256 rows of 4 queries after an 11-token prefix: 17 ms a layer instead of 19.5).
+  Arguments and result as ``_grouped_core``'s.
+  """
+  f32 = jnp.float32
+  scores = jnp.einsum("bthk,bsk->bths", q, k, preferred_element_type=f32)
+  if prefix_kv is not None:
+    pk, pv = prefix_kv[0][:, 0], prefix_kv[1][:, 0]
+    scores = jnp.concatenate([jnp.einsum("bthk,sk->bths", q, pk, preferred_element_type=f32), scores], axis=-1)
+  scores = softcap(scores * cfg.query_scale, cfg.attn_softcap)
+  scores = jnp.where(mask[:, :, None, :], scores, NEG_INF)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  if prefix_kv is None:
+    return jnp.einsum("bths,bsk->bthk", probs, v)
+  n = pk.shape[0]
+  return jnp.einsum("bths,sk->bthk", probs[..., :n], pv) + jnp.einsum("bths,bsk->bthk", probs[..., n:], v)
+
+
 def attention(p: dict, x: jax.Array, cfg: ModelConfig, cos, sin, mask: jax.Array,
               q_index: jax.Array | None = None, prefix_kv: tuple[jax.Array, jax.Array] | None = None):
   """Grouped-query self-attention. ``x`` [B, T, D]; ``mask`` [B, T, S] bool.
@@ -108,7 +155,6 @@ def attention(p: dict, x: jax.Array, cfg: ModelConfig, cos, sin, mask: jax.Array
   xq, cos_q, sin_q, mask_q = x, cos, sin, mask
   if q_index is not None:
     xq, cos_q, sin_q, mask_q = (rows_at(a, q_index) for a in (x, cos, sin, mask))
-  b, t, _ = xq.shape
   q = jnp.einsum("btd,dhk->bthk", xq, p["q"])
   k = jnp.einsum("btd,dgk->btgk", x, p["k"])
   v = jnp.einsum("btd,dgk->btgk", x, p["v"])
@@ -117,23 +163,10 @@ def attention(p: dict, x: jax.Array, cfg: ModelConfig, cos, sin, mask: jax.Array
   if cfg.qk_norm:
     q, k = _qk_norm(q, k, p, cfg)
   q, k = apply_rope(q, cos_q, sin_q), apply_rope(k, cos, sin)
-  groups = cfg.n_heads // cfg.n_kv_heads
-  q = q.reshape(b, t, cfg.n_kv_heads, groups, cfg.head_dim)
-  scores = jnp.einsum("btgqk,bsgk->bgqts", q, k, preferred_element_type=jnp.float32)
-  if prefix_kv is not None:
-    pk, pv = prefix_kv
-    pscores = jnp.einsum("btgqk,sgk->bgqts", q, pk, preferred_element_type=jnp.float32)
-    scores = jnp.concatenate([pscores, scores], axis=-1)
-  scores = softcap(scores * cfg.query_scale, cfg.attn_softcap)
-  scores = jnp.where(mask_q[:, None, None, :, :], scores, NEG_INF)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  if prefix_kv is None:
-    out = jnp.einsum("bgqts,bsgk->btgqk", probs, v)
+  if cfg.n_kv_heads == 1:
+    out = _one_kv_head_core(q, k[:, :, 0], v[:, :, 0], mask_q, prefix_kv, cfg)
   else:
-    n = pk.shape[0]
-    out = (jnp.einsum("bgqts,sgk->btgqk", probs[..., :n], pv)
-           + jnp.einsum("bgqts,bsgk->btgqk", probs[..., n:], v))
-  out = out.reshape(b, t, cfg.n_heads, cfg.head_dim)
+    out = _grouped_core(q, k, v, mask_q, prefix_kv, cfg)
   return jnp.einsum("bthk,hkd->btd", out, p["o"]), (k, v)
 
 
