@@ -91,6 +91,13 @@ def rows_at(x: jax.Array, index: jax.Array) -> jax.Array:
   return jax.vmap(lambda xb, ib: xb[ib])(x, index)
 
 
+def _probs(scores: jax.Array, mask: jax.Array, cfg: ModelConfig, dtype) -> jax.Array:
+  """Attention weights over the last axis of float32 ``scores``: scaled, soft-capped, masked
+  (``mask`` broadcast to the scores' shape), in ``dtype``."""
+  scores = softcap(scores * cfg.query_scale, cfg.attn_softcap)
+  return jax.nn.softmax(jnp.where(mask, scores, NEG_INF), axis=-1).astype(dtype)
+
+
 def _grouped_core(q, k, v, mask, prefix_kv, cfg: ModelConfig) -> jax.Array:
   """Attention's core for grouped queries: ``q`` ``[B, T, H, Dh]``, ``k``, ``v`` ``[B, S, K, Dh]``,
   ``mask`` ``[B, T, S]`` (``[B, T, P + S]`` with a prefix, its keys first) -> ``[B, T, H, Dh]``."""
@@ -102,9 +109,7 @@ def _grouped_core(q, k, v, mask, prefix_kv, cfg: ModelConfig) -> jax.Array:
     pk, pv = prefix_kv
     pscores = jnp.einsum("btgqk,sgk->bgqts", q, pk, preferred_element_type=jnp.float32)
     scores = jnp.concatenate([pscores, scores], axis=-1)
-  scores = softcap(scores * cfg.query_scale, cfg.attn_softcap)
-  scores = jnp.where(mask[:, None, None, :, :], scores, NEG_INF)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  probs = _probs(scores, mask[:, None, None, :, :], cfg, v.dtype)
   if prefix_kv is None:
     out = jnp.einsum("bgqts,bsgk->btgqk", probs, v)
   else:
@@ -129,9 +134,7 @@ def _one_kv_head_core(q, k, v, mask, prefix_kv, cfg: ModelConfig) -> jax.Array:
   if prefix_kv is not None:
     pk, pv = prefix_kv[0][:, 0], prefix_kv[1][:, 0]
     scores = jnp.concatenate([jnp.einsum("bthk,sk->bths", q, pk, preferred_element_type=f32), scores], axis=-1)
-  scores = softcap(scores * cfg.query_scale, cfg.attn_softcap)
-  scores = jnp.where(mask[:, :, None, :], scores, NEG_INF)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  probs = _probs(scores, mask[:, :, None, :], cfg, v.dtype)
   if prefix_kv is None:
     return jnp.einsum("bths,bsk->bthk", probs, v)
   n = pk.shape[0]
